@@ -1,0 +1,106 @@
+"""Deterministic, stateless batching: a batch is a pure function of (seed, step).
+
+Because nothing is carried between steps, a resumed run sees exactly the batches an
+uninterrupted run would (kill-and-resume equality), and every host of a multi-host job
+can cut its own shard of the same global batch without communicating.
+"""
+import dataclasses
+import functools
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+
+from data import fashion_mnist, tfds_source
+
+
+@dataclasses.dataclass
+class ImageDataset:
+    """uint8 NHWC images and int32 labels, with a validation split carved from train."""
+    train: Tuple[np.ndarray, np.ndarray]
+    validation: Tuple[np.ndarray, np.ndarray]
+    test: Tuple[np.ndarray, np.ndarray]
+    mean: float
+    std: float
+    num_classes: int
+    name: str
+
+    @property
+    def image_shape(self):
+        return self.train[0].shape[1:]
+
+
+def load_dataset(name: str = "fashion_mnist", validation_size: int = 5000, seed: int = 0,
+                 data_dir: Optional[str] = None, limit: Optional[int] = None) -> ImageDataset:
+    """Loads 'fashion_mnist' (offline, Debian package) or 'tfds:NAME' (tensorflow-datasets).
+
+    ``limit`` keeps only the first examples of every split (for tests and smoke runs).
+    """
+    if name == "fashion_mnist":
+        train, test = fashion_mnist.load_split("train"), fashion_mnist.load_split("test")
+    elif name.startswith("tfds:"):
+        tfds_name = name[len("tfds:"):]
+        train = tfds_source.load_split(tfds_name, "train", data_dir)
+        test = tfds_source.load_split(tfds_name, "test", data_dir)
+    else:
+        raise ValueError(f"unknown dataset {name!r}: use 'fashion_mnist' or 'tfds:NAME'")
+    order = np.random.default_rng(seed).permutation(len(train[0]))
+    val_idx, train_idx = order[:validation_size], np.sort(order[validation_size:])
+    splits = [(train[0][train_idx], train[1][train_idx]),
+              (train[0][val_idx], train[1][val_idx]), test]
+    if limit:
+        splits = [(x[:limit], y[:limit]) for x, y in splits]
+    pixels = splits[0][0].astype(np.float32) / 255.0
+    num_classes = int(max(train[1].max(), test[1].max())) + 1
+    return ImageDataset(*splits, float(pixels.mean()), float(pixels.std()), num_classes, name)
+
+
+def normalize(images: np.ndarray, mean: float, std: float) -> np.ndarray:
+    return ((images.astype(np.float32) / 255.0) - mean) / std
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, pad: int = 4,
+            flip: bool = True) -> np.ndarray:
+    """Random crop after zero padding, and random horizontal flip (uint8 in, uint8 out)."""
+    n, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
+    rows = dy[:, None] + np.arange(h)[None]
+    cols = dx[:, None] + np.arange(w)[None]
+    if flip:
+        flipped = rng.random(n) < 0.5
+        cols = np.where(flipped[:, None], cols[:, ::-1], cols)
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def train_batch(dataset: ImageDataset, step: int, batch_size: int, seed: int,
+                augmentation: bool = True, shard: Tuple[int, int] = (0, 1)):
+    """The (normalized images, labels) of global batch ``step``, or this host's shard of it."""
+    x, y = dataset.train
+    steps_per_epoch = len(x) // batch_size
+    epoch, within = divmod(step, steps_per_epoch)
+    idx = _epoch_order(len(x), seed, epoch)[within * batch_size:(within + 1) * batch_size]
+    index, count = shard
+    idx = idx[index::count]
+    images = x[idx]
+    if augmentation:
+        images = augment(images, np.random.default_rng([seed, step, index, 1]))
+    return normalize(images, dataset.mean, dataset.std), y[idx]
+
+
+def eval_batches(dataset: ImageDataset, split: str, batch_size: int) -> Iterator:
+    """Fixed-size batches over a split; the last is padded and carries a 0/1 weight mask."""
+    x, y = getattr(dataset, split)
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        weight = np.ones(len(xb), np.float32)
+        missing = batch_size - len(xb)
+        if missing:
+            xb = np.concatenate([xb, np.zeros((missing,) + xb.shape[1:], xb.dtype)])
+            yb = np.concatenate([yb, np.zeros(missing, yb.dtype)])
+            weight = np.concatenate([weight, np.zeros(missing, np.float32)])
+        yield normalize(xb, dataset.mean, dataset.std), yb, weight

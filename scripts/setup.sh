@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Prepares a fresh clone: a virtual environment with the pinned requirements, and the real
+# Fashion-MNIST data (Debian package dataset-fashion-mnist) when it is missing.
+# Sourced by scripts/run_default.sh and scripts/test.sh; safe to run again.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $PYTHON"
+  "$PYTHON" -m venv .venv
+fi
+STAMP=.venv/.requirements.sha256
+WANT="$(sha256sum requirements.txt | cut -d' ' -f1)"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+  echo "[setup] installing requirements.txt into .venv"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -r requirements.txt
+  echo "$WANT" > "$STAMP"
+fi
+
+DATA_DIR="${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}"
+if [ ! -f "$DATA_DIR/t10k-labels-idx1-ubyte.gz" ]; then
+  echo "[setup] Fashion-MNIST not in $DATA_DIR: installing Debian package dataset-fashion-mnist"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+fi

@@ -1,0 +1,91 @@
+"""Training: loss goes down, kill-and-resume equality, 1 vs 2 devices equality."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from core import config as config_lib, losses, teacher, train
+
+CHILD = os.path.join(os.path.dirname(__file__), "train_child.py")
+
+
+def run_child(workdir, out, devices=1, sleep=0.0, wait=True, steps=24):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, CHILD, str(workdir), str(out), "--sleep", str(sleep), "--steps", str(steps)]
+    if wait:
+        subprocess.run(cmd, env=env, check=True, timeout=300)
+        return dict(np.load(out))
+    return subprocess.Popen(cmd, env=env)
+
+
+def test_a_few_steps_lower_the_loss(tmp_path):
+    config = config_lib.load("train_teacher_tiny", [("train.steps", "30"),
+                                                    ("train.log_every", "10"),
+                                                    ("train.augment", "false")])
+    module = teacher.build_module(config.model, tiny=True)
+    dataset = teacher.load_data(config)
+    variables = module.init(jax.random.key(0), dataset.train[0][:1].astype("float32"))
+    result = train.train(train.linen_model(module, variables), dataset, config.train,
+                         str(tmp_path), show_progress=False)
+    with open(tmp_path / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    train_losses = [r["train_loss"] for r in records if "train_loss" in r]
+    assert [r["step"] for r in records if "train_loss" in r] == [10, 20, 30]
+    assert train_losses[-1] < train_losses[0] - 0.05
+    assert 0.0 <= result["test"]["accuracy"] <= 1.0
+    assert (tmp_path / "checkpoints" / "30").exists()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_parameters(tmp_path):
+    reference = run_child(tmp_path / "reference", tmp_path / "reference.npz")
+    workdir = tmp_path / "killed"
+    process = run_child(workdir, tmp_path / "unused.npz", sleep=0.3, wait=False)
+    deadline = time.time() + 240
+    while not (workdir / "checkpoints" / "8").exists():
+        assert process.poll() is None, "child ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (workdir / "checkpoints" / "24").exists()
+    resumed = run_child(workdir, tmp_path / "resumed.npz")
+    assert set(resumed) == set(reference)
+    for key in reference:
+        np.testing.assert_array_equal(resumed[key], reference[key], err_msg=key)
+    steps = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
+    assert steps == sorted(steps), "metrics after resume must read as one run"
+
+
+@pytest.mark.slow
+def test_two_devices_match_one_device(tmp_path):
+    """Few steps: SGD at a high learning rate amplifies float summation-order noise."""
+    one = run_child(tmp_path / "one", tmp_path / "one.npz", devices=1, steps=4)
+    two = run_child(tmp_path / "two", tmp_path / "two.npz", devices=2, steps=4)
+    assert int(one["devices"]) == 1 and int(two["devices"]) == 2
+    losses_one, losses_two = (
+        [json.loads(line)["train_loss"] for line in open(tmp_path / name / "metrics.jsonl")
+         if "train_loss" in line] for name in ("one", "two"))
+    np.testing.assert_allclose(losses_two, losses_one, rtol=1e-5)
+    np.testing.assert_allclose(two["test_loss"], one["test_loss"], rtol=1e-4)
+    for key in one:
+        if key not in ("devices", "test_loss"):
+            np.testing.assert_allclose(two[key], one[key], rtol=1e-3, atol=1e-4, err_msg=key)
+
+
+def test_distillation_loss_is_zero_for_identical_logits_and_positive_otherwise():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(8, 10)).astype(np.float32)
+    assert abs(float(losses.kd_logits_loss(logits, logits))) < 1e-5
+    assert float(losses.kd_logits_loss(logits + rng.normal(size=logits.shape), logits)) > 0.01
+    features = rng.normal(size=(4, 5, 5, 3)).astype(np.float32)
+    assert float(losses.feature_matching_loss(features, features)) == 0.0
+    noisy = features + 0.1 * rng.normal(size=features.shape)
+    np.testing.assert_allclose(losses.feature_matching_loss(noisy, features), 0.01, rtol=0.2)
