@@ -1,1 +1,7 @@
-"""export package."""
+"""ONNX export with parity checks, device runners, latency tables and a latency model.
+
+``to_onnx`` exports any ``fn(variables, *inputs)``; ``get_runner("ort-cpu-1t")`` measures an
+ONNX model on a device; ``LatencyTable`` and ``LatencyModel`` predict latency from a jaxpr.
+"""
+from export.onnx_export import ExportResult, to_onnx, trace
+from export.parity import ExportParityError, ParityReport, check_parity, compare
