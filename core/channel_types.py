@@ -60,23 +60,30 @@ Layout = Union[int, Concat, Product]
 
 
 class Reason(tuple):
-    """Why a node is fixed: ``(kind, message, eqn)``; ``eqn`` (may be None) gives the
-    source line lazily, so fixing thousands of spatial axes costs nothing."""
+    """Why a node is fixed: ``(kind, message, eqn, callers)``. ``eqn`` (may be None) gives
+    the source line lazily, so fixing thousands of spatial axes costs nothing; ``callers``
+    are the equations that called the sub-jaxpr holding ``eqn``, whose source lines stand
+    in when ``eqn``'s own is unknown (library internals such as ``jnp.take``)."""
     __slots__ = ()
 
-    def __new__(cls, kind: str, message: str, eqn=None):
-        return tuple.__new__(cls, (kind, message, eqn))
+    def __new__(cls, kind: str, message: str, eqn=None, callers=()):
+        return tuple.__new__(cls, (kind, message, eqn, callers))
 
     @property
     def kind(self) -> str:
         return self[0]
 
     def describe(self) -> str:
-        kind, message, eqn = self
+        kind, message, eqn, callers = self
         if eqn is None:
             return message
         from core.trace import source_line
-        return f"{message} ({eqn.primitive.name} at {source_line(eqn)})"
+        src = source_line(eqn)
+        for caller in reversed(callers):
+            if src != "unknown source":
+                break
+            src = source_line(caller)
+        return f"{message} ({eqn.primitive.name} at {src})"
 
 
 class _Conflict(Exception):
@@ -188,7 +195,7 @@ class ChannelTypes:
         return None
 
     # ----------------------------------------------------------- unifying
-    def unify(self, a: Layout, b: Layout, eqn=None) -> bool:
+    def unify(self, a: Layout, b: Layout, eqn=None, callers=()) -> bool:
         """Makes two axes hold the same channels; on conflict fixes both and returns False."""
         if a is b:
             return True
@@ -196,7 +203,7 @@ class ChannelTypes:
             self._unify(a, b)
             return True
         except _Conflict:
-            reason = Reason("conflict", "incompatible channel layouts", eqn)
+            reason = Reason("conflict", "incompatible channel layouts", eqn, callers)
             self.fix(a, reason)
             self.fix(b, reason)
             return False
@@ -309,8 +316,10 @@ class ChannelTypes:
     # ----------------------------------------------------------- index maps
     def positions(self, layout: Layout) -> Dict[int, np.ndarray]:
         """``{root: int array (root size, multiplicity)}``: the positions along the axis
-        that each channel of each leaf occupies."""
-        return self._positions(self.resolve(layout))
+        that each channel of each leaf occupies (each row sorted)."""
+        found = self._positions(self.resolve(layout))
+        return {leaf: (np.sort(pos, axis=1) if pos.shape[1] > 1 else pos)
+                for leaf, pos in found.items()}
 
     def _positions(self, layout: Layout) -> Dict[int, np.ndarray]:
         if isinstance(layout, int):
@@ -352,6 +361,6 @@ def _arange_column(n: int) -> np.ndarray:
 
 def _merge(out: Dict[int, np.ndarray], leaf: int, pos: np.ndarray) -> None:
     if leaf in out:
-        out[leaf] = np.sort(np.concatenate([out[leaf], pos], axis=1), axis=1)
+        out[leaf] = np.concatenate([out[leaf], pos], axis=1)
     else:
         out[leaf] = pos

@@ -81,6 +81,7 @@ class ChannelInterpreter:
         self.unsupported: Dict[str, List] = {}
         self.scope: Optional[Scope] = None
         self.eqn_index: Optional[int] = None
+        self.callers: Tuple = ()           # equations whose sub-jaxprs are being walked
 
     # -------------------------------------------------------- rule helpers
     def new(self, size: int, reason: Optional[Reason] = None) -> int:
@@ -90,20 +91,23 @@ class ChannelInterpreter:
         new = self.types.new
         return tuple(new(n, reason) for n in shape)
 
+    def reason(self, kind: str, message: str, eqn=None) -> Reason:
+        return Reason(kind, message, eqn, self.callers)
+
     def unify(self, a: Layout, b: Layout, eqn=None) -> None:
         if a is not b:
-            self.types.unify(a, b, eqn)
+            self.types.unify(a, b, eqn, self.callers)
 
     def unify_all(self, a: AxisTypes, b: AxisTypes, eqn=None) -> None:
         for x, y in zip(a, b):
             if x is not y:
-                self.types.unify(x, y, eqn)
+                self.types.unify(x, y, eqn, self.callers)
 
     def fix(self, layout: Layout, kind: str, message: str, eqn=None) -> None:
-        self.types.fix(layout, Reason(kind, message, eqn))
+        self.types.fix(layout, Reason(kind, message, eqn, self.callers))
 
     def fix_all(self, axes: AxisTypes, kind: str, message: str, eqn=None) -> None:
-        reason = Reason(kind, message, eqn)
+        reason = Reason(kind, message, eqn, self.callers)
         for layout in axes:
             self.types.fix(layout, reason)
 
@@ -142,7 +146,10 @@ class ChannelInterpreter:
         """For rules of call-like primitives: interprets a sub-jaxpr of the current
         equation in a child scope and returns its output layouts."""
         scope, index = self.scope, self.eqn_index
+        saved = self.callers
+        self.callers = saved + (scope.jaxpr.eqns[index],)
         outs, child = self.run(closed, in_types, scope, index)
+        self.callers = saved
         scope.children.setdefault(index, []).append(child)
         return outs
 
@@ -151,12 +158,11 @@ class ChannelInterpreter:
         name = eqn.primitive.name
         first = name not in self.unsupported
         self.unsupported.setdefault(name, []).append(eqn)
+        reason = self.reason("unsupported", f"unsupported primitive '{name}'", eqn)
         if first:
             warnings.warn(
-                f"channel groups: unsupported primitive '{name}' at {source_line(eqn)}; "
-                f"the axes it touches are treated as not prunable",
-                UnsupportedPrimitiveWarning, stacklevel=2)
-        reason = Reason("unsupported", f"unsupported primitive '{name}'", eqn)
+                f"channel groups: {reason.describe()}; the axes it touches are treated as "
+                f"not prunable", UnsupportedPrimitiveWarning, stacklevel=2)
         for axes in ins:
             for layout in axes:
                 self.types.fix(layout, reason)

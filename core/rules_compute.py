@@ -164,8 +164,9 @@ def reduce_window(interp, eqn, ins):
         if trivial:
             out.append(ins[0][d])
         else:
-            interp.fix(ins[0][d], "spatial", "pooling window", eqn)
-            out.append(interp.new(out_shape[d], interp.types.reason_of(ins[0][d])))
+            reason = interp.reason("spatial", "pooling window", eqn)
+            interp.types.fix(ins[0][d], reason)
+            out.append(interp.new(out_shape[d], reason))
     return [tuple(out)] * n_operands
 
 
@@ -185,11 +186,12 @@ def conv(interp, eqn, ins):
     lhs, rhs = ins
     out_shape = shape_of(eqn.outvars[0])
     out = [None] * len(out_shape)
+    spatial = interp.reason("spatial", "spatial axis of a convolution", eqn)
+    window = interp.reason("window", "kernel window of a convolution", eqn)
     for k in range(len(lhs_spec) - 2):
-        interp.fix(lhs[lhs_spec[2 + k]], "spatial", "spatial axis of a convolution", eqn)
-        interp.fix(rhs[rhs_spec[2 + k]], "window", "kernel window of a convolution", eqn)
-        out[out_spec[2 + k]] = interp.new(out_shape[out_spec[2 + k]],
-                                          interp.types.reason_of(lhs[lhs_spec[2 + k]]))
+        interp.types.fix(lhs[lhs_spec[2 + k]], spatial)
+        interp.types.fix(rhs[rhs_spec[2 + k]], window)
+        out[out_spec[2 + k]] = interp.new(out_shape[out_spec[2 + k]], spatial)
     c_in, k_in, k_out = lhs[lhs_spec[1]], rhs[rhs_spec[1]], rhs[rhs_spec[0]]
     groups = p["feature_group_count"]
     if p["batch_group_count"] != 1:

@@ -153,6 +153,8 @@ def _slice_axis(interp, layout, n, start, limit, stride, eqn):
         outer = interp.new(count)
         columns = [interp.new(1) for _ in range(stride)]
         interp.unify(layout, types.product((outer, types.concat(columns))), eqn)
+        # The taken column cannot be removed (the result would vanish): like a squeeze.
+        interp.fix(columns[start], "unit", "column taken by a strided slice", eqn)
         return outer
     return _kept_or_fixed(interp, layout, count, "slice", "irregular strided slice", eqn)
 
