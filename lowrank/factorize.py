@@ -1,0 +1,206 @@
+"""``factorize``: replace dense and conv kernels of ANY JAX model by two thin ones.
+
+Steps, each in its own module: find the sites (``lowrank.sites``: parameters used only as
+the kernel of one dot_general / conv_general_dilated), gather their input statistics on
+calibration data (``lowrank.calibration``), choose ranks (given, or allocated under a
+FLOPs or latency budget by ``lowrank.allocation`` from per-layer error curves), solve for
+the factors (``lowrank.solvers``: truncated SVD or the data-aware closed form), optionally
+refine them by training (``lowrank.learned``), and return a ``Factorized`` whose ``fn`` is
+the original jaxpr re-evaluated with two equations per factorized kernel
+(``lowrank.function``).
+
+Example::
+
+    out = factorize(fn, variables, x, budget=0.5, method="data", data=batches)
+    out.fn(out.variables, x)         # half the FLOPs; jit / grad / export.to_onnx work
+    print(out.summary())
+"""
+import dataclasses
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+
+import jax
+import numpy as np
+
+from core import trace as trace_lib
+from lowrank import allocation, calibration, solvers
+from lowrank.function import FactoredFunction, LowRankKernel, kernels_at, replace_kernels
+from lowrank.sites import Site, find_sites
+
+METHODS = ("svd", "data", "learned")
+
+
+@dataclasses.dataclass
+class LayerReport:
+    path: str
+    primitive: str
+    source: str
+    groups: int
+    m: int                   # input features per group (k*k*c_in/groups for a conv)
+    n: int                   # outputs per group
+    rank: int                # total intermediate width (groups x rank per group)
+    full_rank: int
+    macs: int
+    macs_factorized: int
+    error: float             # relative output error on the calibration data (weight error
+    error_kind: str          # without data), measured before any learned refinement
+
+
+@dataclasses.dataclass
+class Factorized:
+    fn: Callable
+    variables: Any
+    method: str
+    layers: List[LayerReport]
+    skipped: Dict[str, str]         # param path -> why it was not factorized
+    flops_before: Optional[float] = None
+    flops_after: Optional[float] = None
+    budget: Optional[allocation.Budget] = None
+    sites: List[Site] = dataclasses.field(default_factory=list, repr=False)
+    original: Optional[FactoredFunction] = dataclasses.field(default=None, repr=False)
+    refinement: Optional[dict] = None
+
+    def ranks(self) -> Dict[str, int]:
+        return {layer.path: layer.rank for layer in self.layers}
+
+    def summary(self) -> str:
+        lines = [f"low-rank ({self.method}): {len(self.layers)} layers factorized"]
+        if self.flops_before:
+            lines[0] += (f", FLOPs {self.flops_before:.4g} -> {self.flops_after:.4g} "
+                         f"({self.flops_before / self.flops_after:.2f}x fewer)")
+        for layer in self.layers:
+            lines.append(f"  {layer.path:48s} {layer.primitive:20s} {layer.m}x{layer.n}"
+                         f"{'/g' + str(layer.groups) if layer.groups > 1 else ''} rank "
+                         f"{layer.rank}/{layer.full_rank} {layer.error_kind} error "
+                         f"{layer.error:.4f}  [{layer.source}]")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {"method": self.method, "flops_before": self.flops_before,
+                "flops_after": self.flops_after,
+                "layers": [dataclasses.asdict(layer) for layer in self.layers],
+                "skipped": self.skipped, "refinement": self.refinement}
+
+
+def _select(sites: List[Site], include) -> List[Site]:
+    if include is None:
+        return sites
+    if callable(include):
+        return [s for s in sites if include(s.path)]
+    wanted = set(include)
+    return [s for s in sites if s.path in wanted]
+
+
+def _kernel_matrix(site: Site, kernel) -> np.ndarray:
+    return np.asarray(site.rule.kernel_matrices(site.eqn, site.operand, kernel), np.float64)
+
+
+def factorize(fn: Callable, variables, *example_inputs,
+              ranks: Optional[Dict[str, int]] = None,
+              budget: Union[None, float, dict, allocation.Budget] = None,
+              method: str = "data", data: Optional[Iterable] = None,
+              include: Union[None, Sequence[str], Callable[[str], bool]] = None,
+              rank_multiple: int = 1, eps: float = 1e-6, latency_model=None,
+              learn: Optional[dict] = None, stats: Optional[dict] = None) -> Factorized:
+    """Factorizes the dense / conv kernels of ``fn(variables, *example_inputs)``.
+
+    ranks: ``{param path: total rank}`` (for a grouped conv, groups x rank per group;
+      rounded up to a multiple of the groups). Or budget: keep at most this fraction of
+      the model's FLOPs (``0.5``, ``{'flops': 0.5}``), or of its predicted latency
+      (``{'latency': 0.5}`` with ``latency_model``); ranks are then allocated from
+      per-layer error curves and layers that would not get cheaper are left alone.
+    method: 'svd' (weights only), 'data' (closed form on ``data``) or 'learned' (the
+      closed form, then trained to match the original layer outputs on ``data``;
+      options in ``learn``, see ``lowrank.learned.refine``).
+    data: calibration batches (arrays, or tuples of the model's inputs).
+    include: which param paths may be factorized (list or predicate; default all).
+    stats: precomputed ``lowrank.calibration.collect`` result, to reuse across calls.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if (ranks is None) == (budget is None):
+        raise ValueError("give exactly one of ranks= or budget=")
+    data = list(data) if data is not None else None
+    if method != "svd" and not data and stats is None:
+        raise ValueError(f"method {method!r} needs calibration data (data=...)")
+
+    traced = trace_lib.trace(fn, variables, *example_inputs)
+    all_sites, skipped = find_sites(traced)
+    sites = _select(all_sites, include)
+    original = FactoredFunction(fn, variables, [s.path for s in all_sites])
+    if stats is None and data:
+        stats = calibration.collect(original, variables, data, [s.path for s in sites])
+    grams = {p: st.gram for p, st in (stats or {}).items()}
+    kernels = kernels_at(variables, [s.path for s in sites])
+    matrices = {s.path: _kernel_matrix(s, kernels[s.path]) for s in sites}
+    solve_method = "svd" if method == "svd" else "data"
+
+    chosen_budget, flops_before = None, None
+    if budget is not None:
+        chosen_budget = allocation.Budget.of(budget)
+        cost = (allocation.FlopsCost() if chosen_budget.metric == "flops" else
+                allocation.LatencyCost(_require(latency_model, chosen_budget)))
+        total = cost.model(fn, variables, *example_inputs)
+        options = []
+        for s in sites:
+            curve = solvers.error_curve(matrices[s.path], solve_method, grams.get(s.path), eps)
+            options.append(allocation.site_options(s, curve, cost, rank_multiple))
+        fixed = total - sum(float(o.costs[0]) for o in options)
+        per_group = allocation.allocate(options, fixed, chosen_budget.fraction * total)
+        if chosen_budget.metric == "flops":
+            flops_before = total
+    else:
+        per_group = {}
+        known = {s.path: s for s in sites}
+        for path, r in ranks.items():
+            if path not in known:
+                why = skipped.get(path, "not a dense/conv kernel of this model")
+                raise ValueError(f"cannot factorize {path!r}: {why}")
+            geo = known[path].geometry
+            per_group[path] = min(-(-int(r) // geo.groups), geo.full_rank)
+
+    layers, factors = [], {}
+    for s in sites:
+        r = per_group.get(s.path)
+        if r is None:
+            for_reason = "left alone by the budget allocation" if budget is not None else None
+            if for_reason:
+                skipped[s.path] = for_reason
+            continue
+        w, gram = matrices[s.path], grams.get(s.path)
+        a, b = solvers.solve(solve_method, w, gram, r, eps)
+        dtype = kernels[s.path].dtype
+        w0, w1 = s.rule.factor_arrays(s.eqn, s.operand, a.astype(np.float32),
+                                      b.astype(np.float32))
+        factors[s.path] = LowRankKernel(np.asarray(w0, dtype), np.asarray(w1, dtype))
+        error, kind = ((solvers.output_error(w, a, b, gram), "output") if gram is not None
+                       else (solvers.weight_error(w, a, b), "weight"))
+        geo = s.geometry
+        layers.append(LayerReport(s.path, s.primitive, s.source, geo.groups, geo.m, geo.n,
+                                  r * geo.groups, geo.full_rank * geo.groups, geo.macs(),
+                                  geo.macs(r), error, kind))
+
+    new_variables = replace_kernels(variables, factors)
+    result = Factorized(_as_plain_function(original), new_variables, method, layers, skipped,
+                        budget=chosen_budget, sites=sites, original=original)
+    if flops_before is None:
+        from core import cost
+        flops_before = float(cost.count(fn, variables, *example_inputs).flops)
+    saved = sum(2 * (layer.macs - layer.macs_factorized) for layer in layers)
+    result.flops_before, result.flops_after = flops_before, flops_before - saved
+    if method == "learned":
+        from lowrank import learned
+        result = learned.refine(result, variables, data, **(learn or {}))
+    return result
+
+
+def _require(latency_model, budget):
+    if latency_model is None:
+        raise ValueError(f"a {budget.metric} budget needs latency_model=")
+    return latency_model
+
+
+def _as_plain_function(ff: FactoredFunction) -> Callable:
+    def fn(variables, *inputs):
+        return ff(variables, *inputs)
+    fn.factored = ff
+    return fn
