@@ -28,6 +28,7 @@ Conventions:
 import dataclasses
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
@@ -49,7 +50,9 @@ Poly = Dict[Tuple[int, ...], int]   # sorted group ids -> coefficient
 
 @dataclasses.dataclass
 class EquationCost:
-    """Cost of one equation (nested ones included, ``path`` = indices from the top)."""
+    """Cost of one equation. Nested equations are listed too (before the equation that
+    calls them); ``path`` alternates equation and sub-jaxpr indices from the top:
+    ``(3, 0, 1)`` is equation 1 of the first sub-jaxpr of top-level equation 3."""
     path: Tuple[int, ...]
     primitive: str
     flops: int
@@ -180,9 +183,11 @@ class _Walker:
         self.peak = 0
         self.step = 0
         self.mem_events: List[Tuple[int, Poly, int]] = []   # (step, poly, sign)
+        self.allocated = set()
 
     # memory ---------------------------------------------------------------
     def _alloc(self, scope: Scope, atom) -> None:
+        self.allocated.add((id(scope), atom))
         size = int(np.prod(shape_of(atom), dtype=np.int64)) * _itemsize(atom)
         self.live += size
         if self.polys is not None:
@@ -191,6 +196,12 @@ class _Walker:
                 self.mem_events.append((self.step, self.polys.prod(axes, _itemsize(atom)), 1))
 
     def _free(self, scope: Scope, atom) -> None:
+        """Frees a value this walk allocated (parameters, constants and a sub-jaxpr's
+        invars, which alias its caller's values, never were)."""
+        key = (id(scope), atom)
+        if key not in self.allocated:
+            return
+        self.allocated.discard(key)
         size = int(np.prod(shape_of(atom), dtype=np.int64)) * _itemsize(atom)
         self.live -= size
         if self.polys is not None:
@@ -287,16 +298,15 @@ class _Walker:
                 self._groups(ins), self._groups(outs), eqn))
             self.step += 1
             for atom in dying.get(i, ()):
-                if atom not in scope.jaxpr.invars and atom not in scope.jaxpr.constvars:
-                    self._free(scope, atom)
+                self._free(scope, atom)
             for atom in eqn.outvars:   # results nobody reads
                 if (isinstance(atom, jcore.Var) and not isinstance(atom, jcore.DropVar)
                         and atom not in last_use):
                     self._free(scope, atom)
         # Outputs of a sub-jaxpr are handed to the caller, which counts them from now on.
         if scope.parent is not None:
-            for atom in set(a for a in jaxpr.outvars if isinstance(a, jcore.Var)):
-                if atom not in jaxpr.invars and atom not in jaxpr.constvars:
+            for atom in jaxpr.outvars:
+                if isinstance(atom, jcore.Var):
                     self._free(scope, atom)
 
     def _walk_children(self, eqn, children, mult, path, count_flops):
@@ -351,6 +361,7 @@ def count(fn, variables, *inputs, exclude_padding: bool = False) -> CostReport:
     return count_analysis(analyze_traced(trace(fn, variables, *inputs)), exclude_padding)
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class Cost:
     flops: jnp.ndarray
@@ -414,8 +425,14 @@ class CostModel:
             self._mem_factors[row, :len(key)] = key
         self._n_steps = (max(steps) + 1) if steps else 1
 
+        self._evaluate = jax.jit(self._cost)
+
     def sizes_array(self, sizes) -> jnp.ndarray:
         if isinstance(sizes, dict):
+            if all(isinstance(v, (int, float, np.number)) for v in sizes.values()):
+                arr = self.full_sizes.copy()
+                arr[list(sizes)] = list(sizes.values())
+                return jnp.asarray(arr)
             arr = jnp.asarray(self.full_sizes)
             for gid, value in sizes.items():
                 arr = arr.at[gid].set(value)
@@ -423,7 +440,10 @@ class CostModel:
         return jnp.asarray(sizes, jnp.float32)
 
     def __call__(self, sizes=None) -> Cost:
-        s = self.sizes_array(self.full_sizes if sizes is None else sizes)
+        """Cost at ``sizes`` (default: full size); jitted, differentiable."""
+        return self._evaluate(self.sizes_array(self.full_sizes if sizes is None else sizes))
+
+    def _cost(self, s) -> Cost:
         s_ext = jnp.concatenate([s, jnp.ones((1,), s.dtype)])
         matmul, other = self._matmul(s_ext), self._other(s_ext)
         terms = jnp.asarray(self._mem_coef, s.dtype) * jnp.prod(s_ext[self._mem_factors], 1)

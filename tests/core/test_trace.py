@@ -7,7 +7,11 @@ from models import zoo
 
 
 def test_invars_carry_parameter_paths_and_inputs():
-    fn, variables, x = zoo.instantiate("resnet20")
+    module = zoo.ZOO["resnet20"].build_tiny()
+    x = jnp.ones((2, 12, 12, 1))
+    variables = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                       jax.eval_shape(module.init, jax.random.key(0), x))
+    fn = lambda v, inp: module.apply(v, inp, train=False)
     traced = trace(fn, variables, x)
     leaves = jax.tree_util.tree_leaves(variables)
     assert traced.num_params == len(leaves)

@@ -20,6 +20,8 @@ from pruning import analyze
 @functools.lru_cache(maxsize=None)
 def build(name, tiny=True, batch=2):
     """``(fn, variables, x)`` like ``zoo.instantiate``, without compiling anything."""
+    if name not in zoo.ZOO:
+        pytest.skip(f"{name} is not in the zoo yet")
     entry = zoo.ZOO[name]
     module = entry.build_tiny() if tiny else entry.build()
     shape = (batch,) + tuple((entry.tiny_input_shape or entry.input_shape) if tiny
