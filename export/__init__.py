@@ -5,3 +5,6 @@ ONNX model on a device; ``LatencyTable`` and ``LatencyModel`` predict latency fr
 """
 from export.onnx_export import ExportResult, to_onnx, trace
 from export.parity import ExportParityError, ParityReport, check_parity, compare
+from export.latency_model import Calibration, LatencyModel, extract_ops
+from export.latency_table import LatencyTable, OpSignature
+from export.runners import CommandRunner, Measurement, OrtCpuRunner, get_runner, register_runner
