@@ -7,9 +7,10 @@ data=batches) -> Factorized`` with ``.fn``, ``.variables`` and a per-layer repor
 from lowrank.allocation import Budget, BudgetError
 from lowrank.factorize import METHODS, Factorized, LayerReport, factorize
 from lowrank.function import FactoredFunction, LowRankKernel
-from lowrank.learned import in_network_errors, refine
+from lowrank.learned import refine
+from lowrank.metrics import in_network_errors, isolated_errors
 from lowrank.sites import Site, find_sites
 
 __all__ = ["factorize", "Factorized", "LayerReport", "Budget", "BudgetError", "METHODS",
            "FactoredFunction", "LowRankKernel", "find_sites", "Site", "refine",
-           "in_network_errors"]
+           "in_network_errors", "isolated_errors"]

@@ -52,19 +52,31 @@ class Factorized:
     method: str
     layers: List[LayerReport]
     skipped: Dict[str, str]         # param path -> why it was not factorized
-    flops_before: Optional[float] = None
-    flops_after: Optional[float] = None
     budget: Optional[allocation.Budget] = None
     sites: List[Site] = dataclasses.field(default_factory=list, repr=False)
     original: Optional[FactoredFunction] = dataclasses.field(default=None, repr=False)
     refinement: Optional[dict] = None
+    _flops_before: Optional[float] = dataclasses.field(default=None, repr=False)
+    _count_original: Optional[Callable] = dataclasses.field(default=None, repr=False)
+
+    @property
+    def flops_before(self) -> float:
+        """FLOPs of the original model (``core.cost``), counted on first use."""
+        if self._flops_before is None:
+            self._flops_before = float(self._count_original())
+        return self._flops_before
+
+    @property
+    def flops_after(self) -> float:
+        saved = sum(2 * (layer.macs - layer.macs_factorized) for layer in self.layers)
+        return self.flops_before - saved
 
     def ranks(self) -> Dict[str, int]:
         return {layer.path: layer.rank for layer in self.layers}
 
     def summary(self) -> str:
         lines = [f"low-rank ({self.method}): {len(self.layers)} layers factorized"]
-        if self.flops_before:
+        if self._flops_before is not None or self._count_original is not None:
             lines[0] += (f", FLOPs {self.flops_before:.4g} -> {self.flops_after:.4g} "
                          f"({self.flops_before / self.flops_after:.2f}x fewer)")
         for layer in self.layers:
@@ -137,13 +149,13 @@ def factorize(fn: Callable, variables, *example_inputs,
     chosen_budget, flops_before = None, None
     if budget is not None:
         chosen_budget = allocation.Budget.of(budget)
-        cost = (allocation.FlopsCost() if chosen_budget.metric == "flops" else
-                allocation.LatencyCost(_require(latency_model, chosen_budget)))
-        total = cost.model(fn, variables, *example_inputs)
+        site_cost = (allocation.FlopsCost() if chosen_budget.metric == "flops" else
+                     allocation.LatencyCost(_require(latency_model, chosen_budget)))
+        total = site_cost.model(fn, variables, *example_inputs)
         options = []
         for s in sites:
             curve = solvers.error_curve(matrices[s.path], solve_method, grams.get(s.path), eps)
-            options.append(allocation.site_options(s, curve, cost, rank_multiple))
+            options.append(allocation.site_options(s, curve, site_cost, rank_multiple))
         fixed = total - sum(float(o.costs[0]) for o in options)
         per_group = allocation.allocate(options, fixed, chosen_budget.fraction * total)
         if chosen_budget.metric == "flops":
@@ -180,13 +192,12 @@ def factorize(fn: Callable, variables, *example_inputs,
                                   geo.macs(r), error, kind))
 
     new_variables = replace_kernels(variables, factors)
+    from core import cost
     result = Factorized(_as_plain_function(original), new_variables, method, layers, skipped,
-                        budget=chosen_budget, sites=sites, original=original)
-    if flops_before is None:
-        from core import cost
-        flops_before = float(cost.count(fn, variables, *example_inputs).flops)
-    saved = sum(2 * (layer.macs - layer.macs_factorized) for layer in layers)
-    result.flops_before, result.flops_after = flops_before, flops_before - saved
+                        budget=chosen_budget, sites=sites, original=original,
+                        _flops_before=flops_before,
+                        _count_original=lambda: cost.count(fn, variables,
+                                                           *example_inputs).flops)
     if method == "learned":
         from lowrank import learned
         result = learned.refine(result, variables, data, **(learn or {}))

@@ -13,7 +13,7 @@ on softened logits, ``core.losses``). Only the factors are trained; everything e
 frozen, so the result is still "the original network with thin kernels".
 """
 import dataclasses
-from typing import Dict, Iterable, List, Optional
+from typing import List
 
 import jax
 import jax.numpy as jnp
@@ -22,46 +22,8 @@ import optax
 
 from core import losses
 from lowrank.calibration import as_input_tuple
-from lowrank.function import FactoredFunction, kernels_at, replace_kernels
-
-
-def site_outputs(ff: FactoredFunction, variables, inputs, paths=None):
-    """(model output, {path: output of that site's linear op}) in one evaluation."""
-    taps = {}
-
-    def observe(path, eqn, k, invals, outs):
-        if paths is None or path in paths:
-            taps[path] = outs[0]
-    out = ff.run(variables, *inputs, observe=observe)
-    return out, taps
-
-
-def layer_loss(taps, targets) -> jnp.ndarray:
-    terms = [jnp.sum(jnp.square(taps[p] - targets[p])) / (jnp.sum(jnp.square(targets[p]))
-                                                          + 1e-12) for p in targets]
-    return jnp.mean(jnp.stack(terms))
-
-
-def in_network_errors(factorized, original_variables, batches: Iterable) -> Dict[str, float]:
-    """Relative output error of every factorized layer INSIDE the factorized network,
-    against the original network on the same inputs, over ``batches``."""
-    paths = {layer.path for layer in factorized.layers}
-    ff = factorized.original
-
-    @jax.jit
-    def sums(v, v0, inputs):
-        _, taps = site_outputs(ff, v, inputs, paths)
-        _, targets = site_outputs(ff, v0, inputs, paths)
-        return ({p: jnp.sum(jnp.square(taps[p] - targets[p])) for p in paths},
-                {p: jnp.sum(jnp.square(targets[p])) for p in paths})
-    num = dict.fromkeys(paths, 0.0)
-    den = dict.fromkeys(paths, 0.0)
-    for batch in batches:
-        n, d = sums(factorized.variables, original_variables, as_input_tuple(batch))
-        for p in paths:
-            num[p] += float(n[p])
-            den[p] += float(d[p])
-    return {p: num[p] / max(den[p], 1e-30) for p in paths}
+from lowrank.function import kernels_at, replace_kernels
+from lowrank.metrics import layer_loss, site_outputs
 
 
 def refine(factorized, original_variables, data, steps: int = 200,
