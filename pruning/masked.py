@@ -1,0 +1,166 @@
+"""The masked model: every channel group scaled by an explicit, differentiable mask.
+
+``masked(fn, groups)`` returns ``g(variables, masks, *inputs)`` where ``masks`` is a plain
+pytree ``{group_id: vector of the group's size}`` (values in [0, 1]); learned gates, soft
+importance scores and hard 0/1 keep-sets all go through it, and gradients flow to the masks.
+
+A channel is masked where it *meets other channels*: on the contracted axis of every
+``dot_general`` and the input features of every conv, and on every reduction over a masked
+axis. Elementwise work on a channel never mixes it with another, so this is the same as
+gating the channel right after its last channel-wise op (after BatchNorm and the
+activation), without ever scaling a BatchNorm shift or a bias into a wrong place. Means over
+a masked axis divide by the sum of the masks there (``pruning.counts``), so LayerNorm,
+RMSNorm and GroupNorm normalize over the kept channels. With 0/1 masks the result equals the
+physically pruned model (``pruning.prune``): the exactness invariant.
+"""
+from typing import Any, Callable, Dict, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from core.channel_groups import ChannelGroup, GroupAnalysis
+from core.rewrite import bind_equation, evaluate
+from core.trace import call_jaxpr
+from pruning.counts import ReductionCounts
+from pruning.plan import AxisSpec, Plan, aval_key, retrace, spec_tree
+
+_EXTREMA = {"reduce_max": -np.inf, "reduce_min": np.inf, "argmax": -np.inf,
+            "argmin": np.inf}
+
+
+def _along(pm, rank: int, axis: int):
+    shape = [1] * rank
+    shape[axis] = pm.shape[0]
+    return jnp.reshape(pm, shape)
+
+
+class MaskHook:
+    """Applies ``masks`` during one evaluation of the model's jaxpr."""
+
+    def __init__(self, plan: Plan, masks: Dict[int, Any]):
+        self.plan = plan
+        self.masks = masks
+        self.counts = ReductionCounts()
+        self._pm: Dict[int, Any] = {}
+
+    def position_mask(self, specs, d):
+        spec: AxisSpec = specs[d] if specs is not None else None
+        if spec is None:
+            return None
+        key = id(spec)
+        if key not in self._pm:
+            self._pm[key] = spec.position_mask(self.masks)
+        return self._pm[key]
+
+    def _scale(self, x, specs, axis):
+        pm = self.position_mask(specs, axis)
+        if pm is None:
+            return x
+        return x * _along(pm, jnp.ndim(x), axis).astype(jnp.result_type(x))
+
+    def __call__(self, eqn, invals, path):
+        plan = self.plan.at(path, eqn)
+        if call_jaxpr(eqn) is not None:
+            return None
+        name = eqn.primitive.name
+        invals = list(invals)
+        if name == "dot_general":
+            (lc, rc), _ = eqn.params["dimension_numbers"]
+            side = 0 if plan.ins[0] is not None or plan.ins[1] is None else 1
+            axes = lc if side == 0 else rc
+            for a in axes:
+                invals[side] = self._scale(invals[side], plan.ins[side], a)
+        elif name == "conv_general_dilated":
+            lhs_spec = eqn.params["dimension_numbers"][0]
+            invals[0] = self._scale(invals[0], plan.ins[0], lhs_spec[1])
+        elif name == "reduce_sum":
+            return self._reduce_sum(eqn, invals, plan)
+        elif name in _EXTREMA or name == "reduce_prod":
+            x = invals[0]
+            for d in eqn.params["axes"]:
+                pm = self.position_mask(plan.ins[0], d)
+                if pm is None:
+                    continue
+                present = _along(pm, jnp.ndim(x), d) > 0
+                fill = 1 if name == "reduce_prod" else _EXTREMA[name]
+                x = jnp.where(present, x, jnp.asarray(fill, x.dtype))
+            invals[0] = x
+        else:
+            division = self.counts.rewrite_division(eqn, invals)
+            if division is not None:
+                invals = division
+        outs = bind_equation(eqn, invals)
+        self.counts.follow(eqn, invals, outs)
+        return outs
+
+    def _reduce_sum(self, eqn, invals, plan):
+        x = invals[0]
+        n_old, n_new, masked_any = 1.0, 1.0, False
+        for d in eqn.params["axes"]:
+            size = eqn.invars[0].aval.shape[d]
+            pm = self.position_mask(plan.ins[0], d)
+            if pm is None:
+                if not isinstance(size, (int, np.integer)):
+                    return bind_equation(eqn, [x] + invals[1:])
+                n_old *= size
+                n_new = n_new * size
+                continue
+            masked_any = True
+            x = x * _along(pm, jnp.ndim(x), d).astype(jnp.result_type(x))
+            n_old *= size
+            n_new = n_new * jnp.sum(pm)
+        outs = bind_equation(eqn, [x] + invals[1:])
+        if masked_any:
+            self.counts.mark(outs[0], n_old, jnp.where(n_new > 0, n_new, 1.0))
+        return outs
+
+
+def _analysis_of(groups) -> GroupAnalysis:
+    if isinstance(groups, GroupAnalysis):
+        return groups
+    groups = list(groups)
+    if not groups or groups[0].analysis is None:
+        raise ValueError("masked() needs the groups of find_groups (or their analysis)")
+    return groups[0].analysis
+
+
+def masked(fn: Callable, groups: Union[GroupAnalysis, Sequence[ChannelGroup]]) -> Callable:
+    """``g(variables, masks, *inputs)``: ``fn`` with group ``gid``'s channels scaled by
+    ``masks[gid]`` (see the module docstring); groups missing from ``masks`` are unmasked."""
+    analysis = _analysis_of(groups)
+    plan = Plan(analysis)
+    sizes = {g.id: g.size for g in analysis.groups}
+    prunable = {g.id for g in analysis.groups if g.prunable}
+    cache: Dict[Any, Any] = {}
+
+    def g(variables, masks, *inputs):
+        for gid, m in masks.items():
+            if gid not in prunable:
+                raise ValueError(f"group {gid} is not a prunable channel group")
+            if jnp.shape(m) != (sizes[gid],):
+                raise ValueError(f"mask of group {gid} has shape {jnp.shape(m)}, "
+                                 f"expected ({sizes[gid]},)")
+        leaves = jax.tree_util.tree_leaves((variables, *inputs))
+        key = aval_key(leaves)
+        if key not in cache:
+            cache[key] = retrace(fn, spec_tree(variables), inputs, plan)
+        closed, out_tree = cache[key]
+        outs = evaluate(closed, leaves, MaskHook(plan, masks))
+        return jax.tree_util.tree_unflatten(out_tree, outs)
+
+    g.analysis = analysis
+    return g
+
+
+def keep_to_masks(groups: Sequence[ChannelGroup], keep: Dict[int, Sequence[int]],
+                  dtype=jnp.float32) -> Dict[int, jnp.ndarray]:
+    """0/1 masks of a keep-set (only the groups listed in ``keep``)."""
+    by_id = {g.id: g for g in groups}
+    masks = {}
+    for gid, kept in keep.items():
+        m = np.zeros(by_id[gid].size, np.float32)
+        m[np.asarray(kept, np.int64)] = 1.0
+        masks[gid] = jnp.asarray(m, dtype)
+    return masks

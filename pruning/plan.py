@@ -1,0 +1,180 @@
+"""The channel groups re-indexed by equation path, for the rewriting passes.
+
+``core.channel_groups`` answers "which group sits on axis k of this variable" per scope.
+Physical pruning and masking need that answer while they re-evaluate the model with
+``core.rewrite.evaluate``, whose hook sees an equation and its *path* (``core.trace.iter_eqns``
+numbering), not a scope. ``Plan`` walks the analysis' scopes once and stores, for every
+equation path, an ``AxisSpec`` per axis of every operand and result that holds channels of
+a group (``None`` everywhere else, which is almost everywhere).
+
+Keyed by path, the plan also serves a jaxpr traced at *other* input shapes (another batch
+size, a symbolic batch for export, the per-example shapes under ``vmap``): tracing the same
+model again gives the same equations in the same order, and channel axes do not depend on
+the batch. ``retrace`` makes that jaxpr and checks the equations line up.
+"""
+import dataclasses
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from core.channel_groups import GroupAnalysis
+from core.channel_types import Concat
+from core.trace import is_literal, iter_eqns, source_line
+
+Path = Tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AxisSpec:
+    """Which group channel owns each position of one axis.
+
+    ``owners`` holds ``(group id, owner, group size)``: ``owner[p]`` is the channel of that
+    group at position ``p`` (``group size`` where the group is absent). Several groups may
+    share an axis: side by side (a concatenation) or crossed (heads times head_dim), so a
+    position is kept only if every group owning it keeps its channel there.
+    """
+    size: int
+    owners: Tuple[Tuple[int, np.ndarray, int], ...]
+
+    def kept_positions(self, keep: Dict[int, np.ndarray]) -> Optional[np.ndarray]:
+        """Sorted positions that survive ``keep`` (``None``: the axis is unchanged)."""
+        alive = None
+        for gid, owner, n in self.owners:
+            kept = keep.get(gid)
+            if kept is None:
+                continue
+            row = np.zeros(n + 1, bool)
+            row[np.asarray(kept, np.int64)] = True
+            row[n] = True
+            here = row[owner]
+            alive = here if alive is None else alive & here
+        if alive is None or alive.all():
+            return None
+        return np.flatnonzero(alive)
+
+    def position_mask(self, masks: Dict[int, Any]):
+        """The mask of each position (product over the groups owning it), or ``None``."""
+        pm = None
+        for gid, owner, _ in self.owners:
+            m = masks.get(gid)
+            if m is None:
+                continue
+            m = jnp.asarray(m)
+            ext = jnp.concatenate([m, jnp.ones((1,), m.dtype)])
+            here = ext[owner]
+            pm = here if pm is None else pm * here
+        return pm
+
+
+VarSpec = Optional[Tuple[Optional[AxisSpec], ...]]   # None: no axis holds a group
+
+
+@dataclasses.dataclass(frozen=True)
+class EquationPlan:
+    primitive: str
+    ins: Tuple[VarSpec, ...]
+    outs: Tuple[VarSpec, ...]
+    source: Any                    # the analysed equation (for messages)
+
+
+class StructureMismatch(RuntimeError):
+    """A re-traced model does not have the equations the analysis saw."""
+
+
+class Plan:
+    """``eqns[path]`` -> ``EquationPlan``; ``params[i]`` -> spec of top-level invar ``i``."""
+
+    def __init__(self, analysis: GroupAnalysis):
+        self.analysis = analysis
+        self.group_sizes = {g.id: g.size for g in analysis.groups}
+        self._memo: Dict[Any, Optional[AxisSpec]] = {}
+        self.eqns: Dict[Path, EquationPlan] = {}
+        scope = analysis.scope
+        self.invars: Tuple[VarSpec, ...] = tuple(
+            self._var(scope, v) for v in analysis.traced.jaxpr.invars)
+        self._walk(scope, ())
+
+    # ------------------------------------------------------------ building
+    def _key(self, layout):
+        types = self.analysis.types
+        if isinstance(layout, int):
+            return types.find(layout)
+        parts = layout.parts if isinstance(layout, Concat) else layout.factors
+        return ("c" if isinstance(layout, Concat) else "p",) + tuple(self._key(p) for p in parts)
+
+    def _spec(self, layout) -> Optional[AxisSpec]:
+        types = self.analysis.types
+        layout = types.resolve(layout)
+        key = self._key(layout)
+        if key in self._memo:
+            return self._memo[key]
+        owners = []
+        size = types.size_of(layout)
+        for node, index_map in types.positions(layout).items():
+            gid = self.analysis.group_id(node)
+            if gid is None:
+                continue
+            n = index_map.shape[0]
+            owner = np.full(size, n, np.int64)
+            owner[index_map.reshape(-1)] = np.repeat(np.arange(n), index_map.shape[1])
+            owners.append((gid, owner, n))
+        spec = AxisSpec(size, tuple(owners)) if owners else None
+        self._memo[key] = spec
+        return spec
+
+    def _var(self, scope, atom) -> VarSpec:
+        if is_literal(atom) or atom not in scope.env:
+            return None
+        specs = tuple(self._spec(layout) for layout in scope.env[atom])
+        return specs if any(s is not None for s in specs) else None
+
+    def _walk(self, scope, prefix: Path) -> None:
+        for i, eqn in enumerate(scope.jaxpr.eqns):
+            path = prefix + (i,)
+            self.eqns[path] = EquationPlan(
+                eqn.primitive.name, tuple(self._var(scope, v) for v in eqn.invars),
+                tuple(self._var(scope, v) for v in eqn.outvars), eqn)
+            for k, child in enumerate(scope.children.get(i, ())):
+                self._walk(child, path + (k,))
+
+    # ------------------------------------------------------------- look-ups
+    def at(self, path: Path, eqn) -> EquationPlan:
+        plan = self.eqns.get(path)
+        if plan is None or plan.primitive != eqn.primitive.name:
+            seen = plan.primitive if plan else "nothing"
+            raise StructureMismatch(
+                f"re-traced model has '{eqn.primitive.name}' at equation {path} "
+                f"({source_line(eqn)}) where the analysis saw {seen}; the model traces to "
+                f"different equations at these input shapes")
+        return plan
+
+    def check(self, jaxpr) -> None:
+        """Raises ``StructureMismatch`` unless ``jaxpr`` has the analysed equations."""
+        for path, eqn in iter_eqns(jaxpr):
+            self.at(path, eqn)
+
+
+def input_specs(inputs: Sequence) -> list:
+    return [jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in inputs]
+
+
+def aval_key(values: Sequence) -> Tuple:
+    return tuple((str(jnp.shape(v)), str(jnp.result_type(v))) for v in values)
+
+
+def retrace(fn: Callable, variables_spec, inputs: Sequence, plan: Plan):
+    """The closed jaxpr of ``fn(variables, *inputs)`` at the shapes of ``inputs`` (concrete,
+    traced or symbolic), checked against the plan; ``variables_spec`` is a pytree of
+    ``ShapeDtypeStruct`` of the full-size variables."""
+    specs = input_specs(inputs)
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(variables_spec, *specs)
+    plan.check(closed.jaxpr)
+    return closed, jax.tree_util.tree_structure(out_shape)
+
+
+def spec_tree(variables):
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a),
+                                                                 jnp.result_type(a)),
+                                  variables)

@@ -1,0 +1,272 @@
+"""Physical pruning: the same network, natively narrower.
+
+``prune(fn, variables, x, keep={group: kept channels})`` slices every member parameter of
+every group along its axes, and rewrites the model by re-evaluating its jaxpr
+(``core.rewrite.evaluate``) with a hook that re-binds each equation on the narrower
+operands: shape parameters come from ``pruning.shape_rules``, means over a pruned axis divide
+by the kept count (``pruning.counts``), and groups that lose every channel make whole
+branches vanish with their constant contributions folded (``pruning.branch_removal``).
+
+``Pruned.fn`` is a plain JAX function: for each input signature it traces the original
+model at those shapes (so another batch size, a symbolic batch for export or ``vmap``
+work), applies the rewrite once, removes dead code, and runs the resulting jaxpr. Parameters
+that disappear (a removed branch's kernels, arrays with no channel left) are not in
+``Pruned.variables``; ``Pruned.fn`` finds the others by their path.
+"""
+import dataclasses
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax._src.interpreters import partial_eval as pe
+from jax.extend.core import ClosedJaxpr, jaxpr_as_fun
+
+from core.channel_groups import ChannelGroup, GroupAnalysis, analyze
+from core.rewrite import bind_equation, evaluate
+from core.trace import call_jaxpr, path_to_str, source_line, sub_jaxprs
+from pruning import branch_removal as br
+from pruning.counts import ReductionCounts
+from pruning.plan import AxisSpec, Plan, aval_key, input_specs, retrace, spec_tree
+from pruning.shape_rules import PruneError, Rebind, rebind, select_positions
+
+
+class PruneHook:
+    """The per-equation rewrite of one evaluation (see the module docstring)."""
+
+    def __init__(self, plan: Plan, keep: Dict[int, np.ndarray], kept_cache: Dict):
+        self.plan = plan
+        self.keep = keep
+        self._cache = kept_cache
+        self.counts = ReductionCounts()
+        self.notes: List[str] = []
+
+    def kept(self, spec: AxisSpec) -> Optional[np.ndarray]:
+        key = id(spec)
+        if key not in self._cache:
+            self._cache[key] = spec.kept_positions(self.keep)
+        return self._cache[key]
+
+    def conform(self, value, specs):
+        """Slices a full-size value (a constant, a literal) to the kept positions."""
+        if specs is None:
+            return value
+        for d, spec in enumerate(specs):
+            kept = self.kept(spec) if spec is not None else None
+            shape = value.shape if hasattr(value, "shape") else np.shape(value)
+            if kept is None or shape[d] != spec.size:
+                continue
+            new_shape = tuple(shape[:d]) + (len(kept),) + tuple(shape[d + 1:])
+            if len(kept) == 0:
+                value = br.Vanished(new_shape, value.dtype)
+            elif isinstance(value, br.Vanished):
+                value = br.Vanished(new_shape, value.dtype)
+            elif isinstance(value, br.Bcast):
+                small = value.small
+                if small.shape[d] != 1:
+                    small = select_positions(small, kept, d)
+                value = br.Bcast(small, new_shape)
+            else:
+                value = select_positions(value, kept, d)
+        return value
+
+    def __call__(self, eqn, invals, path):
+        plan = self.plan.at(path, eqn)
+        if call_jaxpr(eqn) is not None:
+            return None                      # inlined by evaluate; the hook sees its body
+        ctx = Rebind(eqn, list(invals), plan, self.kept)
+        if sub_jaxprs(eqn):
+            if ctx.changed():
+                raise PruneError(f"{eqn.primitive.name} at {source_line(eqn)}: pruning "
+                                 f"channels that enter a loop or branch body")
+            return bind_equation(eqn, [br.materialize(v) for v in invals])
+        ctx.invals = [self.conform(v, s) for v, s in zip(invals, plan.ins)]
+        shapes = [ctx.out_shape(k) for k in range(len(eqn.outvars))]
+        if br.results_vanish(shapes):
+            return [br.Vanished(s, v.aval.dtype) for s, v in zip(shapes, eqn.outvars)]
+        if any(isinstance(v, br.Vanished) for v in ctx.invals):
+            outs = br.vanish(ctx)
+            if outs is None:
+                self.notes.append(f"{eqn.primitive.name} at {source_line(eqn)}: an emptied "
+                                  f"operand had to be materialized as a zero-size array")
+                ctx.invals = [br.materialize(v) for v in ctx.invals]
+                outs = rebind(ctx)
+            return self._after(ctx, outs)
+        division = self.counts.rewrite_division(eqn, ctx.invals)
+        if division is not None:
+            ctx.invals = division
+        outs = None
+        if any(isinstance(v, br.Bcast) for v in ctx.invals):
+            outs = br.fold(ctx)
+            if outs is None:
+                ctx.invals = [br.materialize(v) for v in ctx.invals]
+        if outs is None:
+            outs = rebind(ctx)
+        return self._after(ctx, outs)
+
+    def _after(self, ctx: Rebind, outs):
+        eqn = ctx.eqn
+        if eqn.primitive.name == "reduce_sum":
+            n_old, n_new, changed = 1, 1, False
+            for d in eqn.params["axes"]:
+                old = ctx.in_size(0, d)
+                kept = ctx.in_kept(0, d)
+                if not isinstance(old, (int, np.integer)):
+                    return outs
+                n_old *= int(old)
+                n_new *= len(kept) if kept is not None else int(old)
+                changed |= kept is not None
+            if changed:
+                self.counts.mark(outs[0], n_old, n_new)
+        else:
+            self.counts.follow(eqn, ctx.invals, outs)
+        return outs
+
+
+@dataclasses.dataclass
+class _Compiled:
+    closed: ClosedJaxpr
+    out_tree: Any
+    param_indices: List[int]          # original param invars the rewritten jaxpr reads
+    notes: List[str]
+
+
+class PrunedFunction:
+    """``fn(variables, *inputs)`` of the pruned model (see the module docstring)."""
+
+    def __init__(self, fn: Callable, analysis: GroupAnalysis, plan: Plan,
+                 keep: Dict[int, np.ndarray], param_shapes: List[Tuple[tuple, Any]],
+                 full_spec):
+        self.original_fn = fn
+        self.analysis = analysis
+        self.plan = plan
+        self.keep = keep
+        self.param_shapes = param_shapes
+        self.param_paths = [p for p, is_p in zip(analysis.traced.in_paths,
+                                                 analysis.traced.is_param) if is_p]
+        self._full_spec = full_spec
+        self._kept_cache: Dict = {}
+        self._compiled: Dict[Any, _Compiled] = {}
+
+    def compiled(self, *inputs) -> _Compiled:
+        flat, tree = jax.tree_util.tree_flatten(inputs)
+        key = (aval_key(flat), str(tree))
+        if key not in self._compiled:
+            self._compiled[key] = self._build(inputs, flat)
+        return self._compiled[key]
+
+    def jaxpr(self, *inputs) -> ClosedJaxpr:
+        """The pruned model's jaxpr at these inputs (parameters, then inputs)."""
+        return self.compiled(*inputs).closed
+
+    def _build(self, inputs, flat_inputs) -> _Compiled:
+        closed, out_tree = retrace(self.original_fn, self._full_spec, inputs, self.plan)
+        n_params = len(self.param_shapes)
+        live = [i for i, (shape, _) in enumerate(self.param_shapes) if not br.is_empty(shape)]
+        notes: List[str] = []
+
+        def rewritten(*args):
+            params: List[Any] = [br.Vanished(shape, dtype) for shape, dtype in self.param_shapes]
+            for i, a in zip(live, args[:len(live)]):
+                params[i] = a
+            hook = PruneHook(self.plan, self.keep, self._kept_cache)
+            outs = evaluate(closed, params + list(args[len(live):]), hook)
+            notes[:] = hook.notes
+            return [br.materialize(o) for o in outs]
+
+        specs = ([jax.ShapeDtypeStruct(*self.param_shapes[i]) for i in live]
+                 + input_specs(flat_inputs))
+        traced = jax.make_jaxpr(rewritten)(*specs)
+        n_out = len(traced.jaxpr.outvars)
+        instantiate = [False] * len(live) + [True] * len(flat_inputs)
+        jaxpr, used_consts, used = pe.dce_jaxpr_consts(traced.jaxpr, [True] * n_out,
+                                                       instantiate)
+        consts = [c for c, u in zip(traced.consts, used_consts) if u]
+        used_params = [i for i, u in zip(live, used[:len(live)]) if u]
+        return _Compiled(ClosedJaxpr(jaxpr, consts), out_tree, used_params, notes)
+
+    def __call__(self, variables, *inputs):
+        compiled = self.compiled(*inputs)
+        by_path = {path_to_str(p): leaf for p, leaf in
+                   jax.tree_util.tree_flatten_with_path(variables)[0]}
+        try:
+            args = [by_path[self.param_paths[i]] for i in compiled.param_indices]
+        except KeyError as missing:
+            raise KeyError(f"pruned model needs parameter {missing}") from None
+        args += jax.tree_util.tree_leaves(inputs)
+        outs = jaxpr_as_fun(compiled.closed)(*args)
+        return jax.tree_util.tree_unflatten(compiled.out_tree, outs)
+
+
+@dataclasses.dataclass
+class Pruned:
+    """A physically pruned model: ``fn(variables, *inputs)`` with smaller ``variables``."""
+    fn: PrunedFunction
+    variables: Any
+    groups: List[ChannelGroup]
+    keep: Dict[int, np.ndarray]        # group id -> kept channel indices (pruned groups)
+    sizes: Dict[int, int]              # group id -> kept channel count (every group)
+    removed_params: List[str]          # parameters gone entirely (removed branches)
+    notes: List[str]                   # places that could not avoid a zero-size array
+
+    @property
+    def analysis(self) -> GroupAnalysis:
+        return self.fn.analysis
+
+
+def _check_keep(analysis: GroupAnalysis, keep) -> Dict[int, np.ndarray]:
+    checked = {}
+    for gid, kept in keep.items():
+        if not 0 <= gid < len(analysis.groups):
+            raise KeyError(f"no channel group {gid}")
+        group = analysis.groups[gid]
+        if not group.prunable:
+            raise ValueError(f"group {gid} is not prunable: {group.reason}")
+        kept = np.unique(np.asarray(kept, np.int64).reshape(-1))
+        if len(kept) and (kept[0] < 0 or kept[-1] >= group.size):
+            raise ValueError(f"group {gid} has {group.size} channels; got indices {kept}")
+        if len(kept) < group.size:
+            checked[gid] = kept
+    return checked
+
+
+def _nest(paths: Sequence[str], leaves: Sequence) -> dict:
+    tree: dict = {}
+    for path, leaf in zip(paths, leaves):
+        node = tree
+        parts = path.split("/")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = leaf
+    return tree
+
+
+def prune(fn: Callable, variables, *example_inputs, keep: Dict[int, Sequence[int]],
+          analysis: Optional[GroupAnalysis] = None) -> Pruned:
+    """Removes channels: ``keep[g]`` are the channel indices group ``g`` keeps (groups not
+    listed keep all; an empty list removes the group and whatever only served it)."""
+    analysis = analysis or analyze(fn, variables, *example_inputs)
+    keep = _check_keep(analysis, keep)
+    plan = Plan(analysis)
+    traced = analysis.traced
+    leaves = jax.tree_util.tree_leaves(variables)
+    hook = PruneHook(plan, keep, {})
+    sliced, shapes = [], []
+    for i, leaf in enumerate(leaves):
+        value = hook.conform(np.asarray(leaf), plan.invars[i])
+        shapes.append((tuple(value.shape), np.dtype(leaf.dtype)))
+        sliced.append(value)
+    pruned_fn = PrunedFunction(fn, analysis, plan, keep, shapes, spec_tree(variables))
+    compiled = pruned_fn.compiled(*example_inputs)
+    used = set(compiled.param_indices)
+    paths = pruned_fn.param_paths
+    if len(used) == len(leaves):
+        treedef = jax.tree_util.tree_structure(variables)
+        new_vars = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v) for v in sliced])
+    else:
+        order = sorted(used)
+        new_vars = _nest([paths[i] for i in order], [jnp.asarray(sliced[i]) for i in order])
+    sizes = {g.id: (len(keep[g.id]) if g.id in keep else g.size) for g in analysis.groups}
+    removed = [paths[i] for i in range(len(leaves)) if i not in used]
+    return Pruned(pruned_fn, new_vars, analysis.groups, keep, sizes, removed,
+                  list(compiled.notes))
