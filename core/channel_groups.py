@@ -33,12 +33,12 @@ intermediates and nested jaxprs included:
   ``sizes[group_id]`` channels (what a pruned equation's new shape is made of).
 """
 import dataclasses
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from core import rules_compute, rules_layout  # noqa: F401  (fill the rule table)
-from core.channel_types import Concat, Layout, Product, Reason
+from core.channel_types import Concat, Layout, Reason
 from core.interpreter import ChannelInterpreter, Scope
 from core.trace import Traced, shape_of, source_line, trace
 
@@ -102,15 +102,18 @@ class ChannelGroup:
         lines = [f"ChannelGroup {self.id}: {self.size} channels, {state}"]
         for m in self.members:
             lines.append(f"  {m.path}  {m.describe()}")
-        ops = self.ops
-        sources = []
-        for prim, src in ops:
-            entry = f"{prim} @ {src}"
-            if entry not in sources:
-                sources.append(entry)
-        shown = sources[:12]
-        lines.append("  through: " + "; ".join(shown)
-                     + (f"; ... {len(sources) - len(shown)} more" if len(sources) > 12 else ""))
+        by_line: Dict[str, List[str]] = {}
+        for prim, src in self.ops:
+            names = by_line.setdefault(src, [])
+            if prim not in names:
+                names.append(prim)
+        # The model's own code first, library internals (flax, jax) after.
+        lines_sorted = sorted(by_line, key=lambda src: "site-packages" in src)
+        shown = lines_sorted[:12]
+        lines.append("  through:")
+        lines += [f"    {src}: {', '.join(by_line[src])}" for src in shown]
+        if len(lines_sorted) > len(shown):
+            lines.append(f"    ... {len(lines_sorted) - len(shown)} more source lines")
         return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from jax.extend import core as jcore
 
 from core.channel_types import ChannelTypes, Layout, Reason
-from core.trace import shape_of, source_line
+from core.trace import shape_of
 
 AxisTypes = Tuple[Layout, ...]
 Rule = Callable[["ChannelInterpreter", object, List[AxisTypes]], List[AxisTypes]]

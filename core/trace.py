@@ -14,7 +14,7 @@ interpreter can enter them, and ``source_line`` names the user code an equation 
 """
 import dataclasses
 import os
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import jax
 from jax._src import source_info_util
@@ -141,8 +141,16 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def source_line(eqn) -> str:
-    """``'models/resnet.py:23 (__call__)'``: the user code an equation was traced from."""
-    frame = source_info_util.user_frame(eqn.source_info.traceback)
+    """``'models/resnet.py:23 (__call__)'``: the user code an equation was traced from. The
+    innermost frame outside installed packages wins, so a conv made by ``flax.linen.Conv``
+    points at the model line that called it, not at flax."""
+    frame = None
+    for candidate in source_info_util.user_frames(eqn.source_info.traceback):
+        if frame is None:
+            frame = candidate
+        if "site-packages" not in candidate.file_name:
+            frame = candidate
+            break
     if frame is None:
         return "unknown source"
     name = frame.file_name

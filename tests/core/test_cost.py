@@ -9,7 +9,6 @@ import pytest
 
 from core.cost import count, count_analysis, CostModel
 from core.channel_groups import analyze
-from core.trace import iter_eqns
 from models import resnet, zoo
 
 

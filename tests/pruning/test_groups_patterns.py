@@ -8,7 +8,6 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from jax.extend.core import Primitive
 
 from core.interpreter import UnsupportedPrimitiveWarning
