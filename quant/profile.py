@@ -1,0 +1,92 @@
+"""NPU profiles: what an integer target supports, as data (quant/profiles/*.json).
+
+Which tensors get which quantizer, and which ops a target can run at all, is a property
+of the target, not of the model. A profile file names the weight quantizer (bits,
+per-channel or per-tensor, symmetric), the activation quantizer (bits, unsigned or signed),
+the primitives whose activation operands are (re)quantized, the primitives the target
+supports ("all" for a runtime that falls back to float), and constraints checked by the
+linter. Add a target by adding a file; ``load_profile("name")`` or a path.
+"""
+import dataclasses
+import glob
+import json
+import os
+from typing import Any, Dict, FrozenSet, Optional, Union
+
+PROFILE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiles")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+    """An integer format: ``bits`` wide, signed or unsigned, symmetric or with a zero point."""
+    bits: int = 8
+    symmetric: bool = True
+    unsigned: bool = False
+    per_channel: bool = False
+
+    @property
+    def qmin(self) -> int:
+        return 0 if self.unsigned else -(2 ** (self.bits - 1)) + (1 if self.symmetric else 0)
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** self.bits - 1 if self.unsigned else 2 ** (self.bits - 1) - 1
+
+    def replace(self, **changes) -> "QuantSpec":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    weights: QuantSpec
+    activations: QuantSpec
+    quantize_inputs_of: FrozenSet[str]
+    supported: Optional[FrozenSet[str]]          # None: every primitive runs
+    supported_if_constant_operand: FrozenSet[str]
+    constraints: Dict[str, Any]
+
+    def supports(self, primitive: str, has_activation_operands_only: bool = False) -> bool:
+        if self.supported is None:
+            return True
+        if primitive in self.supported:
+            return True
+        return primitive in self.supported_if_constant_operand and \
+            not has_activation_operands_only
+
+    def with_weights(self, **changes) -> "Profile":
+        return dataclasses.replace(self, weights=self.weights.replace(**changes))
+
+    def with_activations(self, **changes) -> "Profile":
+        return dataclasses.replace(self, activations=self.activations.replace(**changes))
+
+
+def available_profiles():
+    return sorted(os.path.splitext(os.path.basename(p))[0]
+                  for p in glob.glob(os.path.join(PROFILE_DIR, "*.json")))
+
+
+def load_profile(name_or_path: Union[str, Profile]) -> Profile:
+    """A profile by name (``quant/profiles/<name>.json``) or by file path."""
+    if isinstance(name_or_path, Profile):
+        return name_or_path
+    path = name_or_path if name_or_path.endswith(".json") else os.path.join(
+        PROFILE_DIR, name_or_path + ".json")
+    if not os.path.exists(path):
+        raise KeyError(f"no NPU profile {name_or_path!r}; available: {available_profiles()}")
+    with open(path) as f:
+        data = json.load(f)
+    weights = data["weights"]
+    acts = data["activations"]
+    supported = data.get("supported", "all")
+    return Profile(
+        name=data["name"], description=data.get("description", ""),
+        weights=QuantSpec(weights["bits"], weights.get("symmetric", True), False,
+                          weights.get("per_channel", True)),
+        activations=QuantSpec(acts["bits"], acts.get("symmetric", False),
+                              acts.get("unsigned", True), False),
+        quantize_inputs_of=frozenset(data["quantize_inputs_of"]),
+        supported=None if supported == "all" else frozenset(supported),
+        supported_if_constant_operand=frozenset(data.get("supported_if_constant_operand", ())),
+        constraints=dict(data.get("constraints", {})))

@@ -1,0 +1,38 @@
+"""The NPU linter flags GELU models and mismatched channel ranges, and is quiet on a clean
+ReLU CNN."""
+import pytest
+
+from quant.lint import lint
+from tests.quant import tiny_models
+
+
+def test_quiet_on_clean_relu_cnn():
+    v = tiny_models.cnn_variables()
+    report = lint(tiny_models.cnn, v, tiny_models.images(), profile="npu_int8_per_tensor")
+    assert report.ok, str(report)
+
+
+def test_flags_mismatched_channel_ranges():
+    v = tiny_models.cnn_variables(spread=300.0)
+    report = lint(tiny_models.cnn, v, tiny_models.images(), profile="npu_int8_per_tensor")
+    spread = report.of_kind("weight_range_spread")
+    assert len(spread) == 1 and spread[0].value > 100
+    assert "tiny_models.py" in spread[0].source and "equaliz" in spread[0].fix
+    assert report.of_kind("activation_channel_spread")
+    assert not report.of_kind("unsupported_op")
+    # per-channel weights make the weight spread harmless: not reported
+    per_channel = lint(tiny_models.cnn, v, tiny_models.images(), profile="npu_w4a8")
+    assert not per_channel.of_kind("weight_range_spread")
+
+
+@pytest.mark.slow
+def test_flags_gelu_and_layernorm_in_a_vit():
+    from models import zoo
+    fn, v, x = zoo.instantiate("vit", tiny=True, batch=4)
+    report = lint(fn, v, x, profile="npu_int8_per_tensor")
+    unsupported = report.of_kind("unsupported_op")
+    primitives = {f.message.split("`")[1] for f in unsupported}
+    assert {"tanh", "rsqrt", "exp"} <= primitives        # GELU, LayerNorm, softmax
+    gelu = [f for f in unsupported if "`tanh`" in f.message][0]
+    assert gelu.source.startswith("models/vit.py:") and "GELU" in gelu.fix
+    assert not lint(fn, v, x, profile="ort_cpu_int8").of_kind("unsupported_op")
