@@ -10,7 +10,8 @@ from typing import Any, Callable, Dict, Tuple
 import jax
 import jax.numpy as jnp
 
-from models import mobilenetv2, resnet
+from models import (convnext, densenet, efficientnet, fpn, inception, mixer, mobilenetv2,
+                    mobilenetv3, nnx_cnn, regnet, resnet, transformer_lm, unet, vit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,51 @@ register(ZooEntry(
     (28, 28, 1), (12, 12, 1)))
 
 
+register(ZooEntry(
+    "mobilenetv3", "MobileNetV3-Small: SE inverted residuals, hard-swish, 28x28",
+    mobilenetv3.mobilenetv3_small, mobilenetv3.mobilenetv3_tiny, (28, 28, 1), (12, 12, 1)))
+register(ZooEntry(
+    "efficientnet", "EfficientNet-B0 style: MBConv with SE on the input width, swish",
+    efficientnet.efficientnet_b0, efficientnet.efficientnet_tiny, (28, 28, 1), (12, 12, 1)))
+register(ZooEntry(
+    "convnext", "ConvNeXt: 7x7 depthwise, LayerNorm, GELU MLP, layer scale; 3 stages",
+    convnext.convnext_fmnist, convnext.convnext_tiny_test, (28, 28, 1), (12, 12, 1)))
+register(ZooEntry(
+    "regnet", "RegNetX-200MF style: grouped 3x3 convs (group width 8); tiny adds SE",
+    regnet.regnetx_200mf, regnet.regnet_tiny, (28, 28, 1), (12, 12, 1)))
+register(ZooEntry(
+    "densenet", "DenseNet-BC-40, growth 12: dense blocks of concatenations",
+    densenet.densenet_bc40, densenet.densenet_tiny, (28, 28, 1), (12, 12, 1)))
+register(ZooEntry(
+    "inception", "Inception style: four parallel branches concatenated, BatchNorm",
+    inception.inception_fmnist, inception.inception_tiny, (28, 28, 1), (12, 12, 1)))
+register(ZooEntry(
+    "unet", "U-Net: encoder-decoder, transposed-conv upsampling, skip concatenations, "
+    "per-pixel logits",
+    unet.unet_fmnist, unet.unet_tiny, (28, 28, 1), (16, 16, 1)))
+register(ZooEntry(
+    "vit", "ViT: class token, learned position embedding, linen MultiHeadDotProductAttention",
+    vit.vit_fmnist, vit.vit_tiny, (28, 28, 1), (12, 12, 1)))
+register(ZooEntry(
+    "vit_fused", "ViT with hand-written attention: one fused qkv Dense, reshape into heads",
+    lambda: vit.vit_fmnist(attention="fused"), lambda: vit.vit_tiny(attention="fused"),
+    (28, 28, 1), (12, 12, 1)))
+register(ZooEntry(
+    "mixer", "MLP-Mixer: token-mixing and channel-mixing MLPs",
+    mixer.mixer_fmnist, mixer.mixer_tiny, (28, 28, 1), (12, 12, 1)))
+register(ZooEntry(
+    "transformer_lm", "Decoder-only LM: tied embedding, RMSNorm, SwiGLU, rotary, "
+    "grouped-query causal attention",
+    transformer_lm.transformer_lm_small, transformer_lm.transformer_lm_tiny, (128,), (8,),
+    input_dtype=jnp.int32, input_vocab=256))
+register(ZooEntry(
+    "fpn", "Detector with FPN/PAN neck: nearest upsample + concat, per-level dense heads",
+    fpn.fpn_fmnist, fpn.fpn_tiny, (28, 28, 1), (16, 16, 1)))
+register(ZooEntry(
+    "nnx_cnn", "Flax NNX CNN with BatchNorm, exposed through nnx.split/merge",
+    nnx_cnn.nnx_cnn_fmnist, nnx_cnn.nnx_cnn_tiny, (28, 28, 1), (12, 12, 1)))
+
+
 def instantiate(name: str, tiny: bool = True, batch: int = 2, seed: int = 0):
     """Returns ``(fn, variables, example_input)`` for a zoo model in inference mode."""
     entry = ZOO[name]
@@ -73,7 +119,7 @@ def instantiate(name: str, tiny: bool = True, batch: int = 2, seed: int = 0):
         return _linen_function(module), _randomize_batch_stats(variables, seed), x
     # Non-linen models (e.g. Flax NNX) provide their own (fn, variables) constructor.
     fn, variables = module(key_init)
-    return fn, variables, x
+    return fn, _randomize_batch_stats(variables, seed), x
 
 
 def _randomize_batch_stats(variables, seed):
