@@ -213,6 +213,15 @@ class Pruned:
     def analysis(self) -> GroupAnalysis:
         return self.fn.analysis
 
+    @property
+    def effective_sizes(self) -> Dict[int, int]:
+        """``sizes`` with 0 for groups none of whose parameters survived: emptying a group can
+        leave others that only served it dead (the conv feeding a removed branch), and
+        dead-code elimination removed them too."""
+        removed = set(self.removed_params)
+        return {g.id: (0 if all(m.path in removed for m in g.members) else self.sizes[g.id])
+                for g in self.groups}
+
 
 def _check_keep(analysis: GroupAnalysis, keep) -> Dict[int, np.ndarray]:
     checked = {}
