@@ -1,0 +1,110 @@
+"""Learned-gate channel pruning end to end: the project's showcase (default experiment).
+
+teacher (cached) -> channel groups -> gates trained with distillation under a FLOPs or
+latency budget -> hard threshold (counts rounded to a multiple) -> physical removal ->
+distillation fine-tune -> ONNX export (parity-checked) -> latency on a device runner ->
+a before/after table. Every stage writes to the workdir; the fine-tune checkpoints and
+resumes like any training run.
+"""
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from core import cost, losses, teacher as teacher_lib, train as train_lib
+from export.measure import export_and_measure
+from pruning import find_groups, gates, prune
+
+
+def _distillation(teacher_fn, settings):
+    def loss_fn(logits, labels, images):
+        teacher_logits = jax.lax.stop_gradient(teacher_fn(images))
+        return losses.distillation_loss(logits, teacher_logits, labels,
+                                        settings.kd_temperature, settings.kd_alpha)
+    return loss_fn
+
+
+def _table(rows):
+    header = ("| model | test acc | FLOPs (M) | params (k) | ORT b1 (ms) | ORT b32 (ms) |\n"
+              "|---|---|---|---|---|---|\n")
+    lines = [f"| {name} | {r['accuracy'] * 100:.2f} | {r['flops'] / 1e6:.2f} | "
+             f"{r['params'] / 1e3:.1f} | {r['batch1_median_ms']:.3f} | "
+             f"{r['batch32_median_ms']:.2f} |" for name, r in rows]
+    return header + "\n".join(lines)
+
+
+def main(config, workdir):
+    start = time.time()
+    module, variables, summary = teacher_lib.get_teacher(config.teacher)
+    dataset = teacher_lib.load_data(config.teacher)
+    fn = lambda v, x: module.apply(v, x, train=False)  # noqa: E731
+    x1 = np.asarray(train_lib.pipeline.normalize(dataset.test[0][:1], dataset.mean,
+                                                 dataset.std))
+    teacher_fn = jax.jit(lambda x: fn(variables, x))
+    settings = gates.GateSettings.from_config(config.gates)
+
+    groups = find_groups(fn, variables, x1)
+    prunable = [g for g in groups if g.prunable]
+    cost_model = cost.cost_model(fn, variables, x1)
+    latency_fn = None
+    if settings.target == "latency":
+        from export import LatencyModel, LatencyTable, get_runner
+        table = LatencyTable(get_runner(config.device), config.latency_table_path)
+        latency_fn, _ = LatencyModel(table, mode="grid").differentiable(fn, variables, x1)
+    print(f"{len(prunable)} prunable channel groups of {len(groups)}; "
+          f"teacher test accuracy {summary['test_accuracy']:.4f}")
+
+    trained, logits, history = gates.train_gates(
+        fn, variables, groups, dataset, settings, workdir, cost_model, teacher_fn, latency_fn)
+    keep = gates.threshold(groups, logits, settings)
+    pruned = prune(fn, trained, x1, keep=keep)
+    sizes = {str(g): int(len(k)) for g, k in keep.items()}
+    after_prune = train_lib.evaluate(pruned.fn, pruned.variables, dataset, "test")
+
+    model = train_lib.TrainableModel(pruned.variables,
+                                     lambda v, x, rng: (pruned.fn(v, x), {}), pruned.fn)
+    tuned = train_lib.train(model, dataset, config.finetune,
+                            os.path.join(workdir, "finetune"),
+                            loss_fn=_distillation(teacher_fn, settings))
+
+    exports = os.path.join(workdir, "onnx")
+    before = export_and_measure(fn, variables, x1, os.path.join(exports, "teacher.onnx"),
+                                config.device)
+    after = export_and_measure(pruned.fn, tuned["variables"], x1,
+                               os.path.join(exports, "pruned.onnx"), config.device)
+    before["accuracy"] = summary["test_accuracy"]
+    after["accuracy"] = tuned["test"]["accuracy"]
+    result = {
+        "experiment": config.experiment_name, "teacher": summary["key"],
+        "target": settings.target, "target_ratio": settings.target_ratio,
+        "target_ms": settings.target_ms,
+        "accuracy_before": summary["test_accuracy"],
+        "accuracy_after_pruning": after_prune["accuracy"],
+        "accuracy_after_finetune": tuned["test"]["accuracy"],
+        "flops_reduction": before["flops"] / after["flops"],
+        "params_reduction": before["params"] / after["params"],
+        "speedup_batch1": before["batch1_median_ms"] / after["batch1_median_ms"],
+        "speedup_batch32": before["batch32_median_ms"] / after["batch32_median_ms"],
+        "before": before, "after": after, "kept_channels": sizes,
+        "removed_params": pruned.removed_params, "gate_history": history[-1:],
+        "wall_seconds": time.time() - start,
+    }
+    table = _table([("teacher", before), ("pruned + fine-tuned", after)])
+    text = (f"{table}\n\naccuracy right after pruning (before fine-tune): "
+            f"{after_prune['accuracy'] * 100:.2f}%\nFLOPs reduction "
+            f"{result['flops_reduction']:.2f}x, ONNX speed-up {result['speedup_batch1']:.2f}x "
+            f"(batch 1), {result['speedup_batch32']:.2f}x (batch 32) on {config.device}")
+    print(text)
+    with open(os.path.join(workdir, "result.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(workdir, "result.md"), "w") as f:
+        f.write(text + "\n")
+    if config.get("publish", False):
+        root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "benchmarks", "results")
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, f"{config.experiment_name}.json"), "w") as f:
+            json.dump(result, f, indent=2)
+    return result
