@@ -8,6 +8,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.extend.core import Primitive
 
 from core.interpreter import UnsupportedPrimitiveWarning
@@ -367,3 +368,18 @@ def test_variables_inside_nested_jaxprs_have_axis_types():
     relu_out = jitted.jaxpr.outvars[0]
     assert [gid for gid, _ in analysis.axis_groups(relu_out, 1, jitted)] == [hidden.id]
     assert analysis.axis_groups(relu_out, 1, jitted)[0][1][:, 0].tolist() == list(range(5))
+
+
+@pytest.mark.parametrize("method", ["nearest", "linear"])
+def test_resize_passes_channels_through_and_fixes_space(method):
+    def fn(p, x):
+        h = _conv(x, p["c1"])
+        h = jax.image.resize(h, (h.shape[0], 8, 8, h.shape[3]), method)
+        h = jax.lax.dynamic_slice_in_dim(h, 1, 6, axis=1)       # a crop at a traced offset
+        return jnp.mean(_conv(h, p["c2"]), (1, 2))
+
+    p = {"c1": _normal(80, (3, 3, 2, 5)), "c2": _normal(81, (1, 1, 5, 3))}
+    groups = find_groups(fn, p, jnp.ones((1, 4, 4, 2)))
+    channels = _group_with(groups, "c1", 3)[0]
+    assert channels.prunable and _members(channels) == {("c1", 3), ("c2", 2)}
+    assert len([g for g in groups if g.prunable]) == 1
