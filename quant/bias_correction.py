@@ -21,13 +21,11 @@ from quant.fakequant import QuantizedModel
 
 def _corrections_fn(model: QuantizedModel, qparams):
     """jitted (variables, x) -> {weight site: mean output shift per channel}."""
-    flat = model.flat
-
     def run(variables, x):
         shifts = {}
 
         def observe_weight_op(site, eqn, float_invals, quant_invals):
-            i, k = site.consumers[0]
+            k = site.consumers[0][1]
             axes = output_channel_axis(eqn, k)
             if axes is None:
                 return

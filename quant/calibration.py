@@ -12,7 +12,7 @@ which three range estimators choose:
 Weights use min-max per channel (or per tensor), or the same MSE search per channel.
 The result is the ``qparams`` pytree that ``QuantizedModel.apply`` reads.
 """
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable
 
 import numpy as np
 

@@ -27,7 +27,7 @@ from jax.extend import core as jcore
 from core import rewrite
 from quant import dataflow
 from quant.profile import Profile, QuantSpec, load_profile
-from quant.quantizers import fake_quant, lsq_scale, qparams_from_range
+from quant.quantizers import fake_quant, lsq_scale
 
 WEIGHT_PRIMITIVES = ("conv_general_dilated", "dot_general")
 

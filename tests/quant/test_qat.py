@@ -1,6 +1,5 @@
 """QAT: a few steps of distillation through the fake-quant model (4-bit weights) bring it
 closer to the float teacher."""
-import jax
 import numpy as np
 
 from core import losses
