@@ -141,3 +141,18 @@ def test_flops_budget_is_met_and_matches_core_cost():
         assert _relative(out.fn(out.variables, x), fn(variables, x)) < 2.0
     with pytest.raises(lowrank.BudgetError):
         lowrank.factorize(fn, variables, x, budget=0.05, method="svd")
+
+
+def test_latency_budget_is_met_on_the_latency_model(tmp_path):
+    """With a latency model (a deterministic fake device: latency ~ weights of each op) the
+    allocation keeps the PREDICTED latency of the factorized model within the budget."""
+    from export import latency_model as lm, latency_table as lt
+    from tests.export.test_latency_table import CountingRunner
+    fn, variables, x = zoo.instantiate("resnet20", batch=1)
+    table = lt.LatencyTable(CountingRunner("fake"), str(tmp_path / "t.json"), progress=False)
+    model = lm.LatencyModel(table, lm.Calibration((0.01, 1.0, 1.0, 0.002)))
+    before = model.predict(fn, variables, x)
+    out = lowrank.factorize(fn, variables, x, budget={"latency": 0.7}, method="svd",
+                            latency_model=model)
+    assert out.layers
+    assert model.predict(out.fn, out.variables, x) <= 0.7 * before * (1 + 1e-9)

@@ -1,0 +1,1 @@
+"""Low-rank experiments (python run.py --list)."""
