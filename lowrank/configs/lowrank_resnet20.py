@@ -6,8 +6,8 @@ Needs the cached ResNet-20 teacher of `python run.py --exp=train_teacher` (about
 train if missing). Expected: about 40-60 minutes on 2 busy CPU cores (6 fine-tunes of
 300 steps, 13 test-set evaluations, ONNX exports and latency runs).
 """
-from lowrank.configs import _base
 from core.configs import train_teacher
+from lowrank.configs import _base
 
 
 def get_config():

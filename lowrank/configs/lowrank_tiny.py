@@ -4,8 +4,8 @@ pipeline end to end; the numbers mean nothing.
 Run:  python run.py --exp=lowrank_tiny
 Expected: a few minutes on 2 busy CPU cores.
 """
-from lowrank.configs import _base
 from core.configs import train_teacher_tiny
+from lowrank.configs import _base
 
 
 def get_config():
