@@ -18,7 +18,6 @@ from typing import Any, Callable, Dict, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from core.channel_groups import ChannelGroup, GroupAnalysis
 from core.rewrite import bind_equation, evaluate
@@ -146,8 +145,8 @@ def masked(fn: Callable, groups: Union[GroupAnalysis, Sequence[ChannelGroup]]) -
         key = aval_key(leaves)
         if key not in cache:
             cache[key] = retrace(fn, spec_tree(variables), inputs, plan)
-        closed, out_tree = cache[key]
-        outs = evaluate(closed, leaves, MaskHook(plan, masks))
+        closed, out_tree, aligned = cache[key]
+        outs = evaluate(closed, leaves, MaskHook(aligned, masks))
         return jax.tree_util.tree_unflatten(out_tree, outs)
 
     g.analysis = analysis

@@ -7,12 +7,16 @@ numbering), not a scope. ``Plan`` walks the analysis' scopes once and stores, fo
 equation path, an ``AxisSpec`` per axis of every operand and result that holds channels of
 a group (``None`` everywhere else, which is almost everywhere).
 
-Keyed by path, the plan also serves a jaxpr traced at *other* input shapes (another batch
-size, a symbolic batch for export, the per-example shapes under ``vmap``): tracing the same
-model again gives the same equations in the same order, and channel axes do not depend on
-the batch. ``retrace`` makes that jaxpr and checks the equations line up.
+The plan also serves a jaxpr traced at *other* input shapes (another batch size, a
+symbolic batch for export, the per-example shapes under ``vmap``): channel axes do not
+depend on the batch, and tracing the same model again gives the same equations in the same
+order, except for a few shape computations a symbolic batch adds. ``retrace`` makes that
+jaxpr and ``Plan.align`` matches its equations to the analysed ones (identical sequences
+map one to one; otherwise the longest matching runs of primitives, recursively into
+sub-jaxprs); the added equations get no channel axes.
 """
 import dataclasses
+import difflib
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
@@ -21,7 +25,7 @@ import numpy as np
 
 from core.channel_groups import GroupAnalysis
 from core.channel_types import Concat
-from core.trace import is_literal, iter_eqns, source_line
+from core.trace import is_literal, source_line, sub_jaxprs
 
 Path = Tuple[int, ...]
 
@@ -77,6 +81,7 @@ class EquationPlan:
     ins: Tuple[VarSpec, ...]
     outs: Tuple[VarSpec, ...]
     source: Any                    # the analysed equation (for messages)
+    matched: bool = True           # False: an equation the analysed trace did not have
 
 
 class StructureMismatch(RuntimeError):
@@ -91,6 +96,7 @@ class Plan:
         self.group_sizes = {g.id: g.size for g in analysis.groups}
         self._memo: Dict[Any, Optional[AxisSpec]] = {}
         self.eqns: Dict[Path, EquationPlan] = {}
+        self.names: Dict[Path, list] = {}       # jaxpr prefix -> its primitives, in order
         scope = analysis.scope
         self.invars: Tuple[VarSpec, ...] = tuple(
             self._var(scope, v) for v in analysis.traced.jaxpr.invars)
@@ -131,6 +137,7 @@ class Plan:
         return specs if any(s is not None for s in specs) else None
 
     def _walk(self, scope, prefix: Path) -> None:
+        self.names[prefix] = [e.primitive.name for e in scope.jaxpr.eqns]
         for i, eqn in enumerate(scope.jaxpr.eqns):
             path = prefix + (i,)
             self.eqns[path] = EquationPlan(
@@ -150,10 +157,51 @@ class Plan:
                 f"different equations at these input shapes")
         return plan
 
-    def check(self, jaxpr) -> None:
-        """Raises ``StructureMismatch`` unless ``jaxpr`` has the analysed equations."""
-        for path, eqn in iter_eqns(jaxpr):
-            self.at(path, eqn)
+    def align(self, jaxpr) -> "Aligned":
+        """The plan of each equation of ``jaxpr`` (traced at other shapes), by its path."""
+        found: Dict[Path, EquationPlan] = {}
+        self._align((), jaxpr, (), found)
+        return Aligned(found)
+
+    def _align(self, old_prefix: Path, jaxpr, new_prefix: Path, found) -> None:
+        old = self.names.get(old_prefix, [])
+        new = [e.primitive.name for e in jaxpr.eqns]
+        if old == new:
+            pairs = [(i, i) for i in range(len(new))]
+        else:
+            matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
+            pairs = [(b.a + t, b.b + t) for b in matcher.get_matching_blocks()
+                     for t in range(b.size)]
+        for i, j in pairs:
+            plan, eqn = self.eqns[old_prefix + (i,)], jaxpr.eqns[j]
+            _check_ranks(plan, eqn)
+            found[new_prefix + (j,)] = plan
+            for k, sub in enumerate(sub_jaxprs(eqn)):
+                if old_prefix + (i, k) in self.names:
+                    self._align(old_prefix + (i, k), sub.jaxpr, new_prefix + (j, k), found)
+
+
+def _check_ranks(plan: EquationPlan, eqn) -> None:
+    for specs, atoms in ((plan.ins, eqn.invars), (plan.outs, eqn.outvars)):
+        for spec, atom in zip(specs, atoms):
+            if spec is not None and len(spec) != len(getattr(atom.aval, "shape", ())):
+                raise StructureMismatch(
+                    f"'{eqn.primitive.name}' at {source_line(eqn)} has operands of another "
+                    f"rank than in the analysed model")
+
+
+class Aligned:
+    """Equation plans of a re-traced jaxpr; equations it added have no channel axes."""
+
+    def __init__(self, found: Dict[Path, EquationPlan]):
+        self.found = found
+
+    def at(self, path: Path, eqn) -> EquationPlan:
+        plan = self.found.get(path)
+        if plan is None:
+            return EquationPlan(eqn.primitive.name, (None,) * len(eqn.invars),
+                                (None,) * len(eqn.outvars), eqn, matched=False)
+        return plan
 
 
 def input_specs(inputs: Sequence) -> list:
@@ -165,13 +213,12 @@ def aval_key(values: Sequence) -> Tuple:
 
 
 def retrace(fn: Callable, variables_spec, inputs: Sequence, plan: Plan):
-    """The closed jaxpr of ``fn(variables, *inputs)`` at the shapes of ``inputs`` (concrete,
-    traced or symbolic), checked against the plan; ``variables_spec`` is a pytree of
-    ``ShapeDtypeStruct`` of the full-size variables."""
+    """``(closed jaxpr, output treedef, Aligned plans)`` of ``fn(variables, *inputs)`` at
+    the shapes of ``inputs`` (concrete, traced or symbolic); ``variables_spec`` is a pytree
+    of ``ShapeDtypeStruct`` of the full-size variables."""
     specs = input_specs(inputs)
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(variables_spec, *specs)
-    plan.check(closed.jaxpr)
-    return closed, jax.tree_util.tree_structure(out_shape)
+    return closed, jax.tree_util.tree_structure(out_shape), plan.align(closed.jaxpr)
 
 
 def spec_tree(variables):

@@ -40,6 +40,7 @@ class PruneHook:
         self._cache = kept_cache
         self.counts = ReductionCounts()
         self.notes: List[str] = []
+        self._specs: Dict[int, Tuple[Any, Any]] = {}    # id(value) -> (value, its VarSpec)
 
     def kept(self, spec: AxisSpec) -> Optional[np.ndarray]:
         key = id(spec)
@@ -74,6 +75,8 @@ class PruneHook:
         plan = self.plan.at(path, eqn)
         if call_jaxpr(eqn) is not None:
             return None                      # inlined by evaluate; the hook sees its body
+        if not plan.matched:
+            return self._unmatched(eqn, invals)
         ctx = Rebind(eqn, list(invals), plan, self.kept)
         if sub_jaxprs(eqn):
             if ctx.changed():
@@ -83,7 +86,8 @@ class PruneHook:
         ctx.invals = [self.conform(v, s) for v, s in zip(invals, plan.ins)]
         shapes = [ctx.out_shape(k) for k in range(len(eqn.outvars))]
         if br.results_vanish(shapes):
-            return [br.Vanished(s, v.aval.dtype) for s, v in zip(shapes, eqn.outvars)]
+            return self._after(ctx, [br.Vanished(s, v.aval.dtype)
+                                     for s, v in zip(shapes, eqn.outvars)])
         if any(isinstance(v, br.Vanished) for v in ctx.invals):
             outs = br.vanish(ctx)
             if outs is None:
@@ -104,7 +108,46 @@ class PruneHook:
             outs = rebind(ctx)
         return self._after(ctx, outs)
 
+    def record(self, value, specs) -> None:
+        if specs is not None:
+            self._specs[id(value)] = (value, specs)
+
+    def expand(self, value):
+        """A narrowed value back at full size, zeros at removed positions."""
+        found = self._specs.get(id(value))
+        if found is None or found[0] is not value:
+            return br.materialize(value)
+        specs = found[1]
+        if isinstance(value, br.Vanished):
+            shape = tuple(s.size if s is not None and self.kept(s) is not None else n
+                          for s, n in zip(specs, value.shape))
+            return jnp.zeros(shape, value.dtype)
+        value = br.materialize(value)
+        for d, spec in enumerate(specs):
+            kept = self.kept(spec) if spec is not None else None
+            if kept is None:
+                continue
+            inverse = np.zeros(spec.size, np.int32)
+            inverse[kept] = np.arange(len(kept))
+            present = np.zeros(spec.size, np.float32)
+            present[kept] = 1
+            shape = [1] * value.ndim
+            shape[d] = spec.size
+            value = jnp.take(value, jnp.asarray(inverse), axis=d) * jnp.asarray(
+                present.reshape(shape), value.dtype)
+        return value
+
+    def _unmatched(self, eqn, invals):
+        """An equation only the re-traced model has (a symbolic batch turns slices into
+        gathers): it runs at full size on expanded operands; the next analysed equation
+        takes the kept positions again. Exact, though not as lean as a matched one."""
+        if call_jaxpr(eqn) is not None:
+            return None
+        return bind_equation(eqn, [self.expand(v) for v in invals])
+
     def _after(self, ctx: Rebind, outs):
+        for out, specs in zip(outs, ctx.plan.outs):
+            self.record(out, specs)
         eqn = ctx.eqn
         if eqn.primitive.name == "reduce_sum":
             n_old, n_new, changed = 1, 1, False
@@ -160,7 +203,8 @@ class PrunedFunction:
         return self.compiled(*inputs).closed
 
     def _build(self, inputs, flat_inputs) -> _Compiled:
-        closed, out_tree = retrace(self.original_fn, self._full_spec, inputs, self.plan)
+        closed, out_tree, aligned = retrace(self.original_fn, self._full_spec, inputs,
+                                            self.plan)
         n_params = len(self.param_shapes)
         live = [i for i, (shape, _) in enumerate(self.param_shapes) if not br.is_empty(shape)]
         notes: List[str] = []
@@ -169,7 +213,9 @@ class PrunedFunction:
             params: List[Any] = [br.Vanished(shape, dtype) for shape, dtype in self.param_shapes]
             for i, a in zip(live, args[:len(live)]):
                 params[i] = a
-            hook = PruneHook(self.plan, self.keep, self._kept_cache)
+            hook = PruneHook(aligned, self.keep, self._kept_cache)
+            for value, specs in zip(params, self.plan.invars):
+                hook.record(value, specs)
             outs = evaluate(closed, params + list(args[len(live):]), hook)
             notes[:] = hook.notes
             return [br.materialize(o) for o in outs]
@@ -178,7 +224,8 @@ class PrunedFunction:
                  + input_specs(flat_inputs))
         traced = jax.make_jaxpr(rewritten)(*specs)
         n_out = len(traced.jaxpr.outvars)
-        instantiate = [False] * len(live) + [True] * len(flat_inputs)
+        instantiate = ([False] * (len(traced.jaxpr.constvars) + len(live))
+                       + [True] * len(flat_inputs))
         jaxpr, used_consts, used = pe.dce_jaxpr_consts(traced.jaxpr, [True] * n_out,
                                                        instantiate)
         consts = [c for c, u in zip(traced.consts, used_consts) if u]
