@@ -1,0 +1,50 @@
+"""DONNA-style NAS on the Fashion-MNIST ResNet-20 teacher: a small space, end to end.
+
+Run:  python run.py --exp=nas_fmnist            (benchmarks/nas.py runs it and adds baselines)
+Needs the trained teacher (python run.py --exp=train_teacher; cached, reused here).
+Expected: about an hour on 2 shared CPU cores: 45 students in 25 vmapped groups (~25 min),
+100 sampled architectures evaluated on 1000 validation images, 60 of them exported and timed
+(~15 min), predictors, NSGA-II, the front on the 10k test images, a 300-step fine-tune.
+Outputs in runs/nas_fmnist: results.json, pareto.png, distill/ (students, resumable).
+"""
+import ml_collections
+
+from core.configs import train_teacher
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.program = "nas.pipeline"
+    c.seed = 0
+    c.show_progress = True
+    c.device = "ort-cpu-1t"
+    c.teacher_source = "trained"     # "untrained": the zoo model at init (smoke tests)
+    c.teacher = train_teacher.get_config()
+    c.blocks = "auto"                  # or a list of module names where blocks start
+    c.space = ml_collections.ConfigDict()
+    c.space.positions = "auto"         # every feature-map -> feature-map block
+    c.space.choices = [
+        dict(type="inverted_residual", depth=1, kernel=3, expansion=3.0, activation="relu6"),
+        dict(type="dw_separable", depth=2, kernel=5, width=1.0, activation="hardswish",
+             se=True),
+        dict(type="plain", depth=1, kernel=3, width=1.0, activation="relu"),
+        dict(type="fused_ir", depth=1, kernel=3, expansion=2.0, activation="silu"),
+        dict(type="mixer", depth=1, width=0.25, expansion=2.0, activation="gelu"),
+    ]
+    c.space.grid = None
+    c.space.per_block = 0
+    c.distill = ml_collections.ConfigDict(dict(
+        steps=250, batch_size=64, learning_rate=2e-3, warmup_steps=20, weight_decay=0.0,
+        seed=0, augment=False, log_every=25, checkpoint_every=100, eval_batches=4,
+        eval_batch_size=250, max_members=0))
+    c.measure = ml_collections.ConfigDict(dict(
+        architectures=100, latency_architectures=60, eval_limit=1000, runs=30, warmup=5))
+    c.predictor = ml_collections.ConfigDict(dict(
+        train_fraction=0.7, hidden=32, embed_dim=16, layers=3, steps=1500,
+        learning_rate=3e-3))
+    c.search = ml_collections.ConfigDict(dict(
+        population=64, generations=40, latency_budget=0.7, measure_front=5))
+    c.finetune = ml_collections.ConfigDict(dict(
+        steps=300, batch_size=128, learning_rate=3e-4, weight_decay=0.0, warmup_steps=20,
+        temperature=4.0, alpha=0.9, augment=True, log_every=50, checkpoint_every=100))
+    return c

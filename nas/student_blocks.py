@@ -1,0 +1,251 @@
+"""Student block builders: a registry from block type to a Flax module that maps a teacher
+block's input shape to its output shape.
+
+A student replaces one teacher block, so it must take the same input activation and give
+the same output shape; the stride (spatial down-sampling) and the output width come from
+the teacher block, while everything else (type, depth, kernel, expansion, activation,
+squeeze-excite, inner width) comes from a ``BlockChoice``. The types cover the usual edge
+building blocks (plain residual convs as in ResNet, MobileNet's inverted residual, the fused
+inverted residual of EfficientNet-V2, depthwise-separable convs, an MLP-Mixer block) so the
+search space is diverse by design. A new type is one ``register_block(name, builder)``.
+
+``plain`` with depth 2, kernel 3, ReLU, width 1 is layer for layer a ResNet basic block with
+the same parameter names (conv1, bn1, conv2, bn2, proj, proj_bn), so it can be initialized
+from a teacher block (``init_from_teacher``).
+"""
+import dataclasses
+from typing import Callable, Dict, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS: Dict[str, Callable] = {
+    "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,
+    "hardswish": jax.nn.hard_swish,
+    "silu": jax.nn.silu,
+    "gelu": jax.nn.gelu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockChoice:
+    """One point of the search space for one block position (hashable, JSON-friendly)."""
+    type: str
+    depth: int = 1
+    kernel: int = 3
+    expansion: float = 1.0          # inner width / input width (IR, fused IR, mixer MLPs)
+    width: float = 1.0              # inner width / output width (plain, dw-separable)
+    activation: str = "relu"
+    se: bool = False
+
+    @property
+    def key(self) -> str:
+        return (f"{self.type}-d{self.depth}-k{self.kernel}-e{self.expansion:g}-w{self.width:g}"
+                f"-{self.activation}{'-se' if self.se else ''}")
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _channels(value: float, divisor: int = 4) -> int:
+    return max(divisor, int(round(value / divisor)) * divisor)
+
+
+def _norm(train: bool, name: str):
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gate from global pooling (hard-sigmoid, as on mobile)."""
+    reduction: int = 4
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        s = jax.nn.relu(nn.Conv(max(4, c // self.reduction), (1, 1), name="reduce")(s))
+        return x * jax.nn.hard_sigmoid(nn.Conv(c, (1, 1), name="expand")(s))
+
+
+class PlainConvBlock(nn.Module):
+    """``depth`` kxk conv-BN-act layers with a residual (ResNet basic block at depth 2)."""
+    choice: BlockChoice
+    out_channels: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        c, act, k = self.choice, ACTIVATIONS[self.choice.activation], self.choice.kernel
+        inner = _channels(self.out_channels * c.width)
+        y = x
+        for i in range(c.depth):
+            last = i == c.depth - 1
+            y = nn.Conv(self.out_channels if last else inner, (k, k),
+                        self.stride if i == 0 else 1, use_bias=False, name=f"conv{i + 1}")(y)
+            y = _norm(train, f"bn{i + 1}")(y)
+            if not last:
+                y = act(y)
+        if c.se:
+            y = SqueezeExcite(name="se")(y)
+        if self.stride != 1 or x.shape[-1] != self.out_channels:
+            x = nn.Conv(self.out_channels, (1, 1), self.stride, use_bias=False, name="proj")(x)
+            x = _norm(train, "proj_bn")(x)
+        return act(x + y)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 layers: 1x1 expand, kxk depthwise, [SE], 1x1 linear project."""
+    choice: BlockChoice
+    out_channels: int
+    stride: int
+    fused: bool = False             # fused IR: the expand and depthwise become one kxk conv
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        c, act, k = self.choice, ACTIVATIONS[self.choice.activation], self.choice.kernel
+        for i in range(c.depth):
+            stride = self.stride if i == 0 else 1
+            cin = x.shape[-1]
+            hidden = _channels(cin * c.expansion)
+            if self.fused:
+                y = nn.Conv(hidden, (k, k), stride, use_bias=False, name=f"l{i}_fused")(x)
+                y = act(_norm(train, f"l{i}_fused_bn")(y))
+            else:
+                y = x
+                if hidden != cin:
+                    y = nn.Conv(hidden, (1, 1), use_bias=False, name=f"l{i}_expand")(y)
+                    y = act(_norm(train, f"l{i}_expand_bn")(y))
+                y = nn.Conv(hidden, (k, k), stride, feature_group_count=hidden,
+                            use_bias=False, name=f"l{i}_dw")(y)
+                y = act(_norm(train, f"l{i}_dw_bn")(y))
+            if c.se:
+                y = SqueezeExcite(name=f"l{i}_se")(y)
+            y = nn.Conv(self.out_channels, (1, 1), use_bias=False, name=f"l{i}_project")(y)
+            y = _norm(train, f"l{i}_project_bn")(y)
+            x = x + y if stride == 1 and cin == self.out_channels else y
+        return x
+
+
+class DepthwiseSeparable(nn.Module):
+    """``depth`` x (kxk depthwise-BN-act, 1x1 pointwise-BN-act), residual when shapes allow."""
+    choice: BlockChoice
+    out_channels: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        c, act, k = self.choice, ACTIVATIONS[self.choice.activation], self.choice.kernel
+        inner = _channels(self.out_channels * c.width)
+        y = x
+        for i in range(c.depth):
+            cin = y.shape[-1]
+            y = nn.Conv(cin, (k, k), self.stride if i == 0 else 1, feature_group_count=cin,
+                        use_bias=False, name=f"l{i}_dw")(y)
+            y = act(_norm(train, f"l{i}_dw_bn")(y))
+            if c.se:
+                y = SqueezeExcite(name=f"l{i}_se")(y)
+            out = self.out_channels if i == c.depth - 1 else inner
+            y = nn.Conv(out, (1, 1), use_bias=False, name=f"l{i}_pw")(y)
+            y = _norm(train, f"l{i}_pw_bn")(y)
+            if i < c.depth - 1:
+                y = act(y)
+        if self.stride == 1 and x.shape[-1] == self.out_channels:
+            y = y + x
+        return act(y)
+
+
+class MixerBlock(nn.Module):
+    """MLP-Mixer layers on the feature map's positions (tokens) and channels; a strided
+    patch-merging conv first when the block changes resolution or width."""
+    choice: BlockChoice
+    out_channels: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        c, act = self.choice, ACTIVATIONS[self.choice.activation]
+        if self.stride != 1 or x.shape[-1] != self.out_channels:
+            x = nn.Conv(self.out_channels, (self.stride, self.stride), self.stride,
+                        name="patch_merge")(x)
+        n, h, w, ch = x.shape
+        tokens = x.reshape(n, h * w, ch)
+        for i in range(c.depth):
+            y = nn.LayerNorm(name=f"l{i}_token_norm")(tokens)
+            y = jnp.swapaxes(y, 1, 2)
+            y = nn.Dense(_channels(h * w * c.width), name=f"l{i}_token_fc1")(y)
+            y = nn.Dense(h * w, name=f"l{i}_token_fc2")(act(y))
+            tokens = tokens + jnp.swapaxes(y, 1, 2)
+            y = nn.LayerNorm(name=f"l{i}_channel_norm")(tokens)
+            y = nn.Dense(_channels(ch * c.expansion), name=f"l{i}_channel_fc1")(y)
+            tokens = tokens + nn.Dense(ch, name=f"l{i}_channel_fc2")(act(y))
+        return tokens.reshape(n, h, w, ch)
+
+
+Builder = Callable[[BlockChoice, Tuple[int, ...], Tuple[int, ...]], nn.Module]
+BLOCK_BUILDERS: Dict[str, Builder] = {}
+
+
+def register_block(name: str, builder: Builder) -> None:
+    """``builder(choice, in_shape, out_shape) -> flax module`` with ``module(x, train)``."""
+    BLOCK_BUILDERS[name] = builder
+
+
+def stride_between(in_shape, out_shape) -> int:
+    if len(in_shape) != 4 or len(out_shape) != 4:
+        raise ValueError(f"student blocks map NHWC feature maps; got {in_shape}->{out_shape}")
+    if in_shape[1] % out_shape[1] or in_shape[1] // out_shape[1] != in_shape[2] // out_shape[2]:
+        raise ValueError(f"no integer stride takes {in_shape} to {out_shape}")
+    return in_shape[1] // out_shape[1]
+
+
+def _conv_builder(cls, **extra):
+    def build(choice, in_shape, out_shape):
+        return cls(choice, out_shape[-1], stride_between(in_shape, out_shape), **extra)
+    return build
+
+
+register_block("plain", _conv_builder(PlainConvBlock))
+register_block("inverted_residual", _conv_builder(InvertedResidual))
+register_block("fused_ir", _conv_builder(InvertedResidual, fused=True))
+register_block("dw_separable", _conv_builder(DepthwiseSeparable))
+register_block("mixer", _conv_builder(MixerBlock))
+
+
+def build_student(choice: BlockChoice, in_shape, out_shape) -> nn.Module:
+    if choice.type not in BLOCK_BUILDERS:
+        raise KeyError(f"unknown block type {choice.type!r}; registered: {sorted(BLOCK_BUILDERS)}")
+    if choice.activation not in ACTIVATIONS:
+        raise KeyError(f"unknown activation {choice.activation!r}; known: {sorted(ACTIVATIONS)}")
+    return BLOCK_BUILDERS[choice.type](choice, tuple(in_shape), tuple(out_shape))
+
+
+def init_student(module: nn.Module, in_shape, seed: int = 0):
+    x = jnp.zeros((1,) + tuple(in_shape[1:]), jnp.float32)
+    return module.init(jax.random.key(seed), x)
+
+
+def init_from_teacher(student_variables, teacher_variables: Dict[str, jax.Array]):
+    """Copies teacher block leaves into the student where the paths agree after the teacher's
+    module name ('params/stage0_block1/conv1/kernel' -> 'params/conv1/kernel')."""
+    by_suffix = {}
+    for path, value in teacher_variables.items():
+        parts = path.split("/")
+        by_suffix["/".join([parts[0]] + parts[2:])] = value
+    flat, tree = jax.tree_util.tree_flatten_with_path(student_variables)
+    leaves, copied = [], 0
+    for key_path, leaf in flat:
+        path = "/".join(str(getattr(k, "key", k)) for k in key_path)
+        value = by_suffix.get(path)
+        if value is not None and tuple(value.shape) == tuple(leaf.shape):
+            leaves.append(jnp.asarray(value))
+            copied += 1
+        else:
+            leaves.append(leaf)
+    return jax.tree_util.tree_unflatten(tree, leaves), copied
+
+
+__all__ = ["BlockChoice", "ACTIVATIONS", "BLOCK_BUILDERS", "register_block", "build_student",
+           "init_student", "init_from_teacher", "stride_between", "PlainConvBlock",
+           "InvertedResidual", "DepthwiseSeparable", "MixerBlock", "SqueezeExcite"]
