@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 import numpy as np
 
 from nas import distill, search_space
@@ -66,6 +67,7 @@ def test_groups_batch_equal_structures_across_blocks():
     assert len(groups) == 6 and all(len(g.members) == 1 for g in groups)
 
 
+@pytest.mark.slow
 def test_parallel_training_over_two_devices_equals_sequential():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     done = subprocess.run([sys.executable, os.path.join(HERE, "distill_child.py")], env=env,

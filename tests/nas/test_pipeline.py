@@ -1,0 +1,24 @@
+"""The NAS experiment end to end on the tiny config (untrained tiny ResNet, 2 choices)."""
+import json
+import os
+
+import pytest
+
+from core import config as config_lib
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_runs_end_to_end(tmp_path):
+    from nas import pipeline
+    cfg = config_lib.load("nas_fmnist_tiny", [])
+    results = pipeline.main(cfg, str(tmp_path))
+    assert os.path.exists(tmp_path / "pareto.png") and os.path.exists(tmp_path / "results.json")
+    assert len(results["students"]) == 6
+    assert set(results["predictors"]) == {"accuracy", "latency_ms", "peak_activation_bytes"}
+    assert results["front"] and all(r["parity_max_rel_error"] < 1e-4 for r in results["front"])
+    assert 0.0 <= results["claim_check"]["finetuned_test_accuracy"] <= 1.0
+    saved = json.load(open(tmp_path / "results.json"))
+    assert saved["chosen"]["arch"] == results["chosen"]["arch"]
+    # A second run reuses the distilled students and the measured samples.
+    again = pipeline.main(cfg, str(tmp_path))
+    assert again["students"] == results["students"]
