@@ -63,7 +63,7 @@ def expected_shapes(analysis, variables, keep):
     return {p: tuple(s) for p, s in shapes.items()}
 
 
-def check_model(name, seeds=(0, 1), remove_prob=0.3):
+def check_model(name, seeds=(0, 1), remove_prob=0.3, each_group=False):
     fn, variables, x, analysis = _model(name)
     reference = fn(variables, x)
     scale = max(float(jnp.max(jnp.abs(jnp.asarray(l, jnp.float32))))
@@ -75,6 +75,8 @@ def check_model(name, seeds=(0, 1), remove_prob=0.3):
 
     cases = [random_keep(analysis, s) for s in seeds]
     cases.append(random_keep(analysis, 100 + seeds[0], remove_prob))
+    if each_group:   # every group emptied on its own, the rest of the model intact
+        cases += [{g.id: np.zeros(0, np.int64)} for g in analysis.prunable()]
     for keep in cases:
         pruned = prune(fn, variables, x, keep=keep, analysis=analysis)
         out = pruned.fn(pruned.variables, x)
@@ -101,4 +103,4 @@ def test_exact_quick(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in zoo.ZOO if n not in QUICK])
 def test_exact_whole_zoo(name):
-    check_model(name, seeds=(0, 1, 2))
+    check_model(name, seeds=(0, 1, 2), each_group=True)
