@@ -128,6 +128,20 @@ def _set_path(tree: dict, path: str, value):
     node[parts[-1]] = value
 
 
+def _path_free(tree: dict, path: str, taken) -> bool:
+    """True if ``path`` can hold a new leaf: not taken, and no prefix of it is a leaf."""
+    if path in taken:
+        return False
+    node = tree
+    for part in path.split("/")[:-1]:
+        if part not in node:
+            return True
+        node = node[part]
+        if not isinstance(node, dict):
+            return False
+    return not isinstance(node.get(path.split("/")[-1]), dict)
+
+
 def _get_path(tree, path: str):
     for part in path.split("/"):
         tree = tree[part]
@@ -173,10 +187,11 @@ def fold_batchnorm(fn, variables, *inputs):
         shape[f.kernel_axis] = -1
         kernel = kernel * f.scale.reshape(shape)
         root = flat.root_param(eqn.invars[f.weight_operand]) or f"folded/op{n}/kernel"
-        base = root.rsplit("/", 1)[0] if "/" in root else root
-        kernel_path, bias_path = root, base + "/bias"
-        if kernel_path in taken or bias_path in taken:
-            kernel_path, bias_path = f"{base}_folded/kernel", f"{base}_folded/bias"
+        kernel_path = root
+        bias_path = root.rsplit("/", 1)[0] + "/bias" if "/" in root else root + "_bias"
+        if not (_path_free(new_vars, kernel_path, taken) and
+                _path_free(new_vars, bias_path, taken)):
+            kernel_path, bias_path = f"folded/op{n}/kernel", f"folded/op{n}/bias"
         taken.update((kernel_path, bias_path))
         f.kernel_path, f.bias_path = kernel_path, bias_path
         dtype = eqn.invars[f.weight_operand].aval.dtype

@@ -33,6 +33,8 @@ from quant.profile import load_profile
 UNSUPPORTED_HINTS = {
     "erf": ("GELU (exact, erf)", "replace GELU by ReLU / ReLU6 or hard-swish and fine-tune "
             "(QAT), or run it on the host"),
+    "erfc": ("GELU (exact, erfc)", "replace GELU by ReLU / ReLU6 or hard-swish and fine-tune "
+             "(QAT), or run it on the host"),
     "tanh": ("tanh (GELU's tanh approximation?)", "replace GELU by ReLU / ReLU6 or "
              "hard-swish and fine-tune, or use a lookup-table activation if the NPU has one"),
     "integer_pow": ("x**n on activations (GELU's tanh approximation computes x**3)",

@@ -25,6 +25,20 @@ def test_flags_mismatched_channel_ranges():
     assert not per_channel.of_kind("weight_range_spread")
 
 
+def test_flags_exact_gelu_with_its_source_line():
+    import jax
+    import jax.numpy as jnp
+
+    def mlp(v, x):
+        h = jax.nn.gelu(x.reshape(x.shape[0], -1) @ v["w1"], approximate=False)
+        return h @ v["w2"]
+    v = {"w1": jnp.ones((100, 16)) * 0.1, "w2": jnp.ones((16, 10)) * 0.1}
+    report = lint(mlp, v, tiny_models.images(4), profile="npu_int8_per_tensor")
+    (erf,) = [f for f in report.of_kind("unsupported_op") if "`erf" in f.message]  # erf(c)
+    assert erf.source.startswith("tests/quant/test_lint.py:") and "GELU" in erf.fix
+    assert erf.severity == "error"
+
+
 @pytest.mark.slow
 def test_flags_gelu_and_layernorm_in_a_vit():
     from models import zoo
