@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from core import checkpoint, losses
+from core import checkpoint, config as config_lib, losses
 from core.progress import MetricsLog, progress_bar
 from data import pipeline
 from nas.search_space import TEACHER, SearchSpace
@@ -276,6 +276,8 @@ def distill_space(space: SearchSpace, blocks: Sequence[TeacherBlock], dataset, c
                   show_progress: bool = True) -> Dict[Tuple[int, BlockChoice], Student]:
     """Trains (or loads) every student of the space; keyed by (position, choice)."""
     groups = make_groups(space, blocks, cfg.get("max_members", 0))
+    # Students trained under other settings live elsewhere (the config hash is in the path).
+    workdir = os.path.join(workdir, config_lib.config_hash(cfg))
     students: Dict[Tuple[int, BlockChoice], Student] = {}
     for g, group in enumerate(groups):
         directory = os.path.join(workdir, group.key)

@@ -34,7 +34,7 @@ def get_config():
     c.space.grid = None
     c.space.per_block = 0
     c.distill = ml_collections.ConfigDict(dict(
-        steps=250, batch_size=64, learning_rate=2e-3, warmup_steps=20, weight_decay=0.0,
+        steps=200, batch_size=32, learning_rate=2e-3, warmup_steps=20, weight_decay=0.0,
         seed=0, augment=False, log_every=25, checkpoint_every=100, eval_batches=4,
         eval_batch_size=250, max_members=0))
     c.measure = ml_collections.ConfigDict(dict(
