@@ -68,13 +68,18 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(
         0.0 if warmup else cfg.learning_rate, cfg.learning_rate, max(warmup, 1),
         max(total_steps, warmup + 1), end_value=cfg.learning_rate * 1e-3)
+    # Clipping guards fine-tuning of freshly pruned or quantized models, whose first
+    # gradients can be large; 0 turns it off.
+    clip = optax.clip_by_global_norm(cfg.grad_clip_norm) if cfg.get("grad_clip_norm", 0) \
+        else optax.identity()
     if cfg.optimizer == "sgd":
         base = optax.sgd(schedule, momentum=cfg.get("momentum", 0.9),
                          nesterov=cfg.get("nesterov", True))
         decay = optax.add_decayed_weights(cfg.weight_decay, _decay_mask)
-        return optax.chain(decay, base)
+        return optax.chain(clip, decay, base)
     if cfg.optimizer == "adamw":
-        return optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=_decay_mask)
+        return optax.chain(clip, optax.adamw(schedule, weight_decay=cfg.weight_decay,
+                                             mask=_decay_mask))
     raise ValueError(f"optimizer {cfg.optimizer!r}: choose 'sgd' or 'adamw'")
 
 

@@ -62,6 +62,7 @@ def main(config, workdir):
     pruned = prune(fn, trained, x1, keep=keep)
     sizes = {str(g): int(len(k)) for g, k in keep.items()}
     after_prune = train_lib.evaluate(pruned.fn, pruned.variables, dataset, "test")
+    print(f"test accuracy right after pruning: {after_prune['accuracy']:.4f}")
 
     model = train_lib.TrainableModel(pruned.variables,
                                      lambda v, x, rng: (pruned.fn(v, x), {}), pruned.fn)

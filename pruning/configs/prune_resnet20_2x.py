@@ -40,7 +40,8 @@ def get_config():
     ft.epochs = 2.0
     ft.steps = 0
     ft.optimizer = "sgd"
-    ft.learning_rate = 0.02
+    ft.learning_rate = 0.01
+    ft.grad_clip_norm = 1.0
     ft.momentum = 0.9
     ft.nesterov = True
     ft.weight_decay = 5e-5
