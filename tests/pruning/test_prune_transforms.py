@@ -39,6 +39,7 @@ def test_jit_grad_vmap_and_other_batch_sizes():
                                g(variables, keep_to_masks(analysis.groups, keep), x5),
                                rtol=1e-5, atol=1e-5)
 
+    @jax.jit
     def loss(v):
         return jnp.sum(pruned.fn(v, x) ** 2)
 
