@@ -141,8 +141,10 @@ def train(model: TrainableModel, dataset, cfg, workdir: str, loss_fn=None,
     steps_per_epoch = len(dataset.train[0]) // cfg.batch_size
     total_steps = int(cfg.get("steps", 0) or round(cfg.epochs * steps_per_epoch))
     tx = make_optimizer(cfg, total_steps)
-    params = model.variables["params"]
-    collections = {k: v for k, v in model.variables.items() if k != "params"}
+    # The step donates its state; copies keep the caller's arrays (often a teacher's) alive.
+    variables = jax.tree.map(jnp.array, model.variables)
+    params = variables["params"]
+    collections = {k: v for k, v in variables.items() if k != "params"}
     state = TrainState(jnp.zeros((), jnp.int32), params, collections, tx.init(params), params)
     state = jax.device_put(state, sharding.replicated(mesh))
 
