@@ -8,7 +8,8 @@ bias correction, and QAT (JAX fake-quant); then the same float ONNX model quanti
 uint8 activations, the same calibration images), both evaluated in onnxruntime, and the
 onnxruntime latency of float vs int8 at batch 1 and 32 (medians, one thread, side by side).
 
-  python benchmarks/quant.py                       # ~20-30 min per model on 2 shared cores
+  python benchmarks/quant.py                       # ~30-60 min per model on 2 shared cores
+  python benchmarks/quant.py --qat-steps 100       # shorter QAT
   python benchmarks/quant.py --smoke               # tiny untrained teacher, ~5 min
 
 Goals from the issue: PTQ int8 within 0.5 points of float and QAT within 0.2; at least as
@@ -51,9 +52,11 @@ def machine():
             "load_average_at_start": os.getloadavg()[0]}
 
 
-def config_for(model: str, smoke: bool):
+def config_for(model: str, smoke: bool, qat_steps=None):
     from core import config as config_lib
     config = config_lib.load(CONFIGS[model])
+    if qat_steps is not None:
+        config.qat.steps = qat_steps
     if smoke:
         config.teacher.tiny = True
         config.teacher.data_limit = 512
@@ -112,11 +115,13 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="tiny untrained teachers")
     parser.add_argument("--train-missing", action="store_true",
                         help="train teachers that are not cached (hours on 2 cores)")
+    parser.add_argument("--qat-steps", type=int, default=None,
+                        help="QAT steps (default: the config's; ~1-6 s each on 2 shared cores)")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
     results = {"machine": machine(), "smoke": args.smoke, "models": [], "skipped": []}
     for model in args.models.split(","):
-        config = config_for(model, args.smoke)
+        config = config_for(model, args.smoke, args.qat_steps)
         if not (args.smoke or args.train_missing or teacher_cached(config)):
             print(f"{model}: no cached teacher; skipped (train it with python run.py "
                   f"--exp=train_teacher --exp.model={model})")
