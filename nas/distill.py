@@ -4,7 +4,8 @@ block's input, many students at once.
 Students with the same structure (same ``BlockChoice`` and the same input/output shapes,
 e.g. one choice at the three equal-shaped blocks of a ResNet stage) form a group that trains
 in ONE compiled step: their variables are stacked on a leading "member" axis and the step is
-``vmap``-ed over it, each member seeing its own teacher block's activations for the same
+``vmap``-ed over it (on CPU unrolled inside the step, see ``over_members``),
+each member seeing its own teacher block's activations for the same
 images. The member axis is sharded over a 1-D device mesh ("students"), so a group spreads
 over all devices of a host or a cluster; groups run one after the other. Members never
 interact (per-member losses, a vmapped optimizer), so training in parallel gives the same
@@ -123,15 +124,36 @@ def make_optimizer(cfg, steps: int) -> optax.GradientTransformation:
     return optax.adamw(schedule, weight_decay=cfg.get("weight_decay", 0.0))
 
 
-def make_step(module, tx):
-    """One vmapped distillation step over stacked members."""
+def over_members(fn, how: str):
+    """``fn`` applied to every member of stacked arguments, in one compiled program:
+    ``vmap`` (batched ops; the choice for GPU/TPU) or ``unroll`` (one copy of the member's
+    ops per member). On CPU, XLA turns vmapped convs into grouped convs that ran 5-100x
+    slower than the members one by one, and a ``lax.map`` loop was slower still."""
+    if how == "vmap":
+        return jax.vmap(fn)
+    if how == "unroll":
+        def unrolled(*args):
+            n = jax.tree.leaves(args)[0].shape[0]
+            outs = [fn(*jax.tree.map(lambda a, i=i: a[i], args)) for i in range(n)]
+            return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+        return unrolled
+    raise ValueError(f"member batching {how!r}: choose 'vmap' or 'unroll'")
+
+
+def default_batching() -> str:
+    return "unroll" if jax.default_backend() == "cpu" else "vmap"
+
+
+def make_step(module, tx, batching: str = "vmap"):
+    """One distillation step over stacked members."""
     def member_loss(params, collections, x, target):
         y, updates = _apply(module, params, collections, x, train=True)
         return losses.feature_matching_loss(y, target), updates
 
     def step(state, x, target):
         def objective(params):
-            per_member, updates = jax.vmap(member_loss)(params, state["collections"], x, target)
+            per_member, updates = over_members(member_loss, batching)(
+                params, state["collections"], x, target)
             return per_member.sum(), (per_member, updates)
         (_, (per_member, updates)), grads = jax.value_and_grad(objective, has_aux=True)(
             state["params"])
@@ -142,11 +164,11 @@ def make_step(module, tx):
     return step
 
 
-def make_eval(module):
+def make_eval(module, batching: str = "vmap"):
     def nsr(params, collections, x, target):
         y, _ = _apply(module, params, collections, x, train=False)
         return losses.feature_matching_loss(y, target)
-    return jax.vmap(nsr)
+    return over_members(nsr, batching)
 
 
 def train_group(group: Group, blocks: Sequence[TeacherBlock], dataset, cfg,
@@ -156,7 +178,8 @@ def train_group(group: Group, blocks: Sequence[TeacherBlock], dataset, cfg,
     """Trains one group for ``cfg.steps`` steps; returns one Student per member.
 
     ``cfg``: steps, batch_size, learning_rate, seed, [warmup_steps, weight_decay, augment,
-    checkpoint_every, log_every, eval_batches, eval_batch_size]. ``init_variables`` (one
+    checkpoint_every, log_every, eval_batches, eval_batch_size, batching ('auto', 'vmap'
+    or 'unroll')]. ``init_variables`` (one
     per member) replaces the random initialization.
     """
     mesh = mesh or student_mesh()
@@ -186,7 +209,9 @@ def train_group(group: Group, blocks: Sequence[TeacherBlock], dataset, cfg,
                  out_shardings=(member_sharding, member_sharding))
     specs = jax.tree.map(lambda sh: sh.spec, state_sharding)
     members_spec = PartitionSpec("students")
-    step_fn = jax.jit(jax.shard_map(make_step(module, tx), mesh=mesh,
+    batching = cfg.get("batching", "auto")
+    batching = default_batching() if batching == "auto" else batching
+    step_fn = jax.jit(jax.shard_map(make_step(module, tx, batching), mesh=mesh,
                                     in_specs=(specs, members_spec, members_spec),
                                     out_specs=(specs, members_spec), check_vma=False),
                       donate_argnums=0)
@@ -224,7 +249,7 @@ def train_group(group: Group, blocks: Sequence[TeacherBlock], dataset, cfg,
     bar.close()
     if ckpt:
         ckpt.close()
-    val = evaluate_group(module, state, io, dataset, cfg, mesh)[:len(members)]
+    val = evaluate_group(module, state, io, dataset, cfg, mesh, batching)[:len(members)]
     if log:
         log.write(cfg.steps, **{f"val_nsr/{n}": float(v) for n, v in zip(names, val)})
     host = jax.device_get({"params": state["params"], **state["collections"]})
@@ -232,10 +257,10 @@ def train_group(group: Group, blocks: Sequence[TeacherBlock], dataset, cfg,
                     float(val[i])) for i, (p, b) in enumerate(members)]
 
 
-def evaluate_group(module, state, io, dataset, cfg, mesh) -> np.ndarray:
+def evaluate_group(module, state, io, dataset, cfg, mesh, batching="vmap") -> np.ndarray:
     """Held-out noise-to-signal of every member on the validation split."""
     members = PartitionSpec("students")
-    evaluate = jax.jit(jax.shard_map(make_eval(module), mesh=mesh, in_specs=members,
+    evaluate = jax.jit(jax.shard_map(make_eval(module, batching), mesh=mesh, in_specs=members,
                                      out_specs=members, check_vma=False))
     batch = cfg.get("eval_batch_size", 256)
     x_all = pipeline.normalize(dataset.validation[0], dataset.mean, dataset.std)

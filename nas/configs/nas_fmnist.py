@@ -36,7 +36,7 @@ def get_config():
     c.distill = ml_collections.ConfigDict(dict(
         steps=200, batch_size=32, learning_rate=2e-3, warmup_steps=20, weight_decay=0.0,
         seed=0, augment=False, log_every=25, checkpoint_every=100, eval_batches=4,
-        eval_batch_size=250, max_members=0))
+        eval_batch_size=250, max_members=0, batching="auto"))
     c.measure = ml_collections.ConfigDict(dict(
         architectures=100, latency_architectures=60, eval_limit=1000, runs=30, warmup=5))
     c.predictor = ml_collections.ConfigDict(dict(

@@ -34,6 +34,7 @@ def test_student_identical_to_its_teacher_block_has_near_zero_loss():
     assert random_init.val_nsr > 0.1
 
 
+@pytest.mark.slow
 def test_distillation_lowers_the_loss_and_resumes_exactly(tmp_path):
     _, _, _, blocks = tiny_blocks()
     choice = BlockChoice("dw_separable", depth=2, kernel=5, width=1.0, activation="silu")
