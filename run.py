@@ -9,7 +9,7 @@ import importlib
 import os
 import sys
 
-DEFAULT_EXPERIMENT = "train_teacher"
+DEFAULT_EXPERIMENT = "prune_resnet20_2x"
 
 
 def parse_args(argv):

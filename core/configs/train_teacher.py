@@ -1,4 +1,4 @@
-"""Train the ResNet-20 teacher on Fashion-MNIST (default experiment).
+"""Train the ResNet-20 teacher on Fashion-MNIST (reused by every compression experiment).
 
 Run:  python run.py --exp=train_teacher
 Expected: about 93.5% test accuracy in about 55 minutes on 2 CPU cores (measured:
