@@ -18,7 +18,6 @@ Writes benchmarks/results/group_analysis.json and benchmarks/results/group_analy
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ from core.channel_groups import analyze_traced  # noqa: E402
 from core.trace import count_eqns, trace  # noqa: E402
 from models.resnet import BottleneckBlock  # noqa: E402
 from models.vit import ViT  # noqa: E402
+from benchmarks import machine  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
@@ -111,18 +111,6 @@ def bench_torch_pruning(name, runs):
     return {"build_and_groups_s": seconds, "runs": all_runs, "groups": len(groups)}
 
 
-def machine():
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    from importlib.metadata import version
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "jax": version("jax"), "torch": version("torch"),
-            "torch_pruning": version("torch-pruning"),
-            "load_average_at_start": os.getloadavg()}
 
 
 def main(argv=None):
@@ -131,7 +119,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import torch
     torch.set_num_threads(1)
-    info = machine()
+    info = machine.describe("torch", "torch-pruning")
     rows = []
     for label, module, torch_name in (("ResNet-50", ResNet50(), "resnet50"),
                                       ("ViT-B/16", vit_b16(), "vit_b_16")):
@@ -161,7 +149,7 @@ def markdown(info, runs, rows):
         f"{info['load_average_at_start'][0]:.1f} at start, "
         f"{info['load_average_at_end'][0]:.1f} at end); Python {info['python']}, "
         f"JAX {info['jax']}, torch {info['torch']} (1 thread), "
-        f"Torch-Pruning {info['torch_pruning']}. Median of {runs} runs, 224x224, random "
+        f"Torch-Pruning {info['torch-pruning']}. Median of {runs} runs, 224x224, random "
         "weights.", "",
         "| model | ours: trace (s) | ours: analysis (s) | Torch-Pruning build + groups (s) "
         "| speed-up (analysis) | speed-up (trace + analysis) | ours: groups (prunable) "

@@ -17,8 +17,6 @@ benchmarks/results/latency_tables.json (delete it to re-measure).
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from typing import Sequence
@@ -34,6 +32,7 @@ from scipy.stats import kendalltau  # noqa: E402
 import export  # noqa: E402
 from core import cost  # noqa: E402
 from export import latency_model as lm  # noqa: E402
+from benchmarks import machine  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -127,15 +126,6 @@ def measure_whole(runner, model, repeats=3):
             float(np.median([np.percentile(m.samples_ms, 10) for m in found])))
 
 
-def machine():
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = [l.split(":", 1)[1].strip() for l in lscpu.splitlines()
-                 if l.startswith("Model name")][0]
-    except Exception:
-        model = platform.processor()
-    return {"cpu": model, "cores": os.cpu_count(),
-            "load_average_at_start": os.getloadavg()[0]}
 
 
 def stats(pred, meas):
@@ -179,7 +169,7 @@ def main():
             print(f"{family} #{index} ({split}): measured {median:.3f} ms, "
                   f"raw exact sum {row['features_exact'][0] + row['features_exact'][1]:.3f} ms "
                   f"[{time.time() - start:.0f}s]", flush=True)
-    results = {"device": args.device, "machine": machine(), "rows": rows, "summary": {}}
+    results = {"device": args.device, "machine": machine.describe(), "rows": rows, "summary": {}}
     calib = [r for r in rows if r["split"] == "calibrate"]
     valid = [r for r in rows if r["split"] == "validate"]
     for name in modes:
@@ -213,7 +203,7 @@ def markdown(results, args):
     m = results["machine"]
     lines = [f"# Latency model validation ({results['device']})", "",
              f"Machine: {m['cpu']}, {m['cores']} cores (shared; load average "
-             f"{m['load_average_at_start']:.1f} at start). "
+             f"{m['load_average_at_start'][0]:.1f} at start). "
              f"{args.calibrate} calibration + {args.validate} validation variants per family, "
              "random per-layer widths, 28x28, batch 1. Run: `python benchmarks/latency_model.py`"
              f" ({results['seconds'] / 60:.1f} min).", "",

@@ -18,7 +18,6 @@ Run:  python run.py --exp=lowrank_resnet20   (or lowrank_vit, lowrank_mixer, low
 """
 import json
 import os
-import platform
 import sys
 import time
 
@@ -36,23 +35,11 @@ from core import losses, teacher as teacher_lib, trace as trace_lib, train as tr
 from data import pipeline  # noqa: E402
 from export import runners  # noqa: E402
 from lowrank import calibration  # noqa: E402
+from benchmarks import machine  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    import onnxruntime
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "jax": jax.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
 def _calibration_batches(dataset, config):
@@ -149,7 +136,7 @@ def run_model(config, workdir: str) -> dict:
     stats = calibration.collect(ff, teacher_vars, calib)
 
     report = {"model": config.teacher.model, "teacher": teacher_summary,
-              "machine": machine(), "config": config.to_dict()}
+              "machine": machine.describe(), "config": config.to_dict()}
     t0 = time.time()
     report["equal_rank"] = _equal_rank_study(fn, teacher_vars, example, calib, stats,
                                              held_out, config)
@@ -195,9 +182,9 @@ def markdown(report: dict) -> str:
     model = report["model"]
     lines = [f"# Low-rank decomposition: {model} on Fashion-MNIST", "",
              f"Teacher test accuracy {report['original']['test_accuracy']:.4f}; machine: "
-             f"{report['machine']['cpu']}, {report['machine']['logical_cores']} logical "
+             f"{report['machine']['cpu']}, {report['machine']['cores']} logical "
              f"cores (shared), onnxruntime {report['machine']['onnxruntime']}, load average "
-             f"{report['machine']['load_average']}.", "",
+             f"{report['machine']['load_average_at_start']}.", "",
              f"## Per-layer output error at equal rank ({report['equal_rank']['rank_fraction']:g}"
              " x full rank), held-out validation images", "",
              "Relative error ||y - y*||^2 / ||y*||^2 of each layer's linear output: *isolated* "

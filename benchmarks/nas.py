@@ -25,7 +25,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import sys
 import time
 
@@ -44,22 +43,11 @@ from export.onnx_export import to_onnx  # noqa: E402
 from export.runners import get_runner  # noqa: E402
 from models import resnet  # noqa: E402
 from nas import pareto_plot, pipeline  # noqa: E402
+from benchmarks import machine  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    import onnxruntime
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "jax": jax.__version__,
-            "onnxruntime": onnxruntime.__version__, "load_average": os.getloadavg()}
 
 
 def run_nas(cfg, workdir) -> dict:
@@ -121,8 +109,8 @@ def speedups_at_equal_accuracy(front, baselines):
 
 def markdown(results) -> str:
     lines = ["# DONNA-style NAS on Fashion-MNIST (ResNet-20 teacher)", "",
-             f"Machine: {results['machine']['cpu']}, {results['machine']['logical_cores']} "
-             f"logical cores (shared; load average {results['machine']['load_average']}), "
+             f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} "
+             f"logical cores (shared; load average {results['machine']['load_average_at_start']}), "
              f"device `{results['device']}`.", "",
              "## Predictors on held-out sampled architectures", "",
              "| target | predictor | Kendall tau | Spearman | within 10% |", "|---|---|---|---|---|"]
@@ -200,7 +188,7 @@ def main(argv=None):
                            "latency_ms": teacher_ms / p["speedup_batch1"],
                            "note": "teacher latency here / its measured speed-up"})
     baselines = [r for r in models if r.get("kind") in ("scaled", "pruned")] + models[:1]
-    results = {"experiment": cfg.experiment_name, "machine": machine(), "device": cfg.device,
+    results = {"experiment": cfg.experiment_name, "machine": machine.describe(), "device": cfg.device,
                "predictors": nas["predictors"], "models": models,
                "equal_accuracy": speedups_at_equal_accuracy(front, baselines),
                "claim_check": nas["claim_check"], "timings": nas["timings"],
