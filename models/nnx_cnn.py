@@ -4,9 +4,9 @@ NNX modules are stateful Python objects; compression tools need a pure function 
 pytree of arrays. ``make_nnx_function`` splits the module once into a graph definition and
 its parameters and batch statistics as plain nested dicts (the same
 ``{"params": ..., "batch_stats": ...}`` layout as linen), and ``fn`` rebuilds the module
-from them with ``nnx.merge`` on every call. ``fn`` copies the template state before filling
-it, because merging the original state inside ``jax.grad`` under ``jax.jit`` can raise
-TraceContextError on BatchStat.
+from them with ``nnx.merge`` on every call. ``fn`` copies the (abstract) template state before
+filling it, because merging the original state inside ``jax.grad`` under ``jax.jit`` can
+raise TraceContextError on BatchStat.
 
 The network: stride-1 and stride-2 conv-BatchNorm-ReLU blocks, global mean pool, linear.
 """
@@ -15,6 +15,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from models.run_once import run_once
 
 
 class ConvBlock(nnx.Module):
@@ -50,10 +52,17 @@ class NnxCNN(nnx.Module):
 
 def make_nnx_function(module_factory):
     """``make(key) -> (fn, variables)`` for an NNX module built by ``module_factory(rngs)``."""
+    def split(module):
+        return nnx.split(module, nnx.Param, nnx.BatchStat)
+
+    def init(key):
+        _, params, stats = split(module_factory(nnx.Rngs(key)))
+        return {"params": params.to_pure_dict(), "batch_stats": stats.to_pure_dict()}
+
     def make(key):
-        graphdef, params, stats = nnx.split(module_factory(nnx.Rngs(key)), nnx.Param,
-                                            nnx.BatchStat)
-        variables = {"params": params.to_pure_dict(), "batch_stats": stats.to_pure_dict()}
+        # The structure comes from an abstract module; the values from one jitted init
+        # (building an NNX module eagerly compiles every initialiser op on its own).
+        graphdef, params, stats = split(nnx.eval_shape(lambda: module_factory(nnx.Rngs(0))))
 
         def fn(variables, x):
             params_state = jax.tree.map(lambda a: a, params)
@@ -61,7 +70,7 @@ def make_nnx_function(module_factory):
             nnx.replace_by_pure_dict(params_state, variables["params"])
             nnx.replace_by_pure_dict(stats_state, variables["batch_stats"])
             return nnx.merge(graphdef, params_state, stats_state)(x, train=False)
-        return fn, variables
+        return fn, run_once(init, key)
     return make
 
 

@@ -5,6 +5,7 @@ function (inference mode), its variables and an example input, so tests and benc
 loop over every model without knowing its family. Register a model by adding a ZooEntry.
 """
 import dataclasses
+import functools
 from typing import Any, Callable, Dict, Tuple
 
 import jax
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 
 from models import (convnext, densenet, efficientnet, fpn, inception, mixer, mobilenetv2,
                     mobilenetv3, nnx_cnn, regnet, resnet, transformer_lm, unet, vit)
+from models.run_once import run_once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,12 +116,13 @@ def instantiate(name: str, tiny: bool = True, batch: int = 2, seed: int = 0):
         x = jax.random.randint(key_x, shape, 0, entry.input_vocab, dtype=entry.input_dtype)
     else:
         x = jax.random.normal(key_x, shape, entry.input_dtype)
+    randomize = functools.partial(_randomize_batch_stats, seed=seed)
     if hasattr(module, "init"):
-        variables = module.init(key_init, x)
-        return _linen_function(module), _randomize_batch_stats(variables, seed), x
+        init = lambda key, x: randomize(module.init(key, x))
+        return _linen_function(module), run_once(init, key_init, x), x
     # Non-linen models (e.g. Flax NNX) provide their own (fn, variables) constructor.
     fn, variables = module(key_init)
-    return fn, _randomize_batch_stats(variables, seed), x
+    return fn, run_once(randomize, variables), x
 
 
 def _randomize_batch_stats(variables, seed):
@@ -127,9 +130,15 @@ def _randomize_batch_stats(variables, seed):
     if "batch_stats" not in variables:
         return variables
     leaves, treedef = jax.tree_util.tree_flatten(variables["batch_stats"])
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    new = [jax.random.uniform(k, l.shape, l.dtype, 0.5, 1.5) if l.ndim and i % 2 else
-           0.1 * jax.random.normal(k, l.shape, l.dtype)
-           for i, (k, l) in enumerate(zip(keys, leaves))]
-    # Flax orders BatchNorm stats as (mean, var): odd leaves are variances, kept positive.
+    # Two draws for all leaves (not one per leaf): each draw costs a compilation.
+    total = sum(l.size for l in leaves)
+    key_var, key_mean = jax.random.split(jax.random.key(seed + 1))
+    variances = jax.random.uniform(key_var, (total,), jnp.float32, 0.5, 1.5)
+    means = 0.1 * jax.random.normal(key_mean, (total,), jnp.float32)
+    new, offset = [], 0
+    for i, l in enumerate(leaves):
+        # Flax orders BatchNorm stats as (mean, var): odd leaves are variances, kept positive.
+        source = variances if l.ndim and i % 2 else means
+        new.append(source[offset:offset + l.size].reshape(l.shape).astype(l.dtype))
+        offset += l.size
     return {**variables, "batch_stats": jax.tree_util.tree_unflatten(treedef, new)}
