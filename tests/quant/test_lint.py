@@ -1,7 +1,5 @@
 """The NPU linter flags GELU models and mismatched channel ranges, and is quiet on a clean
 ReLU CNN."""
-import pytest
-
 from quant.lint import lint
 from tests.quant import tiny_models
 
@@ -39,7 +37,6 @@ def test_flags_exact_gelu_with_its_source_line():
     assert erf.severity == "error"
 
 
-@pytest.mark.slow
 def test_flags_gelu_and_layernorm_in_a_vit():
     from models import zoo
     fn, v, x = zoo.instantiate("vit", tiny=True, batch=4)
