@@ -156,7 +156,7 @@ def test_full_config_output_shape(name):
     fn, variables, x = zoo.instantiate(name, tiny=False, batch=1)
     entry = zoo.ZOO[name]
     assert x.shape == (1,) + entry.input_shape
-    y = jax.jit(fn)(variables, x)
+    y = compile_for_test(fn, variables, x)(variables, x)
     assert y.shape == FULL_OUTPUT[name]
     assert bool(jnp.all(jnp.isfinite(y)))
 
@@ -168,8 +168,8 @@ def test_linen_train_mode_updates_batch_statistics(name):
     """Training code calls ``apply(..., train=True, mutable=["batch_stats"])``."""
     fn, variables, x = tiny(name)
     module = zoo.ZOO[name].build_tiny()
-    train_step = jax.jit(lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]))
-    y, updates = train_step(variables, x)
+    train_step = lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"])
+    y, updates = compile_for_test(train_step, variables, x)(variables, x)
     assert y.shape == TINY_OUTPUT[name]
     assert bool(jnp.all(jnp.isfinite(y)))
     if "batch_stats" in variables:
