@@ -12,5 +12,11 @@ NO_BACKEND_OPTIMISATION = {"xla_backend_optimization_level": 0}
 
 
 def run_once(f, *args):
-    """``f(*args)``, jitted and compiled without backend optimisations."""
+    """``f(*args)``, jitted and compiled without backend optimisations.
+
+    Under a transformation (``jax.eval_shape``, ``jax.jit`` of a caller) nothing is compiled
+    here: ``f`` is traced into the caller's computation.
+    """
+    if any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(args)):
+        return f(*args)
     return jax.jit(f).lower(*args).compile(NO_BACKEND_OPTIMISATION)(*args)

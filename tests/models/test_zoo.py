@@ -176,3 +176,12 @@ def test_linen_train_mode_updates_batch_statistics(name):
         changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"],
                                updates["batch_stats"])
         assert all(jax.tree_util.tree_leaves(changed))
+
+
+def test_nnx_constructor_can_be_traced():
+    """Tools may build a model under ``jax.eval_shape`` to read shapes without compiling."""
+    make = zoo.ZOO["nnx_cnn"].build_tiny()
+    shapes = jax.eval_shape(lambda key: make(key)[1], jax.random.key(0))
+    fn, variables = make(jax.random.key(0))
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), variables) == jax.tree.map(
+        lambda s: (s.shape, s.dtype), shapes)
