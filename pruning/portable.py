@@ -22,18 +22,6 @@ FORMAT = "jax-export+npz/1"
 BATCH = "B"
 
 
-def _path_str(path) -> str:
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
-
-
 def _input_specs(inputs: Sequence, dynamic_batch: bool) -> List[jax.ShapeDtypeStruct]:
     arrays = [np.asarray(x) if not hasattr(x, "shape") else x for x in inputs]
     if not dynamic_batch:
@@ -47,10 +35,12 @@ def save(directory: str, fn: Callable, variables, *example_inputs,
          dynamic_batch: bool = True) -> str:
     """Writes ``fn(variables, *inputs)`` to ``directory`` (model.jaxexport, variables.npz,
     manifest.json). With ``dynamic_batch`` axis 0 of every input is symbolic."""
+    # Imported here: load() must run where the project is not importable.
+    from core.trace import path_to_str
     directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
     flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
-    paths = [_path_str(p) for p, _ in flat]
+    paths = [path_to_str(p) for p, _ in flat]
     leaves = [np.asarray(leaf) for _, leaf in flat]
 
     def flat_fn(params, *inputs):
