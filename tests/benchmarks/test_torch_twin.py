@@ -1,0 +1,81 @@
+"""The PyTorch twin of our ResNet-20 computes the same logits as the Flax model, and the
+Torch-Pruning comparison runs end to end on a tiny budget with FLOPs on target."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from benchmarks import torch_resnet20  # noqa: E402
+from core import teacher as teacher_lib  # noqa: E402
+from core.configs import train_teacher  # noqa: E402
+from data import pipeline  # noqa: E402
+from models import zoo  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def teacher_or_random():
+    """The trained teacher when it is cached (no training here), else a random full-size
+    ResNet-20 from the zoo."""
+    config = train_teacher.get_config()
+    cached = os.path.join(teacher_lib.cache_root(), teacher_lib.teacher_key(config),
+                          "summary.json")
+    if os.path.exists(cached):
+        module, variables, _ = teacher_lib.get_teacher(config, show_progress=False)
+        return module, variables, "trained"
+    module = zoo.ZOO["resnet20"].build()
+    _, variables, _ = zoo.instantiate("resnet20", tiny=False, batch=1, seed=0)
+    return module, variables, "random"
+
+
+def test_same_padding_matches_xla_same():
+    assert torch_resnet20.same_padding(28, 3, 1) == (1, 1)
+    assert torch_resnet20.same_padding(28, 3, 2) == (0, 1)
+    assert torch_resnet20.same_padding(14, 3, 2) == (0, 1)
+    assert torch_resnet20.same_padding(7, 3, 2) == (1, 1)
+    assert torch_resnet20.same_padding(28, 1, 2) == (0, 0)
+
+
+def test_twin_gives_the_same_logits_on_fashion_mnist(teacher_or_random):
+    module, variables, _ = teacher_or_random
+    dataset = pipeline.load_dataset("fashion_mnist", 5000, 0, limit=64)
+    x = pipeline.normalize(dataset.test[0][:64], dataset.mean, dataset.std)
+    expected = np.asarray(module.apply(variables, x, train=False))
+    twin = torch_resnet20.from_flax(module, variables, x.shape)
+    with torch.no_grad():
+        got = twin(torch_resnet20.nchw(x)).numpy()
+    assert got.shape == expected.shape == (64, 10)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert np.array_equal(np.argmax(got, -1), np.argmax(expected, -1))
+
+
+def test_twin_loading_is_not_vacuous(teacher_or_random):
+    """Perturbing one loaded weight changes the logits: the loaded weights are used."""
+    module, variables, _ = teacher_or_random
+    x = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
+    twin = torch_resnet20.from_flax(module, variables, x.shape)
+    with torch.no_grad():
+        before = twin(torch_resnet20.nchw(x)).numpy()
+        twin.stage2_block2.conv2.conv.weight.mul_(0.0)
+        after = twin(torch_resnet20.nchw(x)).numpy()
+    assert np.abs(after - before).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_has_every_row_on_target(tmp_path):
+    pytest.importorskip("torch_pruning")
+    from benchmarks import prune_vs_torch_pruning as bench
+    out = tmp_path / "results"
+    bench.main(["--quick", f"--workdir={tmp_path / 'runs'}", f"--results={out}"])
+    with open(out / "prune_vs_torch_pruning.json") as f:
+        result = json.load(f)
+    rows = {(r["method"], r["target"]): r for r in result["rows"]}
+    for method in bench.METHODS:
+        for target in (2, 4):
+            row = rows[(method, target)]
+            assert abs(row["flops_reduction"] / target - 1) <= bench.FLOPS_TOLERANCE, row
+            assert 0.0 <= row["accuracy_after_finetune"] <= 1.0
+            assert row["batch1_median_ms"] > 0 and row["batch32_median_ms"] > 0
+    assert (out / "prune_vs_torch_pruning.md").read_text().count("|") > 20
