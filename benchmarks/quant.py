@@ -19,37 +19,33 @@ benchmarks/results/quant.json and quant.md (whatever is measured, either way).
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import onnxruntime  # noqa: E402
-
+from benchmarks.machine import describe  # noqa: E402
 from core import teacher as teacher_lib  # noqa: E402
 from quant import experiment  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CONFIGS = {"resnet20": "quant_resnet20", "mobilenetv2": "quant_mobilenetv2",
-           "vit": "quant_vit"}
+           "vit": "quant_vit", "pruned_resnet20": "quant_pruned_resnet20"}
 
 
 def machine():
+    """benchmarks.machine.describe() plus the CPU's int8 instruction-set flags."""
     try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = [l.split(":", 1)[1].strip() for l in lscpu.splitlines()
-                 if l.startswith("Model name")][0]
-        flags = [l.split(":", 1)[1].split() for l in lscpu.splitlines()
-                 if l.startswith("Flags")]
-        flags = sorted(f for f in (flags[0] if flags else []) if f in (
-            "avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile"))
-    except Exception:
-        model, flags = platform.processor(), []
-    return {"cpu": model, "cores": os.cpu_count(), "int8_flags": flags,
-            "onnxruntime": onnxruntime.__version__,
-            "load_average_at_start": os.getloadavg()[0]}
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    info = describe()
+    info["int8_flags"] = sorted(f for f in flags if f in (
+        "avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile"))
+    info["load_average_at_start"] = os.getloadavg()[0]
+    return info
 
 
 def config_for(model: str, smoke: bool, qat_steps=None):
@@ -69,6 +65,9 @@ def config_for(model: str, smoke: bool, qat_steps=None):
 
 
 def teacher_cached(config) -> bool:
+    if config.get("pruned_experiment"):       # prune, then quantize: the pruning run's output
+        workdir = config.get("pruned_workdir") or os.path.join("runs", config.pruned_experiment)
+        return os.path.exists(os.path.join(workdir, "keep.json"))
     key = teacher_lib.teacher_key(config.teacher)
     return os.path.exists(os.path.join(teacher_lib.cache_root(), key, "summary.json"))
 
@@ -110,7 +109,7 @@ def markdown(results) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="resnet20,mobilenetv2,vit",
+    parser.add_argument("--models", default="resnet20,mobilenetv2,vit,pruned_resnet20",
                         help="comma-separated; models without a cached teacher are skipped")
     parser.add_argument("--smoke", action="store_true", help="tiny untrained teachers")
     parser.add_argument("--train-missing", action="store_true",
@@ -122,6 +121,11 @@ def main():
     results = {"machine": machine(), "smoke": args.smoke, "models": [], "skipped": []}
     for model in args.models.split(","):
         config = config_for(model, args.smoke, args.qat_steps)
+        if config.get("pruned_experiment") and (args.smoke or not teacher_cached(config)):
+            print(f"{model}: needs the finished pruning run; skipped (python run.py "
+                  f"--exp={config.pruned_experiment})")
+            results["skipped"].append(model)
+            continue
         if not (args.smoke or args.train_missing or teacher_cached(config)):
             print(f"{model}: no cached teacher; skipped (train it with python run.py "
                   f"--exp=train_teacher --exp.model={model})")

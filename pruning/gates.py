@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from core import losses, sharding
+from core.checkpoint import Checkpointer
 from core.progress import MetricsLog, progress_bar
 from data import pipeline
 from pruning import importance
@@ -46,6 +47,7 @@ class GateSettings:
     min_keep: int = 1
     multiple: int = 8              # kept counts rounded to a multiple when thresholding
     log_every: int = 25
+    checkpoint_every: int = 200    # gate-training checkpoints (a killed run resumes)
 
     @classmethod
     def from_config(cls, config) -> "GateSettings":
@@ -152,10 +154,20 @@ def train_gates(fn, variables, groups, dataset, settings: GateSettings, workdir:
         updates, opt_state = tx.update(grads, opt_state, trainable)
         return optax.apply_updates(trainable, updates), opt_state, task, rel, acc
 
+    # Resumable: a killed run restarts from the last gate checkpoint (same batches, same
+    # noise schedule: both are functions of the step index).
+    checkpointer = Checkpointer(os.path.join(workdir, "gates_checkpoints"),
+                                every_steps=settings.checkpoint_every)
+    first = 0
+    if checkpointer.latest_step() is not None:
+        first = checkpointer.latest_step()
+        state = checkpointer.restore({"trainable": trainable, "opt_state": opt_state})
+        trainable, opt_state = state["trainable"], state["opt_state"]
     log = MetricsLog(os.path.join(workdir, "gates_metrics.jsonl"))
-    bar = progress_bar(settings.steps, description="gates", enabled=show_progress)
+    bar = progress_bar(settings.steps, description="gates", enabled=show_progress,
+                       initial=first)
     history = []
-    for index in range(settings.steps):
+    for index in range(first, settings.steps):
         x, y = pipeline.train_batch(dataset, index, settings.batch_size, settings.seed + 17,
                                     True, sharding.host_shard())
         x, y = sharding.global_batch(mesh, x, y)
@@ -168,5 +180,8 @@ def train_gates(fn, variables, groups, dataset, settings: GateSettings, workdir:
             bar.set_postfix(loss=f"{record['task_loss']:.3f}", budget=f"{record['budget_relative']:.2f}",
                             acc=f"{record['accuracy']:.3f}")
         bar.update(1)
+        checkpointer.maybe_save(index + 1, {"trainable": trainable, "opt_state": opt_state},
+                                force=index + 1 == settings.steps)
     bar.close()
+    checkpointer.close()
     return {"params": trainable["params"], **fixed}, trainable["gates"], history

@@ -3,8 +3,10 @@
 teacher (cached) -> channel groups -> gates trained with distillation under a FLOPs or
 latency budget -> hard threshold (counts rounded to a multiple) -> physical removal ->
 distillation fine-tune -> ONNX export (parity-checked) -> latency on a device runner ->
-a before/after table. Every stage writes to the workdir; the fine-tune checkpoints and
-resumes like any training run.
+a before/after table. Every stage writes to the workdir; gate training and the fine-tune
+checkpoint and resume like any training run. The kept channels (keep.json) and the
+fine-tuned variables (pruned_variables/) are saved so later stages (prune, then quantize
+or factorize) rebuild the pruned model with ``load_pruned``.
 """
 import json
 import os
@@ -13,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from core import cost, losses, teacher as teacher_lib, train as train_lib
+from core import checkpoint, cost, losses, teacher as teacher_lib, train as train_lib
 from export.measure import export_and_measure
 from pruning import find_groups, gates, prune
 
@@ -33,6 +35,32 @@ def _table(rows):
              f"{r['params'] / 1e3:.1f} | {r['batch1_median_ms']:.3f} | "
              f"{r['batch32_median_ms']:.2f} |" for name, r in rows]
     return header + "\n".join(lines)
+
+
+def load_pruned(config, workdir):
+    """The fine-tuned pruned model of a finished run: ``(fn, variables, summary, dataset)``,
+    rebuilt from the cached teacher and the saved keep sets (channel groups are found
+    deterministically, so group ids match) with the saved fine-tuned variables."""
+    path = os.path.join(workdir, "keep.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} is missing: run the pruning experiment first "
+            f"(python run.py --exp={config.get('experiment_name', 'prune_resnet20_2x')})")
+    module, variables, summary = teacher_lib.get_teacher(config.teacher, show_progress=False)
+    dataset = teacher_lib.load_data(config.teacher)
+    fn = lambda v, x: module.apply(v, x, train=False)  # noqa: E731
+    x1 = np.asarray(train_lib.pipeline.normalize(dataset.test[0][:1], dataset.mean,
+                                                 dataset.std))
+    with open(path) as f:
+        keep = {int(g): np.asarray(k, np.int32) for g, k in json.load(f).items()}
+    pruned = prune(fn, variables, x1, keep=keep)
+    tuned = checkpoint.load_pytree(os.path.join(workdir, "pruned_variables"), pruned.variables)
+    with open(os.path.join(workdir, "result.json")) as f:
+        result = json.load(f)
+    summary = {"key": f"{config.get('experiment_name', 'pruned')}", "model":
+               f"{config.teacher.model} pruned ({result['flops_reduction']:.2f}x fewer FLOPs)",
+               "test_accuracy": result["accuracy_after_finetune"]}
+    return pruned.fn, tuned, summary, dataset
 
 
 def main(config, workdir):
@@ -69,6 +97,10 @@ def main(config, workdir):
     tuned = train_lib.train(model, dataset, config.finetune,
                             os.path.join(workdir, "finetune"),
                             loss_fn=_distillation(teacher_fn, settings))
+
+    with open(os.path.join(workdir, "keep.json"), "w") as f:
+        json.dump({str(g): [int(i) for i in k] for g, k in keep.items()}, f)
+    checkpoint.save_pytree(os.path.join(workdir, "pruned_variables"), tuned["variables"])
 
     exports = os.path.join(workdir, "onnx")
     before = export_and_measure(fn, variables, x1, os.path.join(exports, "teacher.onnx"),

@@ -8,6 +8,9 @@ the float model and our QDQ int8 model to ONNX, runs onnxruntime's own ``quantiz
 (QDQ, per-channel, same calibration images) on the same float ONNX, and reports the test
 accuracy of both int8 models *in onnxruntime* and latencies (float vs int8, batch 1 and
 32, medians). Results: ``workdir/result.json``.
+
+With ``config.pruned_experiment`` set (e.g. ``prune_resnet20_2x``) the float model is that
+finished pruning run's fine-tuned pruned model instead of the teacher: prune, then quantize.
 """
 import json
 import os
@@ -116,16 +119,29 @@ def latencies(models: Dict[str, object], batches=(1, 32), threads: int = 1,
     return out
 
 
+def float_model(config):
+    """``(fn, variables, summary, dataset)``: the cached teacher, or the pruned model of the
+    finished pruning experiment ``config.pruned_experiment`` (in ``config.pruned_workdir``,
+    default runs/<name>)."""
+    name = config.get("pruned_experiment", "")
+    if name:
+        from core import config as config_lib
+        from pruning import learned_pruning
+        workdir = config.get("pruned_workdir", "") or os.path.join("runs", name)
+        return learned_pruning.load_pruned(config_lib.load(name), os.path.abspath(workdir))
+    module, variables, summary = teacher_lib.get_teacher(config.teacher, show_progress=False)
+    fn = lambda v, x: module.apply(v, x, train=False)          # noqa: E731
+    return fn, variables, summary, teacher_lib.load_data(config.teacher)
+
+
 def main(config, workdir):
     import export as export_lib
     start = time.time()
-    module, variables, summary = teacher_lib.get_teacher(config.teacher, show_progress=False)
-    dataset = teacher_lib.load_data(config.teacher)
-    fn = lambda v, x: module.apply(v, x, train=False)          # noqa: E731
+    fn, variables, summary, dataset = float_model(config)
     batches = calibration_batches(dataset, config.calibration_images, config.batch_size)
     example = batches[0]
     fn_f, v_f, folded = fold_batchnorm(fn, variables, example)
-    result = {"model": config.teacher.model, "teacher": summary,
+    result = {"model": summary.get("model", config.teacher.model), "teacher": summary,
               "folded_ops": len(folded), "calibration": config.calibration,
               "calibration_images": config.calibration_images, "accuracy": {}}
     acc = result["accuracy"]
