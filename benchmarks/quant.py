@@ -128,7 +128,7 @@ def main():
             continue
         if not (args.smoke or args.train_missing or teacher_cached(config)):
             print(f"{model}: no cached teacher; skipped (train it with python run.py "
-                  f"--exp=train_teacher --exp.model={model})")
+                  f"--exp=train_teacher_{model})")
             results["skipped"].append(model)
             continue
         workdir = os.path.join("runs", "benchmarks", "quant" + ("_smoke" if args.smoke else ""),

@@ -35,7 +35,7 @@ class GateSettings:
     seed: int = 0
     target: str = "flops"          # 'flops' (a ratio of the full model) or 'latency'
     target_ratio: float = 0.5      # for 'flops': kept FLOPs / full FLOPs
-    target_ms: float = 0.0         # for 'latency': predicted milliseconds
+    target_ms: float = 0.0         # for 'latency': predicted ms (0: target_ratio x full)
     penalty: float = 5.0           # weight of the budget term
     gate_learning_rate: float = 0.05
     weight_learning_rate: float = 0.01
@@ -87,11 +87,15 @@ def budget_function(settings: GateSettings, cost_model, latency_fn: Optional[Cal
         def relative(sizes):
             return cost_model._evaluate(sizes).flops / (settings.target_ratio * full_flops)
     elif settings.target == "latency":
-        if latency_fn is None or settings.target_ms <= 0:
-            raise ValueError("target='latency' needs a latency model and target_ms > 0")
+        if latency_fn is None:
+            raise ValueError("target='latency' needs a latency model (a latency table)")
+        # target_ms > 0: an absolute budget; otherwise target_ratio of the full model's
+        # predicted latency on the same device.
+        full_sizes = jnp.asarray([g.size for g in cost_model.groups], jnp.float32)
+        target_ms = settings.target_ms or settings.target_ratio * float(latency_fn(full_sizes))
 
         def relative(sizes):
-            return latency_fn(sizes) / settings.target_ms
+            return latency_fn(sizes) / target_ms
     else:
         raise ValueError(f"target must be 'flops' or 'latency', got {settings.target!r}")
 

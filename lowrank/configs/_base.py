@@ -1,22 +1,6 @@
 """Shared settings of the low-rank experiments (not an experiment itself: leading '_')."""
 import ml_collections
 
-from core.configs import train_teacher
-
-
-def teacher_config(model: str, epochs: float, optimizer: str = "sgd",
-                   learning_rate: float = 0.1, weight_decay: float = 5e-4,
-                   warmup_steps: int = 400) -> ml_collections.ConfigDict:
-    """The teacher's training config (its hash names the cached teacher in runs/teachers)."""
-    config = train_teacher.get_config()
-    config.model = model
-    config.train.epochs = epochs
-    config.train.optimizer = optimizer
-    config.train.learning_rate = learning_rate
-    config.train.weight_decay = weight_decay
-    config.train.warmup_steps = warmup_steps
-    return config
-
 
 def get_config(teacher: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()

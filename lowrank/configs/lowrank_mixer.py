@@ -5,10 +5,10 @@ Run:  python run.py --exp=lowrank_mixer
 Trains (once, cached) a short Mixer teacher: 3 epochs of AdamW, under an hour on 2 busy
 CPU cores; then about 30-50 minutes for the study.
 """
+from core.configs import train_teacher
 from lowrank.configs import _base
 
 
 def get_config():
-    teacher = _base.teacher_config("mixer", epochs=3.0, optimizer="adamw", learning_rate=1e-3,
-                                   weight_decay=0.05, warmup_steps=200)
+    teacher = train_teacher.get_config("mixer")
     return _base.get_config(teacher)

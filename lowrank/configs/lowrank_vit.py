@@ -5,10 +5,10 @@ Run:  python run.py --exp=lowrank_vit
 Trains (once, cached) a short ViT teacher: 3 epochs of AdamW, roughly an hour on 2 busy
 CPU cores; then about 40-60 minutes for the study.
 """
+from core.configs import train_teacher
 from lowrank.configs import _base
 
 
 def get_config():
-    teacher = _base.teacher_config("vit", epochs=3.0, optimizer="adamw", learning_rate=1e-3,
-                                   weight_decay=0.05, warmup_steps=200)
+    teacher = train_teacher.get_config("vit")
     return _base.get_config(teacher)

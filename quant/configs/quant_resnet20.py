@@ -8,29 +8,15 @@ onnxruntime latency float vs int8. Tiny smoke run:
 python run.py --exp=quant_resnet20 --exp.teacher.tiny=True --exp.teacher.data_limit=512
 --exp.teacher.train.steps=20 --exp.qat.steps=5 --exp.calibration_images=128 --exp.eval_limit=256
 """
-import importlib.util
-import os
-
 import ml_collections
 
-
-def teacher_config(model: str) -> ml_collections.ConfigDict:
-    """The train_teacher experiment's settings for ``model`` (same cache key)."""
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "core", "configs",
-                        "train_teacher.py")
-    spec = importlib.util.spec_from_file_location("train_teacher_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.model = model
-    del config["program"]
-    return config
+from core.configs import train_teacher
 
 
 def get_config(model: str = "resnet20"):
     config = ml_collections.ConfigDict()
     config.program = "quant.experiment"
-    config.teacher = teacher_config(model)
+    config.teacher = train_teacher.get_config(model)
     config.profile = "ort_cpu_int8"          # quant/profiles/*.json; weights per-channel
     config.calibration = "mse"               # minmax | percentile | mse
     config.percentile = 99.99

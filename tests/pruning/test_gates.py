@@ -58,3 +58,19 @@ def test_showcase_pipeline_end_to_end(tmp_path, monkeypatch):
     assert (workdir / "onnx" / "pruned.onnx").exists()
     assert (workdir / "finetune" / "metrics.jsonl").exists()
     assert "| pruned + fine-tuned |" in (workdir / "result.md").read_text()
+
+
+def test_latency_budget_as_ratio_or_milliseconds():
+    fn, variables, x = zoo.instantiate("resnet20")
+    model = cost.cost_model(fn, variables, x[:1])
+    full = jnp.asarray([g.size for g in model.groups], jnp.float32)
+    latency_ms = lambda sizes: 0.01 * jnp.sum(sizes) + 0.5          # noqa: E731 (a fake device)
+    by_ratio = gates.GateSettings(target="latency", target_ratio=0.5)
+    _, relative = gates.budget_function(by_ratio, model, latency_ms)
+    assert float(relative(full)) == pytest.approx(2.0, rel=1e-5)
+    by_ms = gates.GateSettings(target="latency", target_ms=float(latency_ms(full)) / 4)
+    penalty, relative = gates.budget_function(by_ms, model, latency_ms)
+    assert float(relative(full)) == pytest.approx(4.0, rel=1e-5)
+    assert float(jnp.min(jax.grad(penalty)(full))) > 0, "more channels must cost more"
+    with pytest.raises(ValueError, match="latency model"):
+        gates.budget_function(by_ratio, model, None)
