@@ -1,0 +1,189 @@
+"""Block finding and removal (issue #8): removal equals forcing the block's output to zero,
+its equations and parameters are really gone, shape-changing blocks are never offered, and
+the block family (tiny configs, end to end) is ordered and exports with parity."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from core import rewrite
+from models import zoo
+from pruning import blocks as blocks_lib
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name, module_paths=()):
+    fn, variables, x = zoo.instantiate(name)
+    return fn, variables, x, blocks_lib.find_blocks(fn, variables, x,
+                                                    module_paths=module_paths)
+
+
+def _forced_to_zero(analysis, variables, x, blocks):
+    """The flat jaxpr evaluated by ``core.rewrite`` with each block's removed operand
+    multiplied by zero (an add keeps ``a + 0``; a concatenation gets a zero slot)."""
+    anchors = {}
+    for b in blocks:
+        edit = b.edit
+        if isinstance(edit, blocks_lib.Zero):
+            anchors.setdefault(edit.eqn, set()).add(edit.operand)
+        else:
+            eqn = analysis.jaxpr.eqns[edit.eqn]
+            kept = blocks_lib._var_at(analysis.jaxpr, edit.source)
+            anchors.setdefault(edit.eqn, set()).update(
+                p for p, v in enumerate(eqn.invars) if v is not kept)
+
+    def hook(eqn, invals, path):
+        if len(path) != 1 or path[0] not in anchors:
+            return None
+        zeroed = [v * 0 if p in anchors[path[0]] else v for p, v in enumerate(invals)]
+        return rewrite.bind_equation(eqn, zeroed)
+    leaves = jax.tree_util.tree_leaves((variables, x))
+    return rewrite.evaluate(analysis.closed, leaves, hook)[0]
+
+
+def test_flatten_is_the_original_function():
+    fn, variables, x, analysis = _model("resnet20")
+    leaves = jax.tree_util.tree_leaves((variables, x))
+    flat = rewrite.evaluate(analysis.closed, leaves)[0]
+    np.testing.assert_allclose(flat, fn(variables, x), rtol=1e-6, atol=1e-6)
+    assert not any(e.primitive.name in ("custom_jvp_call", "jit", "pjit")
+                   for e in analysis.jaxpr.eqns)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "vit", "mixer", "inception",
+                                  "densenet"])
+def test_removal_equals_block_output_forced_to_zero(name):
+    fn, variables, x, analysis = _model(name)
+    assert analysis.blocks, f"{name}: no block found"
+    for block in analysis.blocks:
+        removed = blocks_lib.remove_blocks(fn, variables, x, blocks=[block], analysis=analysis)
+        got = removed.fn(removed.variables, x)
+        want = _forced_to_zero(analysis, variables, x, [block])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5,
+                                   err_msg=f"{name} block {block.label}")
+        assert not np.allclose(got, fn(variables, x), atol=1e-4), \
+            f"{name}: removing {block.label} changed nothing"
+
+
+def test_removing_several_blocks_at_once():
+    fn, variables, x, analysis = _model("vit")
+    chosen = [b for b in analysis.blocks if b.kind == "residual"][::2]
+    assert len(chosen) >= 2
+    removed = blocks_lib.remove_blocks(fn, variables, x, blocks=chosen, analysis=analysis)
+    np.testing.assert_allclose(removed.fn(removed.variables, x),
+                               _forced_to_zero(analysis, variables, x, chosen),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_kinds_found_on_resnet_vit_inception():
+    kinds = {name: {b.kind for b in _model(name)[3].blocks}
+             for name in ("resnet20", "vit", "inception")}
+    assert "residual" in kinds["resnet20"] and "add_branch" in kinds["resnet20"]
+    assert kinds["vit"] == {"residual"}
+    assert kinds["inception"] == {"concat_branch"}
+    vit_labels = [b.label for b in _model("vit")[3].blocks]
+    assert vit_labels == ["block0/{norm1,attn}", "block0/{norm2,mlp_fc1,mlp_fc2}",
+                          "block1/{norm1,attn}", "block1/{norm2,mlp_fc1,mlp_fc2}"]
+
+
+def test_removed_equations_and_parameters_are_gone():
+    fn, variables, x, analysis = _model("resnet20")
+    (block,) = [b for b in analysis.blocks if b.kind == "residual"]
+    assert block.module_path == "stage0_block0"
+    assert any("models/resnet.py" in line for line in block.source_lines)
+    removed = blocks_lib.remove_blocks(fn, variables, x, blocks=[block], analysis=analysis)
+    original = jax.make_jaxpr(fn)(variables, x).jaxpr
+    rewritten = jax.make_jaxpr(removed.fn)(removed.variables, x).jaxpr
+
+    def convs(jaxpr):
+        return sum(e.primitive.name == "conv_general_dilated" for e in jaxpr.eqns)
+    assert convs(rewritten) == convs(original) - 2
+    names = {str(e.source_info.name_stack) for e in rewritten.eqns}
+    assert not any("stage0_block0/conv" in n or "stage0_block0/bn" in n for n in names)
+    deleted = [analysis.jaxpr.eqns[i] for i in block.equations]
+    assert sum(e.primitive.name == "conv_general_dilated" for e in deleted) == 2
+    assert len(rewritten.eqns) <= len(analysis.jaxpr.eqns) - len(block.equations)
+    assert "params/stage0_block0/conv1/kernel" in removed.removed_params
+    assert "stage0_block0" not in removed.variables["params"]
+    assert "stem" in removed.variables["params"]
+
+
+def test_costs_count_the_removed_convs():
+    fn, variables, x, analysis = _model("resnet20")
+    costed = blocks_lib.with_costs(fn, variables, x, analysis)
+    (block,) = [b for b in costed.blocks if b.kind == "residual"]
+    # Two 3x3 convs, 4 -> 4 channels at 12x12, batch 1: 2 * 2 * 144 * 9 * 4 * 4 MAC-FLOPs.
+    matmul = 2 * (2 * 12 * 12 * 9 * 4 * 4)
+    assert matmul < block.flops < matmul * 1.2
+    assert block.params == 2 * 9 * 4 * 4 + 2 * 2 * 4     # kernels + bn scale/bias
+
+
+def test_shape_changing_blocks_are_never_offered():
+    fn, variables, x, analysis = _model("resnet20", ("stage0_block0", "stage1_block0"))
+    modules = [b for b in analysis.blocks if b.kind == "module"]
+    assert [b.module_path for b in modules] == ["stage0_block0"]
+    assert any("stage1_block0" in what and "change a shape" in why
+               for what, why in analysis.rejected)
+    # A ViT's patch embedding is a concatenation piece, but removing it would disconnect
+    # the image from the output.
+    vit = _model("vit")[3]
+    assert all(b.kind != "concat_branch" for b in vit.blocks)
+    assert any("disconnect" in why for _, why in vit.rejected)
+
+
+def test_broadcasting_add_is_not_offered():
+    """``pool(h) @ w + conv(h)``: dropping the conv leaves a (B,1,1,C) value where the sum is
+    (B,H,W,C), so that branch is never offered; the other branch is."""
+    def fn(params, x):
+        h = jnp.tanh(lax.conv_general_dilated(x, params["k1"], (1, 1), "SAME",
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        pooled = jnp.mean(h, axis=(1, 2), keepdims=True) @ params["w"]
+        branch = lax.conv_general_dilated(h, params["k2"], (1, 1), "SAME",
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(pooled + branch, axis=(1, 2))
+    keys = jax.random.split(jax.random.key(0), 4)
+    params = {"k1": jax.random.normal(keys[0], (3, 3, 2, 4)),
+              "k2": jax.random.normal(keys[1], (3, 3, 4, 4)),
+              "w": jax.random.normal(keys[2], (4, 4))}
+    x = jax.random.normal(keys[3], (2, 6, 6, 2))
+    analysis = blocks_lib.find_blocks(fn, params, x)
+    assert len(analysis.blocks) == 1
+    (block,) = analysis.blocks
+    assert block.kind == "add_branch"
+    assert [e.primitive.name for e in map(analysis.jaxpr.eqns.__getitem__, block.equations)
+            if e.primitive.name == "dot_general"] == ["dot_general"]
+    assert any("(2, 1, 1, 4)" in why for _, why in analysis.rejected)
+    removed = blocks_lib.remove_blocks(fn, params, x, blocks=[block], analysis=analysis)
+    np.testing.assert_allclose(removed.fn(removed.variables, x),
+                               _forced_to_zero(analysis, params, x, [block]), rtol=1e-5)
+    assert "w" not in removed.variables
+
+
+def test_plain_residual_removal_is_the_skip_path():
+    def fn(params, x):
+        return jax.nn.relu(x + jnp.tanh(x @ params["w1"]) @ params["w2"]) @ params["head"]
+    keys = jax.random.split(jax.random.key(1), 4)
+    params = {"w1": jax.random.normal(keys[0], (8, 16)), "w2": jax.random.normal(keys[1], (16, 8)),
+              "head": jax.random.normal(keys[2], (8, 3))}
+    x = jax.random.normal(keys[3], (5, 8))
+    analysis = blocks_lib.find_blocks(fn, params, x)
+    (block,) = analysis.blocks
+    assert block.kind == "residual"
+    removed = blocks_lib.remove_blocks(fn, params, x, blocks=[block], analysis=analysis)
+    np.testing.assert_allclose(removed.fn(removed.variables, x),
+                               jax.nn.relu(x) @ params["head"], rtol=1e-6)
+    assert sorted(removed.removed_params) == ["w1", "w2"]
+    # Another batch size and jit work (the model is re-flattened at those shapes).
+    x7 = jax.random.normal(keys[3], (7, 8))
+    np.testing.assert_allclose(jax.jit(removed.fn)(removed.variables, x7),
+                               jax.nn.relu(x7) @ params["head"], rtol=1e-6)
+
+
+def test_available_blocks_shrink_as_blocks_go():
+    fn, variables, x, analysis = _model("vit")
+    first = analysis.blocks[0]
+    rest = analysis.available([first])
+    assert first not in rest and len(rest) == len(analysis.blocks) - 1
