@@ -17,6 +17,8 @@ import os
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import jax
+import numpy as np
+from jax import export as jax_export
 from jax._src import source_info_util
 from jax.extend import core as jcore
 
@@ -175,3 +177,18 @@ def count_eqns(jaxpr: jcore.Jaxpr) -> int:
 __all__ = ["Traced", "trace", "call_jaxpr", "sub_jaxprs", "iter_eqns", "source_line",
            "as_closed", "path_to_str", "shape_of", "is_literal", "CALL_JAXPR_PARAM",
            "count_eqns"]
+
+
+BATCH_AXIS_NAME = "B"
+
+
+def input_specs(example_inputs, dynamic_batch: bool = False) -> List[jax.ShapeDtypeStruct]:
+    """ShapeDtypeStructs of the example inputs; with ``dynamic_batch`` axis 0 becomes one
+    symbolic dimension shared by all inputs, so one export (jax.export, ONNX) serves every
+    batch size."""
+    arrays = [np.asarray(x) if not hasattr(x, "shape") else x for x in example_inputs]
+    if not dynamic_batch:
+        return [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in arrays]
+    (batch,) = jax_export.symbolic_shape(BATCH_AXIS_NAME)
+    return [jax.ShapeDtypeStruct(((batch,) + tuple(x.shape[1:])) if x.ndim else (), x.dtype)
+            for x in arrays]

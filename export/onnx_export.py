@@ -18,13 +18,12 @@ from typing import Any, List, Optional, Sequence
 import jax
 import numpy as np
 import onnx
-from jax import export as jax_export
 from jax.extend.core import jaxpr_as_fun
 
+from core.trace import input_specs
 from export import graph_passes
 from export.parity import ParityReport, check_parity
 
-BATCH_AXIS_NAME = "B"
 
 
 @dataclasses.dataclass
@@ -40,16 +39,6 @@ class ExportResult:
     @property
     def transpose_count(self) -> int:
         return self.op_counts.get("Transpose", 0)
-
-
-def input_specs(example_inputs: Sequence, dynamic_batch: bool):
-    """ShapeDtypeStructs for the inputs, axis 0 symbolic (shared by all inputs) if asked."""
-    arrays = [np.asarray(x) if not hasattr(x, "shape") else x for x in example_inputs]
-    if not dynamic_batch:
-        return [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in arrays]
-    (batch,) = jax_export.symbolic_shape(BATCH_AXIS_NAME)
-    return [jax.ShapeDtypeStruct(((batch,) + tuple(x.shape[1:])) if x.ndim else (), x.dtype)
-            for x in arrays]
 
 
 def trace(fn, variables, *example_inputs, dynamic_batch: bool = True):

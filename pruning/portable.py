@@ -7,8 +7,9 @@ size runs) and writes the variables next to it (``variables.npz``, one array per
 with its path in ``manifest.json``). The parameters are arguments of the exported function,
 not constants, so they can be inspected, fine-tuned or swapped after loading.
 
-``load`` needs only jax and numpy: this file imports nothing from the project, so it can be
-copied next to a saved model and used in a fresh process on another machine.
+``load`` needs only jax and numpy (``save`` imports its helpers from the project inside the
+function), so this file can be copied next to a saved model and used in a fresh process
+on another machine.
 """
 import json
 import os
@@ -19,16 +20,6 @@ import numpy as np
 from jax import export as jax_export
 
 FORMAT = "jax-export+npz/1"
-BATCH = "B"
-
-
-def _input_specs(inputs: Sequence, dynamic_batch: bool) -> List[jax.ShapeDtypeStruct]:
-    arrays = [np.asarray(x) if not hasattr(x, "shape") else x for x in inputs]
-    if not dynamic_batch:
-        return [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in arrays]
-    (batch,) = jax_export.symbolic_shape(BATCH)
-    return [jax.ShapeDtypeStruct(((batch,) + tuple(x.shape[1:])) if x.ndim else (), x.dtype)
-            for x in arrays]
 
 
 def save(directory: str, fn: Callable, variables, *example_inputs,
@@ -36,7 +27,7 @@ def save(directory: str, fn: Callable, variables, *example_inputs,
     """Writes ``fn(variables, *inputs)`` to ``directory`` (model.jaxexport, variables.npz,
     manifest.json). With ``dynamic_batch`` axis 0 of every input is symbolic."""
     # Imported here: load() must run where the project is not importable.
-    from core.trace import path_to_str
+    from core.trace import input_specs, path_to_str
     directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
     flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
@@ -48,14 +39,14 @@ def save(directory: str, fn: Callable, variables, *example_inputs,
 
     param_specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
     exported = jax_export.export(jax.jit(flat_fn))(
-        param_specs, *_input_specs(example_inputs, dynamic_batch))
+        param_specs, *input_specs(example_inputs, dynamic_batch))
     with open(os.path.join(directory, "model.jaxexport"), "wb") as f:
         f.write(exported.serialize())
     np.savez(os.path.join(directory, "variables.npz"),
              **{f"p{i}": leaf for i, leaf in enumerate(leaves)})
     manifest = {"format": FORMAT, "parameters": paths,
                 "inputs": [{"shape": [str(d) for d in s.shape], "dtype": str(s.dtype)}
-                           for s in _input_specs(example_inputs, dynamic_batch)]}
+                           for s in input_specs(example_inputs, dynamic_batch)]}
     with open(os.path.join(directory, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     return directory

@@ -5,12 +5,10 @@ Needs the MobileNetV2 teacher (python run.py --exp=train_teacher_mobilenetv2, ab
 CPU cores; cached and reused). Expected: about 40-60 minutes on 2 CPU cores (the model has
 about 4x the FLOPs of ResNet-20). Same stages and outputs as prune_resnet20_2x.
 """
-from core.configs import train_teacher
-from pruning.configs import prune_resnet20_2x
+from pruning.configs import prune_mobilenetv2_2x
 
 
 def get_config():
-    config = prune_resnet20_2x.get_config()
-    config.teacher = train_teacher.get_config("mobilenetv2")
+    config = prune_mobilenetv2_2x.get_config()
     config.gates.target_ratio = 0.25
     return config

@@ -5,14 +5,10 @@ Needs the ViT teacher (python run.py --exp=train_teacher_vit, about 45 minutes o
 CPU cores; cached and reused). Expected: about 40-60 minutes on 2 CPU cores (the model has
 about 4x the FLOPs of ResNet-20). Same stages and outputs as prune_resnet20_2x.
 """
-from core.configs import train_teacher
-from pruning.configs import prune_resnet20_2x
+from pruning.configs import prune_vit_2x
 
 
 def get_config():
-    config = prune_resnet20_2x.get_config()
-    config.teacher = train_teacher.get_config("vit")
+    config = prune_vit_2x.get_config()
     config.gates.target_ratio = 0.25
-    config.finetune.optimizer = "adamw"      # as the teacher was trained
-    config.finetune.learning_rate = 3e-4
     return config
