@@ -54,7 +54,9 @@ def run_nas(cfg, workdir) -> dict:
     path = os.path.join(workdir, "results.json")
     if os.path.exists(path):
         with open(path) as f:
-            return json.load(f)
+            cached = json.load(f)
+        if cached.get("config_hash") == pipeline.stage_hash(cfg, *cfg.keys()):
+            return cached
     return json.loads(json.dumps(pipeline.main(cfg, workdir), default=float))
 
 
@@ -200,7 +202,7 @@ def main(argv=None):
     pruned = [(r["latency_ms"], r["test_accuracy"]) for r in models if r.get("kind") == "pruned"]
     if pruned:
         extra["channel-pruned"] = pruned
-    with open(os.path.join(workdir, "sampled.json")) as f:
+    with open(pipeline.sampled_path(cfg, workdir)) as f:
         sampled = json.load(f)
     pareto_plot.plot_fronts(sampled, front, {"latency_ms": teacher_ms, "test_accuracy":
                                              models[0]["test_accuracy"]},

@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from core import teacher as teacher_lib
+import ml_collections
+
+from core import config as config_lib, teacher as teacher_lib
 from export.runners import get_runner
 from models import zoo
 from nas import architecture, block_graph, distill, evolution, finetune, pareto_plot
@@ -61,6 +63,23 @@ def _cached_json(path, compute):
         json.dump(value, f, indent=1)
     os.replace(path + ".tmp", path)
     return value
+
+
+def stage_hash(cfg, *sections: str) -> str:
+    """Hash of the config sections a cached stage depends on: a rerun with other settings
+    recomputes that stage instead of reading a stale file from the same workdir."""
+    return config_lib.config_hash(ml_collections.ConfigDict(
+        {name: cfg.get(name) for name in sections}),
+        exclude=("show_progress", "experiment_name", "experiment_path"))
+
+
+SAMPLED_SECTIONS = ("seed", "device", "teacher", "teacher_source", "blocks", "space", "distill",
+                    "measure")
+
+
+def sampled_path(cfg, workdir: str) -> str:
+    """Where the measured sampled architectures of this config are cached."""
+    return os.path.join(workdir, f"sampled-{stage_hash(cfg, *SAMPLED_SECTIONS)}.json")
 
 
 def measure_architectures(library, archs, dataset, cfg, runner, with_latency) -> List[dict]:
@@ -155,7 +174,7 @@ def main(cfg, workdir):
     archs = space.sample(rng, cfg.measure.architectures, include_teacher=True)
     with_latency = [k < cfg.measure.latency_architectures for k in range(len(archs))]
     t1 = time.time()
-    rows = _cached_json(os.path.join(workdir, "sampled.json"), lambda: measure_architectures(
+    rows = _cached_json(sampled_path(cfg, workdir), lambda: measure_architectures(
         library, archs, dataset, cfg, runner, with_latency))
     timings["measure_s"] = time.time() - t1
     n_train = int(len(rows) * cfg.predictor.train_fraction)
@@ -220,7 +239,9 @@ def main(cfg, workdir):
                "predictors": preds["report"], "latency_budget_ms": budget,
                "search_history": result.history, "front": measured_front, "chosen": chosen,
                "claim_check": claim, "pareto_png": png, "timings": timings,
-               "device": cfg.device, "jax_devices": jax.device_count()}
+               "device": cfg.device, "jax_devices": jax.device_count(),
+               "config_hash": stage_hash(cfg, *cfg.keys()),
+               "sampled_path": sampled_path(cfg, workdir)}
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
     _log(f"done in {timings['total_s'] / 60:.1f} min: chosen {chosen['choices']} "
@@ -229,5 +250,5 @@ def main(cfg, workdir):
     return results
 
 
-__all__ = ["main", "load_teacher", "split_teacher", "measure_architectures", "build_graphs",
+__all__ = ["main", "stage_hash", "sampled_path", "load_teacher", "split_teacher", "measure_architectures", "build_graphs",
            "fit_predictors"]

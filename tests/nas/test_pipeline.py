@@ -22,3 +22,18 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path):
     # A second run reuses the distilled students and the measured samples.
     again = pipeline.main(cfg, str(tmp_path))
     assert again["students"] == results["students"]
+
+
+def test_cached_stages_are_keyed_by_the_settings_they_depend_on():
+    from core import config as config_lib
+    from nas import pipeline
+    base = config_lib.load("nas_fmnist")
+    longer = config_lib.load("nas_fmnist", [("distill.steps", "1000")])
+    quiet = config_lib.load("nas_fmnist", [("show_progress", "False")])
+    searched = config_lib.load("nas_fmnist", [("search.generations", "5")])
+    path = pipeline.sampled_path(base, "w")
+    assert pipeline.sampled_path(longer, "w") != path       # other students: re-measure
+    assert pipeline.sampled_path(quiet, "w") == path
+    assert pipeline.sampled_path(searched, "w") == path     # search settings: reuse
+    assert (pipeline.stage_hash(searched, *searched.keys())
+            != pipeline.stage_hash(base, *base.keys()))
