@@ -1,0 +1,399 @@
+"""Our channel pruning next to Torch-Pruning, on the same trained ResNet-20 at the same FLOPs.
+
+Run:  python benchmarks/prune_vs_torch_pruning.py [--steps N] [--targets 2,4] [--methods ...]
+      (about 40 minutes on 2 shared cores at the defaults; --quick is a 3-minute smoke run)
+Needs: pip install -r benchmarks/requirements.txt  (torch, torchvision, torch-pruning).
+
+One teacher: the cached ResNet-20 (``core.teacher``) is copied into a PyTorch twin
+(``benchmarks.torch_resnet20``; a test checks both give the same logits). Per FLOPs
+reduction target (2x, 4x) and method:
+
+- ``tp_groupnorm``: Torch-Pruning's MetaPruner with its group-norm importance
+  (``GroupMagnitudeImportance(p=2)``: L2 over all coupled layers, mean-normalized), global
+  ranking;
+- ``tp_magnitude``: MetaPruner with ``MagnitudeImportance(p=1, group_reduction='first',
+  normalizer=None)`` (L1 of the filters, Li et al.), the same ratio for every layer;
+- ``ours_magnitude``: ``pruning.importance`` group L1 magnitude, global over normalized
+  scores, kept counts rounded to multiples of 8;
+- ``ours_learned``: learned gates (``pruning.gates``, the ``prune_resnet20_2x`` settings)
+  under a FLOPs budget, thresholded to multiples of 8.
+
+Same FLOPs: Torch-Pruning's ratio is found by bisection on its own counter
+(``tp.utils.count_ops_and_params``, MACs incl. a few BN ops); ours scan the keep ratio
+(magnitude) or the gate threshold (learned ranking) on our counter (``core.cost``).
+The table reports both conventions side by side: "MFLOPs" is 2 x the multiply-accumulates
+of convs and dense layers (padding taps included) for every row, counted the same way
+for both frameworks. Torch-Pruning may leave any channel count (``--tp-round-to`` rounds).
+
+Same fine-tune: the same number of steps, batch 128, batches and augmentation from our
+numpy pipeline (same seed, so the same images in the same order), SGD with Nesterov
+momentum, the same cosine schedule, weight decay on kernels only, gradient clipping, and
+the same distillation loss from the unpruned (JAX) teacher's logits. BatchNorm statistics
+stay frozen on both sides (our fine-tune trains the pruned inference function). The
+learned gates train ``--gate-steps`` extra steps before fine-tuning; every other method
+gets those steps as extra fine-tuning, so all methods train for the same total steps.
+
+Latency: every model is exported to ONNX (ours with ``export.to_onnx``, PyTorch's with
+``torch.onnx.export``), including the unpruned teacher from both exporters, and timed in
+one process by the ``ort-cpu-1t`` runner in interleaved rounds (medians, batch 1 and 32).
+Each (method, target) result is kept in runs/prune_vs_torch_pruning/ and reused, so an
+interrupted run resumes. Writes benchmarks/results/prune_vs_torch_pruning.{json,md}.
+"""
+import argparse
+import copy
+import json
+import os
+import shutil
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from benchmarks import machine, torch_resnet20  # noqa: E402
+from benchmarks import torch_side  # noqa: E402
+from core import cost, losses, teacher as teacher_lib, train as train_lib  # noqa: E402
+from core.configs import train_teacher  # noqa: E402
+from data import pipeline  # noqa: E402
+from export.onnx_export import to_onnx  # noqa: E402
+from export.runners import get_runner  # noqa: E402
+from pruning import find_groups, gates, importance, prune  # noqa: E402
+from pruning.configs import prune_resnet20_2x  # noqa: E402
+
+METHODS = ("tp_groupnorm", "tp_magnitude", "ours_magnitude", "ours_learned")
+FLOPS_TOLERANCE = 0.05          # |achieved reduction / target - 1| allowed
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+WORKDIR = os.path.join(ROOT, "runs", "prune_vs_torch_pruning")
+DEVICE = "ort-cpu-1t"
+
+
+# ------------------------------------------------------------------ the shared teacher
+class Setup:
+    """The teacher in both frameworks, the data, our channel groups and cost model."""
+
+    def __init__(self, args):
+        config = train_teacher.get_config()
+        cached = os.path.exists(os.path.join(teacher_lib.cache_root(),
+                                             teacher_lib.teacher_key(config), "summary.json"))
+        if args.quick and not cached:       # a smoke run never trains the real teacher
+            config.train.steps, config.train.eval_every_epochs = 16, 0
+            config.data_limit = 2000
+        self.module, self.variables, self.summary = teacher_lib.get_teacher(
+            config, show_progress=False)
+        self.dataset = pipeline.load_dataset(config.dataset, config.validation_size,
+                                             config.train.seed,
+                                             limit=2000 if args.quick else None)
+        self.fn = lambda v, x: self.module.apply(v, x, train=False)  # noqa: E731
+        self.x1 = pipeline.normalize(self.dataset.test[0][:1], self.dataset.mean,
+                                     self.dataset.std)
+        variables = self.variables
+        self.teacher_fn = jax.jit(lambda x: self.fn(variables, x))
+        self.groups = find_groups(self.fn, self.variables, self.x1)
+        self.cost_model = cost.cost_model(self.fn, self.variables, self.x1)
+        self.full_flops = float(self.cost_model().matmul_flops)
+        self.twin = torch_resnet20.from_flax(self.module, self.variables, self.x1.shape)
+        self.example = torch_resnet20.nchw(self.x1)
+        self.tp_full_macs = torch_side.tp_macs(self.twin, self.example)
+        self.gate_config = prune_resnet20_2x.get_config().gates
+        self.finetune_config = prune_resnet20_2x.get_config().finetune
+
+
+def distillation(teacher_fn, temperature, alpha):
+    def loss_fn(logits, labels, images):
+        teacher_logits = jax.lax.stop_gradient(teacher_fn(images))
+        return losses.distillation_loss(logits, teacher_logits, labels, temperature, alpha)
+    return loss_fn
+
+
+# ------------------------------------------------------------------ pruning to a target
+def tp_prune(setup, method, target, round_to, iterations=12):
+    """Torch-Pruning's model at the pruning ratio whose MAC reduction is nearest target."""
+    best = None
+    low, high = 0.0, 0.95
+    ratio = 1 - target ** -0.5          # exact for uniform pruning of every conv's in and out
+    for _ in range(iterations):
+        model = torch_side.tp_pruned(setup.twin, setup.example, method, ratio, round_to)
+        reduction = setup.tp_full_macs / torch_side.tp_macs(model, setup.example)
+        if best is None or abs(reduction / target - 1) < abs(best[1] / target - 1):
+            best = (model, reduction, ratio)
+        if abs(reduction / target - 1) < 0.01:
+            break
+        low, high = (ratio, high) if reduction < target else (low, ratio)
+        ratio = (low + high) / 2
+    model, reduction, ratio = best
+    return model, {"pruning_ratio": ratio, "tp_macs_reduction": reduction,
+                   "global_pruning": torch_side.TP_METHODS[method][1], "round_to": round_to}
+
+
+def nearest_keep(setup, candidates, target):
+    """The keep-set among ``(setting, keep)`` candidates whose FLOPs reduction (our
+    counter, conv + dense) is nearest the target."""
+    best = None
+    for setting, keep in candidates:
+        sizes = {gid: len(k) for gid, k in keep.items()}
+        reduction = setup.full_flops / float(setup.cost_model(sizes).matmul_flops)
+        error = abs(reduction / target - 1)
+        if best is None or error < best[0] - 1e-9:
+            best = (error, setting, keep, reduction)
+    return best[1], best[2], best[3]
+
+
+def ours_magnitude(setup, target, multiple, workdir):
+    scores = importance.scores_for("l1", setup.groups, setup.variables)
+    ratios = np.linspace(0.05, 1.0, 381)
+    candidates = [(float(r), importance.select(setup.groups, scores, r, "global", multiple))
+                  for r in ratios]
+    ratio, keep, _ = nearest_keep(setup, candidates, target)
+    return setup.variables, keep, {"keep_ratio": ratio, "multiple": multiple}
+
+
+def ours_learned(setup, target, multiple, workdir, gate_steps):
+    settings = gates.GateSettings.from_config(setup.gate_config)
+    settings.steps, settings.target_ratio, settings.multiple = gate_steps, 1.0 / target, multiple
+    trained, logits, history = gates.train_gates(
+        setup.fn, setup.variables, setup.groups, setup.dataset, settings, workdir,
+        setup.cost_model, setup.teacher_fn, show_progress=False)
+    sizes = {g.id: g.size for g in setup.groups}
+    logits = {gid: np.asarray(v) for gid, v in logits.items()}
+    thresholds = np.unique(np.concatenate([[0.0], *logits.values()]))
+    thresholds = np.sort(np.concatenate([thresholds - 1e-6, [0.0]]))
+
+    def keep_at(t):
+        keep = {}
+        for gid, logit in logits.items():
+            count = importance.round_count(float(np.sum(logit > t)), sizes[gid], multiple,
+                                           settings.min_keep)
+            keep[gid] = np.sort(np.argsort(-logit, kind="stable")[:count])
+        return keep
+    # Nearest to the target, ties to the threshold closest to 0 (the gates' own choice).
+    candidates = sorted(((float(t), keep_at(t)) for t in thresholds), key=lambda c: abs(c[0]))
+    threshold, keep, _ = nearest_keep(setup, candidates, target)
+    return trained, keep, {"gate_steps": gate_steps, "threshold": threshold,
+                           "multiple": multiple, "gate_history": history[-1:]}
+
+
+# ------------------------------------------------------------------ one (method, target)
+def run_ours(setup, method, target, args, workdir):
+    if method == "ours_magnitude":
+        variables, keep, info = ours_magnitude(setup, target, args.multiple, workdir)
+    else:
+        variables, keep, info = ours_learned(setup, target, args.multiple, workdir,
+                                             args.gate_steps)
+    pruned = prune(setup.fn, variables, setup.x1, keep=keep)
+    after_prune = train_lib.evaluate(pruned.fn, pruned.variables, setup.dataset, "test")
+    ft_steps = args.steps + (0 if method == "ours_learned" else args.gate_steps)
+    cfg = finetune_config(setup, ft_steps)
+    model = train_lib.TrainableModel(pruned.variables,
+                                     lambda v, x, rng: (pruned.fn(v, x), {}), pruned.fn)
+    tuned = train_lib.train(model, setup.dataset, cfg, os.path.join(workdir, "finetune"),
+                            loss_fn=distillation(setup.teacher_fn, cfg.kd_temperature,
+                                                 cfg.kd_alpha), show_progress=False)
+    report = cost.count(pruned.fn, tuned["variables"], setup.x1)
+    path = os.path.join(workdir, "model.onnx")
+    to_onnx(pruned.fn, tuned["variables"], setup.x1, path=path)
+    return {**info, "kept_channels": {str(g): int(len(k)) for g, k in keep.items()},
+            "accuracy_after_pruning": after_prune["accuracy"],
+            "accuracy_after_finetune": tuned["test"]["accuracy"],
+            "finetune_steps": ft_steps, "mflops": report.matmul_flops / 1e6,
+            "flops_reduction": setup.full_flops / report.matmul_flops,
+            "params": int(report.params), "onnx": path}
+
+
+def run_torch_pruning(setup, method, target, args, workdir):
+    model, info = tp_prune(setup, method, target, args.tp_round_to or None)
+    after_prune = torch_side.evaluate(model, setup.dataset)
+    ft_steps = args.steps + args.gate_steps
+    cfg = finetune_config(setup, ft_steps)
+    torch_side.finetune(model, setup.dataset, cfg, setup.teacher_fn, ft_steps)
+    after = torch_side.evaluate(model, setup.dataset)
+    path = os.path.join(workdir, "model.onnx")
+    torch_side.export_onnx(model, setup.example, path)
+    flops = torch_side.matmul_flops(model, setup.example)
+    return {**info, "accuracy_after_pruning": after_prune, "accuracy_after_finetune": after,
+            "finetune_steps": ft_steps, "mflops": flops / 1e6,
+            "flops_reduction": setup.full_flops / flops,
+            "tp_macs_m": torch_side.tp_macs(model, setup.example) / 1e6,
+            "params": int(sum(p.numel() for p in model.parameters())),
+            "channels": torch_side.conv_widths(model), "onnx": path}
+
+
+def finetune_config(setup, steps):
+    cfg = copy.deepcopy(setup.finetune_config)
+    cfg.steps, cfg.checkpoint_every, cfg.log_every = int(steps), 500, 100
+    cfg.kd_temperature = setup.gate_config.kd_temperature
+    cfg.kd_alpha = setup.gate_config.kd_alpha
+    return cfg
+
+
+def run_one(setup, method, target, args):
+    workdir = os.path.join(args.workdir, f"{method}_{target}x")
+    result_path = os.path.join(workdir, "result.json")
+    budget_path = os.path.join(workdir, "budget.json")
+    if os.path.exists(budget_path):
+        with open(budget_path) as f:
+            same_budget = json.load(f) == budget(args)
+        if same_budget and os.path.exists(result_path):
+            print(f"{method} {target}x: reusing {result_path}", flush=True)
+            with open(result_path) as f:
+                return json.load(f)
+        if not same_budget:     # checkpoints of another budget must not be resumed
+            shutil.rmtree(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    with open(budget_path, "w") as f:
+        json.dump(budget(args), f)
+    start = time.time()
+    runner = run_torch_pruning if method.startswith("tp_") else run_ours
+    result = {"method": method, "target": target, "budget": budget(args),
+              **runner(setup, method, target, args, workdir)}
+    result["seconds"] = time.time() - start
+    with open(result_path + ".tmp", "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(result_path + ".tmp", result_path)
+    print(f"{method} {target}x: {result['flops_reduction']:.2f}x FLOPs, accuracy "
+          f"{result['accuracy_after_pruning']:.4f} after pruning, "
+          f"{result['accuracy_after_finetune']:.4f} after fine-tuning "
+          f"({result['seconds']:.0f} s)", flush=True)
+    return result
+
+
+def budget(args):
+    return {"steps": args.steps, "gate_steps": args.gate_steps, "multiple": args.multiple,
+            "tp_round_to": args.tp_round_to, "quick": args.quick}
+
+
+# ------------------------------------------------------------------ teachers and latency
+def teacher_rows(setup, args):
+    os.makedirs(args.workdir, exist_ok=True)
+    ours_path = os.path.join(args.workdir, "teacher_jax.onnx")
+    torch_path = os.path.join(args.workdir, "teacher_torch.onnx")
+    to_onnx(setup.fn, setup.variables, setup.x1, path=ours_path)
+    torch_side.export_onnx(setup.twin, setup.example, torch_path)
+    jax_acc = train_lib.evaluate(setup.fn, setup.variables, setup.dataset, "test")["accuracy"]
+    twin_acc = torch_side.evaluate(setup.twin, setup.dataset)
+    twin_flops = torch_side.matmul_flops(setup.twin, setup.example)
+    params = int(cost.count(setup.fn, setup.variables, setup.x1).params)
+    common = {"target": 1, "flops_reduction": 1.0, "params": params}
+    return [{"method": "teacher_jax", "accuracy_after_finetune": jax_acc,
+             "mflops": setup.full_flops / 1e6, "onnx": ours_path, **common},
+            {"method": "teacher_torch", "accuracy_after_finetune": twin_acc,
+             "mflops": twin_flops / 1e6, "tp_macs_m": setup.tp_full_macs / 1e6,
+             "onnx": torch_path, **common}]
+
+
+def measure_latency(rows, rounds, runs):
+    """Median latency of every row's ONNX model, measured in interleaved rounds."""
+    runner = get_runner(DEVICE)
+    samples = {(i, b): [] for i in range(len(rows)) for b in (1, 32)}
+    for _ in range(rounds):
+        for i, row in enumerate(rows):
+            for batch in (1, 32):
+                m = runner.measure(row["onnx"], batch=batch, runs=runs)
+                samples[(i, batch)] += m.samples_ms
+    for i, row in enumerate(rows):
+        for batch in (1, 32):
+            row[f"batch{batch}_median_ms"] = float(np.median(samples[(i, batch)]))
+
+
+def add_speedups(rows):
+    teachers = {r["method"]: r for r in rows if r["method"].startswith("teacher")}
+    for row in rows:
+        base = teachers["teacher_torch" if row["method"].startswith(("tp_", "teacher_torch"))
+                        else "teacher_jax"]
+        for batch in (1, 32):
+            speedup = base[f"batch{batch}_median_ms"] / row[f"batch{batch}_median_ms"]
+            row[f"speedup_batch{batch}"] = speedup
+            row[f"speedup_over_flops_batch{batch}"] = speedup / row["flops_reduction"]
+
+
+def markdown(info, args, setup_summary, rows):
+    lines = [
+        "# Pruning ResNet-20 (Fashion-MNIST): ours vs Torch-Pruning at the same FLOPs", "",
+        f"Machine: {info['cpu']}, {info['cores']} cores (shared; load average "
+        f"{info['load_average_at_start'][0]:.1f} at start). JAX {info['jax']}, torch "
+        f"{info['torch']}, Torch-Pruning {info['torch-pruning']}, onnxruntime "
+        f"{info['onnxruntime']} ({DEVICE}, medians of interleaved rounds).", "",
+        f"Teacher: {setup_summary['key']} (test accuracy {setup_summary['test_accuracy']:.4f})."
+        f" Fine-tune: {args.steps} steps + {args.gate_steps} steps (the learned gates' "
+        f"training; every other method fine-tunes those steps too), batch 128, SGD Nesterov, "
+        "cosine schedule, KD from the teacher (T=4, alpha=0.9), BN statistics frozen.", "",
+        "MFLOPs = 2 x multiply-accumulates of convs and dense layers, the same count for both "
+        "frameworks; TP MMACs = Torch-Pruning's own counter (used to set its ratio).", "",
+        "| method | target | MFLOPs | FLOPs red. | TP MMACs | params (k) | acc. after prune "
+        "| acc. after FT | ORT b1 (ms) | ORT b32 (ms) | speed-up b1 | speed-up b32 "
+        "| speed-up / FLOPs red. (b1, b32) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def pct(value):
+        return "-" if value is None else f"{100 * value:.2f}"
+    for r in rows:
+        tp_macs = f"{r['tp_macs_m']:.2f}" if "tp_macs_m" in r else "-"
+        lines.append(
+            f"| {r['method']} | {r['target']}x | {r['mflops']:.2f} | "
+            f"{r['flops_reduction']:.2f}x | {tp_macs} | {r['params'] / 1e3:.1f} | "
+            f"{pct(r.get('accuracy_after_pruning'))} | {pct(r['accuracy_after_finetune'])} | "
+            f"{r['batch1_median_ms']:.3f} | {r['batch32_median_ms']:.2f} | "
+            f"{r['speedup_batch1']:.2f}x | {r['speedup_batch32']:.2f}x | "
+            f"{r['speedup_over_flops_batch1']:.2f}, {r['speedup_over_flops_batch32']:.2f} |")
+    lines += ["", "Speed-ups are against the unpruned teacher from the same exporter "
+              "(teacher_jax for ours, teacher_torch for Torch-Pruning).", ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=None,
+                        help="fine-tune steps per model (default 300; --quick: 3)")
+    parser.add_argument("--gate-steps", type=int, default=None,
+                        help="learned-gate training steps (default 100; --quick: 3)")
+    parser.add_argument("--targets", default="2,4", help="FLOPs reductions, e.g. 2,4")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--multiple", type=int, default=8, help="our channel rounding")
+    parser.add_argument("--tp-round-to", type=int, default=0,
+                        help="Torch-Pruning's round_to (0: its default, none)")
+    parser.add_argument("--quick", action="store_true", help="tiny budget smoke run")
+    parser.add_argument("--workdir", default=WORKDIR)
+    parser.add_argument("--results", default=RESULTS)
+    args = parser.parse_args(argv)
+    default_steps, default_gates = (3, 3) if args.quick else (300, 100)
+    args.steps = default_steps if args.steps is None else args.steps
+    args.gate_steps = default_gates if args.gate_steps is None else args.gate_steps
+    args.targets = [int(t) for t in args.targets.split(",")]
+    args.methods = args.methods.split(",")
+    unknown = set(args.methods) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch_side.set_threads(os.cpu_count() or 1)
+    info = machine.describe("torch", "torch-pruning")
+    setup = Setup(args)
+    rows = teacher_rows(setup, args)
+    for target in args.targets:
+        for method in args.methods:
+            rows.append(run_one(setup, method, target, args))
+    measure_latency(rows, rounds=2 if args.quick else 3, runs=5 if args.quick else 30)
+    add_speedups(rows)
+    info["load_average_at_end"] = os.getloadavg()
+    os.makedirs(args.results, exist_ok=True)
+    result = {"machine": info, "budget": budget(args), "teacher": setup.summary,
+              "flops_tolerance": FLOPS_TOLERANCE, "rows": rows}
+    with open(os.path.join(args.results, "prune_vs_torch_pruning.json"), "w") as f:
+        json.dump(result, f, indent=2, default=float)
+    text = markdown(info, args, setup.summary, rows)
+    with open(os.path.join(args.results, "prune_vs_torch_pruning.md"), "w") as f:
+        f.write(text)
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
