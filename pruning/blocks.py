@@ -192,6 +192,7 @@ class Block:
     anchor: int
     edit: object                    # the Bypass or Zero that removes it
     equations: Tuple[int, ...]
+    key: Tuple = ()                 # names the block at any batch size (see ``_Finder.key``)
     flops: int = 0
     params: int = 0
 
@@ -303,11 +304,21 @@ class _Finder:
         before = EditedGraph(self.jaxpr, []).used_invars() & inputs
         return not before <= EditedGraph(self.jaxpr, [edit]).used_invars()
 
-    def offer(self, kind: str, anchor: int, edit, eqns, description: str):
+    def offer(self, kind: str, anchor: int, edit, eqns, description: str, detail):
         if self.disconnects_inputs(edit):
             self.rejected.append((description, "removal would disconnect the model input"))
         else:
-            self.add(kind, anchor, edit, eqns)
+            self.add(kind, anchor, edit, eqns, detail)
+
+    def key(self, kind: str, anchor: int, detail) -> Tuple:
+        """What names a block in any trace of the model: the anchor's primitive, module path,
+        source line and rank among equations alike, and which operand (or module) goes.
+        Equation indices alone are not enough: at batch 1 some ops trace differently."""
+        eqn = self.jaxpr.eqns[anchor]
+        like = (eqn.primitive.name, _stack(eqn, self.root), source_line(eqn))
+        rank = sum(1 for e in self.jaxpr.eqns[:anchor]
+                   if (e.primitive.name, _stack(e, self.root), source_line(e)) == like)
+        return (kind,) + like + (rank, detail)
 
     def weighted(self, eqns: Sequence[int]) -> bool:
         return any(self.jaxpr.eqns[i].primitive.name in WEIGHTED for i in eqns)
@@ -319,7 +330,7 @@ class _Finder:
         return {v for i in inside for v in self.jaxpr.eqns[i].invars
                 if not isinstance(v, jcore.Literal) and v in self.act and v not in produced}
 
-    def add(self, kind: str, anchor: int, edit, eqns: Sequence[int]):
+    def add(self, kind: str, anchor: int, edit, eqns: Sequence[int], detail):
         stacks = [_stack(self.jaxpr.eqns[i], self.root) for i in eqns]
         path = _common_prefix(stacks)
         depth = len(path.split("/")) if path else 0
@@ -330,7 +341,7 @@ class _Finder:
                 modules.append(parts[depth])
         lines = sorted({source_line(self.jaxpr.eqns[i]) for i in eqns})
         self.blocks.append(Block(len(self.blocks), kind, path, tuple(modules), tuple(lines),
-                                 anchor, edit, tuple(eqns)))
+                                 anchor, edit, tuple(eqns), self.key(kind, anchor, detail)))
 
     def find_adds_and_concats(self):
         for i, eqn in enumerate(self.jaxpr.eqns):
@@ -356,7 +367,8 @@ class _Finder:
                                       f"{shape_of(out)}"))
                 continue
             kind = "residual" if self.frontier(eqns) == {kept} else "add_branch"
-            self.offer(kind, i, edit, eqns, f"operand {removed} of {self.describe(i)}")
+            self.offer(kind, i, edit, eqns, f"operand {removed} of {self.describe(i)}",
+                       removed)
 
     def _concat_candidates(self, i, eqn):
         for p, piece in enumerate(eqn.invars):
@@ -366,7 +378,7 @@ class _Finder:
             eqns = self.deleted(edit)
             if self.weighted(eqns):
                 self.offer("concat_branch", i, edit, eqns,
-                           f"piece {p} of {self.describe(i)}")
+                           f"piece {p} of {self.describe(i)}", p)
 
     def find_module(self, path: str):
         """The equations under module ``path``; a block if they read one activation and
@@ -401,7 +413,7 @@ class _Finder:
         if not self.weighted(eqns):
             self.rejected.append((f"module {path}", "deletes no conv or matmul"))
             return
-        self.offer("module", anchor, edit, eqns, f"module {path}")
+        self.offer("module", anchor, edit, eqns, f"module {path}", path)
 
 
 def find_blocks(fn: Callable, variables, *example_inputs, module_paths: Sequence[str] = (),
@@ -413,13 +425,29 @@ def find_blocks(fn: Callable, variables, *example_inputs, module_paths: Sequence
     closed, out_tree = flatten(fn, var_spec, *input_specs(example_inputs))
     flat = jax.tree_util.tree_flatten_with_path(var_spec)[0]
     in_paths = tuple(path_to_str(p) for p, _ in flat)
-    finder = _Finder(closed, len(in_paths))
+    finder = _search(closed, len(in_paths), module_paths, automatic)
+    return BlockAnalysis(closed, out_tree, in_paths, len(in_paths), finder.blocks,
+                         finder.rejected, finder.root)
+
+
+def _search(closed, num_params: int, module_paths: Sequence[str], automatic: bool) -> _Finder:
+    finder = _Finder(closed, num_params)
     if automatic:
         finder.find_adds_and_concats()
     for path in module_paths:
         finder.find_module(path)
-    return BlockAnalysis(closed, out_tree, in_paths, len(in_paths), finder.blocks,
-                         finder.rejected, finder.root)
+    return finder
+
+
+def match_blocks(closed, num_params: int, blocks: Sequence[Block]) -> List[Block]:
+    """``blocks`` (found in another trace of the same model) located in ``closed``."""
+    modules = sorted({b.key[-1] for b in blocks if b.kind == "module"})
+    found = {b.key: b for b in _search(closed, num_params, modules,
+                                        any(b.kind != "module" for b in blocks)).blocks}
+    missing = [b.label for b in blocks if b.key not in found]
+    if missing:
+        raise ValueError(f"blocks {missing} are not in the model traced at these shapes")
+    return [found[b.key] for b in blocks]
 
 
 # ----------------------------------------------------------------------------- removal
@@ -427,9 +455,10 @@ class BlockRemovedFunction:
     """``fn(variables, *inputs)`` of the model without some blocks, at any input signature.
 
     For each signature the original model is flattened again at those shapes (another
-    batch size, a symbolic batch for export) and the same edits are applied; equation
-    indices of one program do not depend on the batch size, which ``_check`` verifies.
-    ``variables`` need only hold the parameters that survive, found by path."""
+    batch size, a symbolic batch for export, a tracer under jit or grad) and the blocks are
+    found again there by their ``key``, so the edits apply even where the program differs
+    (batch 1 traces some ops differently). ``variables`` need only hold the parameters that
+    survive, found by path."""
 
     def __init__(self, original_fn, variables_spec, analysis: BlockAnalysis,
                  blocks: Sequence[Block]):
@@ -443,16 +472,8 @@ class BlockRemovedFunction:
     def _graph(self, key):
         specs = [jax.ShapeDtypeStruct(s, d) for s, d in key]
         closed, out_tree = flatten(self.original_fn, self.variables_spec, *specs)
-        self._check(closed.jaxpr)
-        return closed, out_tree, EditedGraph(closed.jaxpr, [b.edit for b in self.blocks])
-
-    def _check(self, jaxpr):
-        reference = self.analysis.jaxpr
-        if len(jaxpr.eqns) != len(reference.eqns) or any(
-                jaxpr.eqns[b.anchor].primitive != reference.eqns[b.anchor].primitive
-                for b in self.blocks):
-            raise ValueError("the model traces to a different program at these input shapes; "
-                             "find its blocks at these shapes instead")
+        here = match_blocks(closed, self.analysis.num_params, self.blocks)
+        return closed, out_tree, EditedGraph(closed.jaxpr, [b.edit for b in here])
 
     def graph(self, *inputs) -> EditedGraph:
         key = tuple((tuple(jnp.shape(x)), jnp.result_type(x)) for x in inputs)

@@ -187,3 +187,44 @@ def test_available_blocks_shrink_as_blocks_go():
     first = analysis.blocks[0]
     rest = analysis.available([first])
     assert first not in rest and len(rest) == len(analysis.blocks) - 1
+
+
+# --------------------------------------------------------------------------- the family
+def test_trade_off_weight_moves_from_quality_to_latency():
+    from pruning.block_family import BlockScore, trade_off
+    base_q, base_ms = {"kd_loss": 0.0, "accuracy": 0.9}, 10.0
+
+    def scores():    # block 0: harmless and slow to remove; block 1: harmful, saves a lot
+        return [BlockScore(0, "a", 0.89, 0.01, 9.5), BlockScore(1, "b", 0.70, 0.30, 6.0)]
+    best = lambda s: min(s, key=lambda x: x.score).block           # noqa: E731
+    assert best(trade_off(scores(), 0.0, base_q, base_ms)) == 0
+    assert best(trade_off(scores(), 1.0, base_q, base_ms)) == 1
+    assert best(trade_off(scores(), 0.0, base_q, base_ms, quality="accuracy")) == 0
+    ranked = trade_off(scores(), 0.5, base_q, base_ms)
+    assert ranked[1].latency_saved_ms == pytest.approx(4.0)
+    assert ranked[1].quality_cost == pytest.approx(0.30)
+    with pytest.raises(ValueError):
+        trade_off(scores(), 1.5, base_q, base_ms)
+
+
+@pytest.mark.parametrize("rescore", [False, True])
+def test_family_is_ordered_by_block_count(rescore):
+    """Greedy family on a tiny ViT with real quality scoring and FLOPs standing in for the
+    device: member k removes k blocks, each member's removals extend the previous one's."""
+    from core import cost
+    from pruning.block_family import FamilySettings, QualityProbe, build_family
+    fn, variables, x, analysis = _model("vit")
+    images = jax.random.normal(jax.random.key(3), (16,) + x.shape[1:])
+    probe = QualityProbe(np.asarray(images), np.zeros(16, np.int32),
+                         np.asarray(fn(variables, images)), 4.0, batch_size=8)
+    flops = lambda f, v, x1, name: float(cost.count(f, v, x1[:1]).flops)   # noqa: E731
+    settings = FamilySettings(members=3, weight=0.5, rescore=rescore)
+    family = build_family(fn, variables, x[:1], analysis, settings, probe, flops,
+                          log=lambda *a: None)
+    assert [len(removed) for removed, _ in family] == [0, 1, 2, 3]
+    for (smaller, _), (larger, _) in zip(family[1:], family[:-1]):
+        assert [b.id for b in smaller[:-1]] == [b.id for b in larger]
+    costs = [cost.count(*(lambda r: (r.fn, r.variables))(blocks_lib.remove_blocks(
+        fn, variables, x[:1], blocks=removed, analysis=analysis)), x[:1]).flops
+        for removed, _ in family]
+    assert all(a > b for a, b in zip(costs, costs[1:]))
