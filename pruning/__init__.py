@@ -9,3 +9,4 @@ from pruning.prune import Pruned, PruneError, prune
 __all__ = ["find_groups", "analyze", "ChannelGroup", "GroupAnalysis", "Member", "prune",
            "Pruned", "PruneError", "masked", "keep_to_masks",
            "importance", "portable"]
+from pruning.blocks import Block, BlockAnalysis, find_blocks, remove_blocks  # noqa: E402,F401

@@ -207,6 +207,41 @@ def _finetune(member, dataset, config, workdir, teacher_fn):
     return tuned["variables"], tuned["test"]["accuracy"]
 
 
+def _family_key(config, teacher_key: str) -> str:
+    from core import config as config_lib
+    import ml_collections
+    return config_lib.config_hash(ml_collections.ConfigDict(
+        {"teacher": teacher_key, "device": config.device, "blocks": config.blocks.to_dict(),
+         "family": config.family.to_dict()}))
+
+
+def _save_family(workdir, config, teacher_key, family):
+    """The chosen removals, so a resumed run goes straight to fine-tuning."""
+    plain = [{"removed": [b.id for b in removed], "labels": [b.label for b in removed],
+              "choice": dataclasses.asdict(choice) if choice else None}
+             for removed, choice in family]
+    with open(os.path.join(workdir, "family.json"), "w") as f:
+        json.dump({"key": _family_key(config, teacher_key), "family": plain}, f, indent=1)
+
+
+def _cached_family(workdir, config, teacher_key, analysis):
+    path = os.path.join(workdir, "family.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    if saved["key"] != _family_key(config, teacher_key):
+        return None
+    family = []
+    for entry in saved["family"]:
+        removed = analysis.by_id(entry["removed"])     # ids are deterministic per model
+        if [b.label for b in removed] != entry["labels"]:
+            return None
+        family.append((removed, BlockScore(**entry["choice"]) if entry["choice"] else None))
+    print(f"reusing the family chosen by a previous run ({path})")
+    return family
+
+
 def main(config, workdir):
     start = time.time()
     module, variables, summary = teacher_lib.get_teacher(config.teacher)
@@ -234,7 +269,9 @@ def main(config, workdir):
                                  config.family.latency_batch, config.family.latency_runs,
                                  os.path.join(workdir, "scoring"),
                                  config.family.get("latency_table_path"))
-    family = build_family(fn, variables, x1, analysis, settings, quality_probe, latency_probe)
+    family = _cached_family(workdir, config, summary["key"], analysis) or build_family(
+        fn, variables, x1, analysis, settings, quality_probe, latency_probe)
+    _save_family(workdir, config, summary["key"], family)
 
     rows = []
     for k, (removed, choice) in enumerate(family):

@@ -228,3 +228,69 @@ def test_family_is_ordered_by_block_count(rescore):
         fn, variables, x[:1], blocks=removed, analysis=analysis)), x[:1]).flops
         for removed, _ in family]
     assert all(a > b for a, b in zip(costs, costs[1:]))
+
+
+# ------------------------------------------------------------------- end to end (slow)
+def _tiny_run(tmp_path, monkeypatch, model, **overrides):
+    from core import config as config_lib
+    from pruning import block_family
+    monkeypatch.setenv("TEACHER_CACHE", str(tmp_path / "teachers"))
+    config = config_lib.load("blocks_tiny" if model == "resnet20" else f"blocks_{model}")
+    if model != "resnet20":          # the real experiment's settings on its tiny model
+        tiny = config_lib.load("blocks_tiny")
+        config.teacher.tiny, config.teacher.data_limit = True, 512
+        config.teacher.train.update(tiny.teacher.train.to_dict())
+        for section in ("family", "finetune"):
+            keep = {k: config[section][k] for k in ("optimizer", "learning_rate", "weight_decay")
+                    if section == "finetune"}
+            config[section].update({**tiny[section].to_dict(), **keep})
+        config.measure_runs = tiny.measure_runs
+    for key, value in overrides.items():
+        config_lib.apply_override(config, key, str(value))
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    return block_family.main(config, str(workdir)), workdir
+
+
+def _check_family(result, workdir):
+    rows = result["family"]
+    assert [r["blocks_removed"] for r in rows] == list(range(len(rows)))
+    assert len(rows) >= 2
+    for smaller, larger in zip(rows[1:], rows[:-1]):
+        assert smaller["removed_ids"][:-1] == larger["removed_ids"]
+        assert smaller["flops"] < larger["flops"] and smaller["params"] <= larger["params"]
+    for k, r in enumerate(rows):
+        assert r["parity_max_rel_error"] < 1e-3, r
+        assert (workdir / "onnx" / f"member{k}.onnx").exists()
+        assert r["batch1_median_ms"] > 0
+
+
+@pytest.mark.slow
+def test_tiny_family_end_to_end_with_benchmark(tmp_path, monkeypatch):
+    import json
+    result, workdir = _tiny_run(tmp_path, monkeypatch, "resnet20")
+    _check_family(result, workdir)
+    assert "| 1 |" in (workdir / "result.md").read_text()
+    assert (workdir / "member1" / "finetune" / "metrics.jsonl").exists()
+    # The benchmark re-measures the family next to a channel-pruned model of this teacher.
+    fake = {"experiment": "prune_fake", "teacher": result["teacher"],
+            "accuracy_after_finetune": 0.5,
+            "after": {"onnx": str(workdir / "onnx" / "member1.onnx"), "flops": 1}}
+    (tmp_path / "prune_fake.json").write_text(json.dumps(fake))
+    from benchmarks import block_pruning
+    out = block_pruning.main(["--smoke", "--reuse", f"--workdir={workdir}", "--runs=3",
+                              "--rounds=1", f"--channel-results={tmp_path}/prune_*.json",
+                              f"--out={tmp_path}/bench"])
+    assert (tmp_path / "bench.png").stat().st_size > 10000
+    assert [c["name"] for c in out["channel_pruned"]] == ["prune_fake"]
+    assert len(out["equal_latency"]) == 2
+    assert "At equal latency" in (tmp_path / "bench.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["mobilenetv2", "vit"])
+def test_mobilenetv2_and_vit_configs_on_tiny_models(tmp_path, monkeypatch, model):
+    result, workdir = _tiny_run(tmp_path, monkeypatch, model, **{"family.rescore": False})
+    _check_family(result, workdir)
+    kinds = {b["kind"] for b in result["blocks"]}
+    assert kinds == {"residual"}, kinds
