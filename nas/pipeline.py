@@ -25,7 +25,7 @@ from core import config as config_lib, teacher as teacher_lib
 from export.runners import get_runner
 from models import zoo
 from nas import architecture, block_graph, distill, evolution, finetune, pareto_plot
-from nas import predictors, search_space, teacher_blocks
+from nas import int8_friendliness, predictors, search_space, teacher_blocks
 
 
 def _log(msg):
@@ -195,7 +195,12 @@ def main(cfg, workdir):
 
     teacher_row = rows[0]                     # the all-teacher architecture is sampled first
     budget = cfg.search.latency_budget * teacher_row["latency_ms"]
-    objectives = lambda a: np.stack([-acc_model.predict(a), lat_model.predict(a)], 1)
+    columns = [lambda a: -acc_model.predict(a), lat_model.predict]
+    int8_profile = cfg.search.get("int8_profile", "")
+    if int8_profile:                          # optional third objective: lint penalties
+        penalties = int8_friendliness.option_penalties(library, dataset, int8_profile)
+        columns.append(lambda a: int8_friendliness.architecture_penalty(penalties, a))
+    objectives = lambda a: np.stack([c(a) for c in columns], 1)  # noqa: E731
     t3 = time.time()
     result = evolution.nsga2(space.sizes, objectives, cfg.search.population,
                              cfg.search.generations, seed=cfg.seed,
@@ -209,6 +214,7 @@ def main(cfg, workdir):
         row = {"arch": list(arch), "choices": [c.key for c in space.choices(arch)],
                "predicted_accuracy": float(acc_model.predict([arch])[0]),
                "predicted_latency_ms": float(lat_model.predict([arch])[0]),
+               **({"int8_penalty": float(columns[2]([arch])[0])} if int8_profile else {}),
                "test_accuracy": architecture.evaluate(library, arch, dataset, "test"),
                **architecture.cost(library, arch),
                **architecture.export_and_measure(library, arch, dataset.image_shape, runner,
@@ -240,6 +246,9 @@ def main(cfg, workdir):
                "search_history": result.history, "front": measured_front, "chosen": chosen,
                "claim_check": claim, "pareto_png": png, "timings": timings,
                "device": cfg.device, "jax_devices": jax.device_count(),
+               "int8_profile": int8_profile,
+               "int8_penalties": (int8_friendliness.describe(library, penalties)
+                                  if int8_profile else {}),
                "config_hash": stage_hash(cfg, *cfg.keys()),
                "sampled_path": sampled_path(cfg, workdir)}
     with open(os.path.join(workdir, "results.json"), "w") as f:

@@ -45,7 +45,8 @@ def get_config():
         train_fraction=0.7, hidden=32, embed_dim=16, layers=3, steps=1500,
         learning_rate=3e-3))
     c.search = ml_collections.ConfigDict(dict(
-        population=64, generations=40, latency_budget=0.7, measure_front=5))
+        population=64, generations=40, latency_budget=0.7, measure_front=5,
+        int8_profile="npu_int8_per_tensor"))  # third objective: quant.lint penalties ("" off)
     c.finetune = ml_collections.ConfigDict(dict(
         steps=300, batch_size=128, learning_rate=3e-4, weight_decay=0.0, warmup_steps=20,
         temperature=4.0, alpha=0.9, augment=True, log_every=50, checkpoint_every=100))

@@ -17,6 +17,11 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path):
     assert set(results["predictors"]) == {"accuracy", "latency_ms", "peak_activation_bytes"}
     assert results["front"] and all(r["parity_max_rel_error"] < 1e-4 for r in results["front"])
     assert 0.0 <= results["claim_check"]["finetuned_test_accuracy"] <= 1.0
+    # int8 friendliness (third objective): one lint penalty per option, additive per arch.
+    assert results["int8_profile"] and len(results["int8_penalties"]) == 3 * 3
+    for row in results["front"]:
+        assert row["int8_penalty"] == sum(
+            results["int8_penalties"][f"{p}:{c}"] for p, c in enumerate(row["choices"]))
     saved = json.load(open(tmp_path / "results.json"))
     assert saved["chosen"]["arch"] == results["chosen"]["arch"]
     # A second run reuses the distilled students and the measured samples.
