@@ -82,6 +82,13 @@ def sampled_path(cfg, workdir: str) -> str:
     return os.path.join(workdir, f"sampled-{stage_hash(cfg, *SAMPLED_SECTIONS)}.json")
 
 
+def finetune_dir(cfg, workdir: str, arch) -> str:
+    """The claim-check fine-tune's checkpoints: per students and architecture, so a rerun
+    that chooses another architecture never resumes from the wrong one."""
+    key = stage_hash(cfg, *SAMPLED_SECTIONS, "finetune")
+    return os.path.join(workdir, "finetune", f"{key}-{'-'.join(map(str, arch))}")
+
+
 def measure_architectures(library, archs, dataset, cfg, runner, with_latency) -> List[dict]:
     """Held-out accuracy, cost and (optionally) measured latency of every architecture."""
     rows = []
@@ -232,7 +239,7 @@ def main(cfg, workdir):
                                                 r["predicted_accuracy"]))
     t4 = time.time()
     claim = finetune.claim_check(library, tuple(chosen["arch"]), fn, variables, dataset,
-                                 cfg.finetune, os.path.join(workdir, "finetune"))
+                                 cfg.finetune, finetune_dir(cfg, workdir, chosen["arch"]))
     timings["finetune_s"] = time.time() - t4
     png = pareto_plot.plot_fronts(rows, measured_front, teacher_final,
                                   os.path.join(workdir, "pareto.png"), budget)

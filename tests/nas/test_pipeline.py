@@ -42,3 +42,6 @@ def test_cached_stages_are_keyed_by_the_settings_they_depend_on():
     assert pipeline.sampled_path(searched, "w") == path     # search settings: reuse
     assert (pipeline.stage_hash(searched, *searched.keys())
             != pipeline.stage_hash(base, *base.keys()))
+    # The claim-check fine-tune never resumes another architecture's checkpoints.
+    assert pipeline.finetune_dir(base, "w", (0, 1)) != pipeline.finetune_dir(base, "w", (1, 0))
+    assert pipeline.finetune_dir(base, "w", (0, 1)) != pipeline.finetune_dir(longer, "w", (0, 1))
