@@ -11,6 +11,7 @@ re-scores after each removal (about 6 x longer scoring).
 import ml_collections
 
 from core.configs import train_teacher
+from pruning.configs import prune_resnet20_2x
 
 
 def get_config(model: str = "resnet20"):
@@ -35,20 +36,9 @@ def get_config(model: str = "resnet20"):
     config.kd = kd = ml_collections.ConfigDict()
     kd.kd_temperature = 4.0
     kd.kd_alpha = 0.9
-    config.finetune = ft = ml_collections.ConfigDict()
-    ft.seed = 1
-    ft.batch_size = 128
+    # The pruning fine-tune recipe (SGD, KD from the teacher), as a fixed number of steps.
+    config.finetune = ft = prune_resnet20_2x.get_config().finetune
     ft.epochs = 0.0
     ft.steps = 300                     # distillation steps per member (0: no fine-tune)
-    ft.optimizer = "sgd"
-    ft.learning_rate = 0.01
-    ft.grad_clip_norm = 1.0
-    ft.momentum = 0.9
-    ft.nesterov = True
-    ft.weight_decay = 5e-5
-    ft.warmup_steps = 0
-    ft.augment = True
-    ft.log_every = 50
-    ft.eval_every_epochs = 0
     ft.checkpoint_every = 100
     return config
