@@ -62,16 +62,12 @@ def channel_pruned(teacher_key: str, pattern: str):
 
 def measure_side_by_side(entries, device: str, runs: int, rounds: int, batches=(1, 32)):
     """Median latency of every entry, measured in interleaved rounds on one runner."""
-    from export import get_runner
-    runner = get_runner(device)
-    samples = {(i, b): [] for i in range(len(entries)) for b in batches}
-    for _ in range(rounds):
-        for i, entry in enumerate(entries):
-            for b in batches:
-                samples[(i, b)].append(runner.measure(entry["onnx"], batch=b, runs=runs).median_ms)
-    for i, entry in enumerate(entries):
-        for b in batches:
-            entry[f"batch{b}_ms"] = float(np.median(samples[(i, b)]))
+    from export.runners import get_runner, measure_interleaved
+    measured = measure_interleaved(get_runner(device), [e["onnx"] for e in entries], batches,
+                                   runs, rounds)
+    for entry, per_batch in zip(entries, measured):
+        for b, m in per_batch.items():
+            entry[f"batch{b}_ms"] = m.median_ms
 
 
 def at_equal_latency(family, others, batch: int):

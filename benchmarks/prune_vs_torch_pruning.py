@@ -62,7 +62,7 @@ from core import cost, losses, teacher as teacher_lib, train as train_lib  # noq
 from core.configs import train_teacher  # noqa: E402
 from data import pipeline  # noqa: E402
 from export.onnx_export import to_onnx  # noqa: E402
-from export.runners import get_runner  # noqa: E402
+from export.runners import get_runner, measure_interleaved  # noqa: E402
 from pruning import find_groups, gates, importance, prune  # noqa: E402
 from pruning.configs import prune_resnet20_2x  # noqa: E402
 
@@ -288,16 +288,11 @@ def teacher_rows(setup, args):
 
 def measure_latency(rows, rounds, runs):
     """Median latency of every row's ONNX model, measured in interleaved rounds."""
-    runner = get_runner(DEVICE)
-    samples = {(i, b): [] for i in range(len(rows)) for b in (1, 32)}
-    for _ in range(rounds):
-        for i, row in enumerate(rows):
-            for batch in (1, 32):
-                m = runner.measure(row["onnx"], batch=batch, runs=runs)
-                samples[(i, batch)] += m.samples_ms
-    for i, row in enumerate(rows):
-        for batch in (1, 32):
-            row[f"batch{batch}_median_ms"] = float(np.median(samples[(i, batch)]))
+    measured = measure_interleaved(get_runner(DEVICE), [row["onnx"] for row in rows],
+                                   (1, 32), runs, rounds)
+    for row, per_batch in zip(rows, measured):
+        for batch, m in per_batch.items():
+            row[f"batch{batch}_median_ms"] = m.median_ms
 
 
 def add_speedups(rows):

@@ -86,6 +86,19 @@ class Runner:
         raise NotImplementedError
 
 
+def measure_interleaved(runner: Runner, models: Sequence, batches: Sequence[int] = (1, 32),
+                        runs: int = 50, rounds: int = 3) -> List[Dict[int, Measurement]]:
+    """Side-by-side latency on a shared, noisy machine: ``rounds`` rounds, each timing every
+    model at every batch, so load drift hits all models alike; per model and batch one
+    Measurement over the pooled samples of all rounds."""
+    samples = [{b: [] for b in batches} for _ in models]
+    for _ in range(rounds):
+        for per_batch, model in zip(samples, models):
+            for b in batches:
+                per_batch[b] += runner.measure(model, batch=b, runs=runs).samples_ms
+    return [{b: summarize(runner.name, s[b]) for b in batches} for s in samples]
+
+
 def _read_status_kb(field: str) -> Optional[int]:
     try:
         with open("/proc/self/status") as f:

@@ -80,3 +80,23 @@ def test_command_runner_parses_units():
     m = runner.measure(_matmul_model())
     assert m.samples_ms == [1.5, 2.5]
     assert m.median_ms == pytest.approx(2.0)
+
+
+def test_measure_interleaved_rounds_visit_every_model_and_pool_samples():
+    class Recording(runners.Runner):
+        name = "recording"
+
+        def __init__(self):
+            self.calls = []
+
+        def measure(self, model, batch=1, inputs=None, runs=None, warmup=None):
+            self.calls.append((model, batch))
+            return runners.summarize(self.name, [float(len(self.calls))] * runs)
+
+    runner = Recording()
+    out = runners.measure_interleaved(runner, ["a", "b"], batches=(1, 32), runs=2, rounds=3)
+    # Every round times every model at every batch before the next round starts.
+    assert runner.calls == [("a", 1), ("a", 32), ("b", 1), ("b", 32)] * 3
+    assert [sorted(m) for m in out] == [[1, 32], [1, 32]]
+    assert out[0][1].runs == 6 and out[0][1].median_ms == 5.0      # calls 1, 5, 9 pooled
+    assert out[1][32].median_ms == 8.0                                # calls 4, 8, 12
