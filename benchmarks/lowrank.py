@@ -16,6 +16,7 @@ Writes ``benchmarks/results/<results_name>_<model>.json`` and ``.md``.
 Run:  python run.py --exp=lowrank_resnet20   (or lowrank_vit, lowrank_mixer, lowrank_tiny)
       python benchmarks/lowrank.py [lowrank_resnet20 lowrank_vit ...]   (runs them in turn)
 """
+import functools
 import json
 import os
 import sys
@@ -65,11 +66,8 @@ def _finetune(out, teacher_fn, teacher_vars, dataset, config, workdir) -> dict:
     """Distils the teacher into the factorized model (all its parameters) for a few steps."""
     ft = config.finetune
     kd_fn = jax.jit(teacher_fn)
-
-    def loss_fn(logits, labels, images):
-        teacher_logits = jax.lax.stop_gradient(kd_fn(teacher_vars, images))
-        return losses.distillation_loss(logits, teacher_logits, labels, ft.kd_temperature,
-                                        ft.kd_alpha)
+    loss_fn = losses.distillation_from(functools.partial(kd_fn, teacher_vars),
+                                       ft.kd_temperature, ft.kd_alpha)
     # train() donates its state: give it copies, not the arrays shared with the teacher.
     own = jax.tree.map(lambda a: jnp.array(a, copy=True), out.variables)
     model = train_lib.TrainableModel(own, lambda v, x, rng: (out.fn(v, x), {}), out.fn)

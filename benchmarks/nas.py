@@ -22,6 +22,7 @@ Expected: the NAS run (about an hour on 2 CPU cores, see nas/configs/nas_fmnist.
 about 10 minutes per width-scaled baseline.
 """
 import argparse
+import functools
 import glob
 import json
 import os
@@ -38,7 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from core import config as config_lib, losses, teacher as teacher_lib, train as train_lib  # noqa
+from core import config as config_lib, losses, train as train_lib  # noqa: E402
 from export.onnx_export import to_onnx  # noqa: E402
 from export.runners import get_runner  # noqa: E402
 from models import resnet  # noqa: E402
@@ -74,10 +75,7 @@ def train_scaled(cfg, multiplier, steps, workdir, teacher_fn, teacher_variables,
     tcfg = ml_collections.ConfigDict(cfg.teacher.train.to_dict())
     tcfg.update(dict(steps=steps, warmup_steps=min(200, steps // 10), eval_every_epochs=0,
                      checkpoint_every=250, log_every=50))
-
-    def loss_fn(logits, labels, images):
-        teacher_logits = jax.lax.stop_gradient(teacher_fn(teacher_variables, images))
-        return losses.distillation_loss(logits, teacher_logits, labels)
+    loss_fn = losses.distillation_from(functools.partial(teacher_fn, teacher_variables))
     result = train_lib.train(train_lib.linen_model(module, variables), dataset, tcfg,
                              workdir, loss_fn, show_progress=True)
     from core import checkpoint

@@ -54,7 +54,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 from benchmarks import machine, torch_resnet20  # noqa: E402
 from benchmarks import torch_side  # noqa: E402
@@ -102,13 +101,6 @@ class Setup:
         self.tp_full_macs = torch_side.tp_macs(self.twin, self.example)
         self.gate_config = prune_resnet20_2x.get_config().gates
         self.finetune_config = prune_resnet20_2x.get_config().finetune
-
-
-def distillation(teacher_fn, temperature, alpha):
-    def loss_fn(logits, labels, images):
-        teacher_logits = jax.lax.stop_gradient(teacher_fn(images))
-        return losses.distillation_loss(logits, teacher_logits, labels, temperature, alpha)
-    return loss_fn
 
 
 # ------------------------------------------------------------------ pruning to a target
@@ -192,7 +184,7 @@ def run_ours(setup, method, target, args, workdir):
     model = train_lib.TrainableModel(pruned.variables,
                                      lambda v, x, rng: (pruned.fn(v, x), {}), pruned.fn)
     tuned = train_lib.train(model, setup.dataset, cfg, os.path.join(workdir, "finetune"),
-                            loss_fn=distillation(setup.teacher_fn, cfg.kd_temperature,
+                            loss_fn=losses.distillation_from(setup.teacher_fn, cfg.kd_temperature,
                                                  cfg.kd_alpha), show_progress=False)
     report = cost.count(pruned.fn, tuned["variables"], setup.x1)
     path = os.path.join(workdir, "model.onnx")

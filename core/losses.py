@@ -49,3 +49,13 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
     for s, t in zip(student_features, teacher_features):
         loss = loss + feature_weight * feature_matching_loss(s, t)
     return loss
+
+
+def distillation_from(teacher_logits_fn, temperature: float = 4.0, alpha: float = 0.9):
+    """``loss_fn(logits, labels, images)`` for ``core.train``: distillation from
+    ``teacher_logits_fn(images)`` (no gradient into the teacher) plus cross-entropy. The one
+    KD fine-tune loss of pruning, block pruning, low-rank, QAT and NAS."""
+    def loss_fn(logits, labels, images):
+        teacher_logits = jax.lax.stop_gradient(teacher_logits_fn(images))
+        return distillation_loss(logits, teacher_logits, labels, temperature, alpha)
+    return loss_fn

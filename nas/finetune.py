@@ -8,8 +8,10 @@ cross-entropy), with the project's ordinary training loop (``core.train``: data-
 checkpointed, resumable). Every leaf under a 'params' path is trained; normalization
 statistics stay frozen (BatchNorm in inference mode), as usual for a short fine-tune.
 """
-import ml_collections
+import functools
+
 import jax
+import ml_collections
 
 from core import losses, train as train_lib
 from nas import architecture
@@ -48,11 +50,8 @@ def claim_check(library, arch, teacher_fn, teacher_variables, dataset, cfg, work
         {"params": trainable, "frozen": frozen},
         lambda v, x, rng: (fn(_merge(v["params"], v["frozen"], tree), x), {}),
         lambda v, x: fn(_merge(v["params"], v["frozen"], tree), x))
-
-    def loss_fn(logits, labels, images):
-        teacher_logits = jax.lax.stop_gradient(teacher_fn(teacher_variables, images))
-        return losses.distillation_loss(logits, teacher_logits, labels,
-                                        cfg.get("temperature", 4.0), cfg.get("alpha", 0.9))
+    loss_fn = losses.distillation_from(functools.partial(teacher_fn, teacher_variables),
+                                       cfg.get("temperature", 4.0), cfg.get("alpha", 0.9))
     before = train_lib.evaluate(model.apply_eval, model.variables, dataset, "test")
     result = train_lib.train(model, dataset, train_config(cfg), workdir, loss_fn,
                              show_progress=cfg.get("show_progress", False))

@@ -29,7 +29,6 @@ from core import losses, teacher as teacher_lib, train as train_lib
 from data import pipeline
 from export.measure import export_and_measure
 from pruning import blocks as blocks_lib
-from pruning.learned_pruning import _distillation
 
 
 class QualityProbe:
@@ -203,7 +202,9 @@ def _finetune(member, dataset, config, workdir, teacher_fn):
     model = train_lib.TrainableModel(member.variables,
                                      lambda v, x, rng: (member.fn(v, x), {}), member.fn)
     tuned = train_lib.train(model, dataset, config.finetune, workdir,
-                            loss_fn=_distillation(teacher_fn, config.kd), show_progress=False)
+                            loss_fn=losses.distillation_from(
+                                teacher_fn, config.kd.kd_temperature, config.kd.kd_alpha),
+                            show_progress=False)
     return tuned["variables"], tuned["test"]["accuracy"]
 
 

@@ -20,14 +20,6 @@ from export.measure import export_and_measure
 from pruning import find_groups, gates, prune
 
 
-def _distillation(teacher_fn, settings):
-    def loss_fn(logits, labels, images):
-        teacher_logits = jax.lax.stop_gradient(teacher_fn(images))
-        return losses.distillation_loss(logits, teacher_logits, labels,
-                                        settings.kd_temperature, settings.kd_alpha)
-    return loss_fn
-
-
 def _table(rows):
     header = ("| model | test acc | FLOPs (M) | params (k) | ORT b1 (ms) | ORT b32 (ms) |\n"
               "|---|---|---|---|---|---|\n")
@@ -96,7 +88,8 @@ def main(config, workdir):
                                      lambda v, x, rng: (pruned.fn(v, x), {}), pruned.fn)
     tuned = train_lib.train(model, dataset, config.finetune,
                             os.path.join(workdir, "finetune"),
-                            loss_fn=_distillation(teacher_fn, settings))
+                            loss_fn=losses.distillation_from(
+                                teacher_fn, settings.kd_temperature, settings.kd_alpha))
 
     with open(os.path.join(workdir, "keep.json"), "w") as f:
         json.dump({str(g): [int(i) for i in k] for g, k in keep.items()}, f)

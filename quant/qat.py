@@ -11,7 +11,8 @@ fixed (a non-trained collection).
 """
 from typing import Callable, Optional
 
-import jax
+import functools
+
 import ml_collections
 
 from core import losses, train as train_lib
@@ -36,15 +37,6 @@ def trainable(model: QuantizedModel, variables, qparams) -> train_lib.TrainableM
     return train_lib.TrainableModel(tree, apply_train, apply_eval)
 
 
-def distillation(teacher_fn: Callable, teacher_variables, temperature: float = 4.0,
-                 alpha: float = 0.9):
-    """``loss_fn(logits, labels, images)`` distilling from ``teacher_fn(variables, images)``."""
-    def loss_fn(logits, labels, images):
-        teacher_logits = jax.lax.stop_gradient(teacher_fn(teacher_variables, images))
-        return losses.distillation_loss(logits, teacher_logits, labels, temperature, alpha)
-    return loss_fn
-
-
 def qat(model: QuantizedModel, variables, qparams, dataset, cfg: ml_collections.ConfigDict,
         workdir: str, teacher_fn: Optional[Callable] = None, teacher_variables=None,
         temperature: float = 4.0, alpha: float = 0.9, show_progress: bool = False):
@@ -55,8 +47,9 @@ def qat(model: QuantizedModel, variables, qparams, dataset, cfg: ml_collections.
     if teacher_fn is None:
         teacher_fn, teacher_variables = model.float_fn, variables
     result = train_lib.train(trainable(model, variables, qparams), dataset, cfg, workdir,
-                             loss_fn=distillation(teacher_fn, teacher_variables,
-                                                  temperature, alpha),
+                             loss_fn=losses.distillation_from(
+                                 functools.partial(teacher_fn, teacher_variables),
+                                 temperature, alpha),
                              show_progress=show_progress)
     trained = result["variables"]
     new_qparams = {"scale": trained["params"]["scale"], "zero_point": trained["zero_point"]}
