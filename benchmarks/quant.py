@@ -72,17 +72,39 @@ def teacher_cached(config) -> bool:
     return os.path.exists(os.path.join(teacher_lib.cache_root(), key, "summary.json"))
 
 
+def machine_line(m) -> str:
+    return (f"Machine: {m['cpu']}, {m['cores']} cores, int8 ISA {', '.join(m['int8_flags'])}, "
+            f"onnxruntime {m['onnxruntime']}, load average {m['load_average_at_start']:.1f} "
+            "at start.")
+
+
+def merged(previous, current, smoke: bool):
+    """Rows of ``current`` replace the same models' rows of ``previous``; the others stay.
+
+    Each model takes 10 to 60 minutes, so ``--models vit`` adds or refreshes one row
+    without re-measuring the rest. Every row keeps the machine line it was measured under.
+    """
+    if not previous or previous.get("smoke") != smoke:
+        return current
+    fresh = {r["experiment"] for r in current["models"]}
+    kept = [r for r in previous.get("models", []) if r.get("experiment") not in fresh]
+    for r in kept:
+        r.setdefault("machine", previous["machine"])
+    done = {r["experiment"] for r in kept + current["models"]}
+    skipped = sorted(set(previous.get("skipped", []) + current["skipped"]) - done)
+    return dict(current, models=kept + current["models"], skipped=skipped)
+
+
 def markdown(results) -> str:
-    m = results["machine"]
     lines = ["# int8 quantization: ours vs onnxruntime quantize_static", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, int8 ISA {', '.join(m['int8_flags'])}, "
-             f"onnxruntime {m['onnxruntime']}, load average {m['load_average_at_start']:.1f} "
-             "at start. Accuracy on the Fashion-MNIST test set; latency: onnxruntime, 1 "
-             "thread, median.", ""]
+             "Accuracy on the Fashion-MNIST test set; latency: onnxruntime, 1 thread, median "
+             "(models measured in different runs carry their own machine line).", ""]
     for r in results["models"]:
         a, o = r["accuracy"], r["onnx_accuracy"]
-        lines += [f"## {r['model']}" + (" (smoke: tiny, untrained)" if results["smoke"] else ""),
-                  "", "| configuration | test accuracy (JAX fake-quant) | delta vs float |",
+        title = r.get("experiment", r["model"])
+        lines += [f"## {title}" + (" (smoke: tiny, untrained)" if results["smoke"] else ""),
+                  "", machine_line(r.get("machine", results["machine"])), "",
+                  "| configuration | test accuracy (JAX fake-quant) | delta vs float |",
                   "|---|---|---|"]
         for name, value in a.items():
             lines.append(f"| {name} | {value:.4f} | {100 * (value - a['float']):+.2f} pt |")
@@ -134,9 +156,14 @@ def main():
         workdir = os.path.join("runs", "benchmarks", "quant" + ("_smoke" if args.smoke else ""),
                                model)
         os.makedirs(workdir, exist_ok=True)
-        results["models"].append(experiment.main(config, os.path.abspath(workdir)))
+        row = experiment.main(config, os.path.abspath(workdir))
+        results["models"].append(dict(row, experiment=model, machine=results["machine"]))
     os.makedirs(args.out, exist_ok=True)
     name = "quant_smoke" if args.smoke else "quant"
+    previous_path = os.path.join(args.out, name + ".json")
+    if os.path.exists(previous_path):
+        with open(previous_path) as f:
+            results = merged(json.load(f), results, args.smoke)
     with open(os.path.join(args.out, name + ".json"), "w") as f:
         json.dump(results, f, indent=2, default=float)
     with open(os.path.join(args.out, name + ".md"), "w") as f:
