@@ -69,29 +69,39 @@ class QualityProbe:
 
 
 class LatencyProbe:
-    """Latency (ms) of a model on the device at one batch size: ``measured`` exports it to
-    ONNX and times it on the runner, ``model`` predicts it with ``export.LatencyModel``."""
+    """Latency (ms) of models on the device at one batch size: ``measured`` exports them to
+    ONNX and times them on the runner, ``model`` predicts them with ``export.LatencyModel``.
+
+    Measured models are timed side by side (``rounds`` rounds over all of them, samples
+    pooled): a block saves a few percent of the latency, less than the load drift of a
+    shared machine between two candidates timed one after the other."""
 
     def __init__(self, device: str, source: str, batch: int, runs: int, directory: str,
-                 table_path: Optional[str] = None):
+                 table_path: Optional[str] = None, rounds: int = 5):
         from export import get_runner
         if source not in ("measured", "model"):
             raise ValueError(f"latency source {source!r}: choose 'measured' or 'model'")
         self.runner, self.source, self.batch, self.runs = get_runner(device), source, batch, runs
-        self.directory = directory
+        self.directory, self.rounds = directory, max(1, rounds)
         self._model = None
         if source == "model":
             from export import LatencyModel, LatencyTable
             self._model = LatencyModel(LatencyTable(self.runner, table_path, progress=False))
 
-    def __call__(self, fn, variables, example_input, name: str) -> float:
+    def __call__(self, models: Sequence, example_input) -> List[float]:
+        """``models``: ``(name, fn, variables)`` triples; returns their latencies in order."""
         x = np.repeat(np.asarray(example_input[:1]), self.batch, axis=0)
         if self._model is not None:
-            return float(self._model.predict(fn, variables, x))
+            return [float(self._model.predict(fn, v, x)) for _, fn, v in models]
         from export import to_onnx
-        path = os.path.join(self.directory, f"{name}.onnx")
-        to_onnx(fn, variables, x[:1], path=path, parity=False)
-        return float(self.runner.measure(path, batch=self.batch, runs=self.runs).median_ms)
+        from export.runners import measure_interleaved
+        paths = []
+        for name, fn, v in models:
+            paths.append(os.path.join(self.directory, f"{name}.onnx"))
+            to_onnx(fn, v, x[:1], path=paths[-1], parity=False)
+        runs = max(1, self.runs // self.rounds)
+        timed = measure_interleaved(self.runner, paths, (self.batch,), runs, self.rounds)
+        return [float(t[self.batch].median_ms) for t in timed]
 
 
 @dataclasses.dataclass
@@ -142,16 +152,18 @@ def score_blocks(fn, variables, x1, analysis, removed: Sequence, candidates: Seq
     the current model's quality and latency."""
     current = blocks_lib.remove_blocks(fn, variables, x1, blocks=removed, analysis=analysis)
     base_quality = quality_probe(current.fn, current.variables)
-    base_latency = latency_probe(current.fn, current.variables, x1, "current")
-    scores = []
+    trials, scores = [("current", current.fn, current.variables)], []
     for block in candidates:
         trial = blocks_lib.remove_blocks(fn, variables, x1, blocks=list(removed) + [block],
                                          analysis=analysis)
         q = quality_probe(trial.fn, trial.variables)
-        ms = latency_probe(trial.fn, trial.variables, x1, f"block{block.id}")
-        scores.append(BlockScore(block.id, block.label, q["accuracy"], q["kd_loss"], ms))
-        log(f"  block {block.id:3d} {block.label:50s} val acc {q['accuracy']:.4f} "
-            f"kd {q['kd_loss']:.4f} latency {ms:.3f} ms")
+        trials.append((f"block{block.id}", trial.fn, trial.variables))
+        scores.append(BlockScore(block.id, block.label, q["accuracy"], q["kd_loss"], 0.0))
+    base_latency, *latencies = latency_probe(trials, x1)
+    for s, ms in zip(scores, latencies):
+        s.latency_ms = ms
+        log(f"  block {s.block:3d} {s.label:50s} val acc {s.accuracy:.4f} "
+            f"kd {s.kd_loss:.4f} latency {ms:.3f} ms")
     trade_off(scores, settings.weight, base_quality, base_latency, settings.quality)
     return scores, base_quality, base_latency
 
@@ -269,7 +281,8 @@ def main(config, workdir):
     latency_probe = LatencyProbe(config.device, config.family.latency_source,
                                  config.family.latency_batch, config.family.latency_runs,
                                  os.path.join(workdir, "scoring"),
-                                 config.family.get("latency_table_path"))
+                                 config.family.get("latency_table_path"),
+                                 config.family.get("latency_rounds", 5))
     family = _cached_family(workdir, config, summary["key"], analysis) or build_family(
         fn, variables, x1, analysis, settings, quality_probe, latency_probe)
     _save_family(workdir, config, summary["key"], family)

@@ -31,7 +31,8 @@ def get_config(model: str = "resnet20"):
     family.score_examples = 2000       # validation images used to score a block
     family.latency_source = "measured"  # or "model" (export.LatencyModel)
     family.latency_batch = 1
-    family.latency_runs = 100
+    family.latency_runs = 100          # per model, split over latency_rounds
+    family.latency_rounds = 5          # rounds over all candidates, so load drift hits all alike
     family.latency_table_path = "runs/latency_tables.json"
     config.kd = kd = ml_collections.ConfigDict()
     kd.kd_temperature = 4.0

@@ -217,7 +217,8 @@ def test_family_is_ordered_by_block_count(rescore):
     images = jax.random.normal(jax.random.key(3), (16,) + x.shape[1:])
     probe = QualityProbe(np.asarray(images), np.zeros(16, np.int32),
                          np.asarray(fn(variables, images)), 4.0, batch_size=8)
-    flops = lambda f, v, x1, name: float(cost.count(f, v, x1[:1]).flops)   # noqa: E731
+    flops = lambda models, x1: [float(cost.count(f, v, x1[:1]).flops)   # noqa: E731
+                                for _, f, v in models]
     settings = FamilySettings(members=3, weight=0.5, rescore=rescore)
     family = build_family(fn, variables, x[:1], analysis, settings, probe, flops,
                           log=lambda *a: None)
@@ -228,6 +229,37 @@ def test_family_is_ordered_by_block_count(rescore):
         fn, variables, x[:1], blocks=removed, analysis=analysis)), x[:1]).flops
         for removed, _ in family]
     assert all(a > b for a, b in zip(costs, costs[1:]))
+
+
+def test_latency_probe_times_all_candidates_side_by_side(tmp_path):
+    """Every candidate is timed in every round (so load drift hits all alike) and each gets
+    the median of its own pooled samples, in the order given."""
+    from export import runners
+    from pruning.block_family import LatencyProbe
+    fn, variables, x, analysis = _model("vit")
+    trials = [("full", fn, variables)] + [
+        (f"block{b.id}", *(lambda r: (r.fn, r.variables))(blocks_lib.remove_blocks(
+            fn, variables, x[:1], blocks=[b], analysis=analysis)))
+        for b in analysis.blocks[:2]]
+
+    class NodeCountRunner(runners.Runner):      # a deterministic stand-in for wall time
+        name, calls = "fake", []
+
+        def measure(self, model, batch=1, inputs=None, runs=None, warmup=None):
+            self.calls.append(model)
+            nodes = len(runners._as_model(model).graph.node)
+            return runners.summarize(self.name, [nodes + 0.1 * i for i in range(runs)])
+
+    probe = LatencyProbe("ort-cpu-1t", "measured", 1, runs=20, directory=str(tmp_path),
+                         rounds=4)
+    probe.runner = NodeCountRunner()
+    ms = probe(trials, x[:1])
+    assert len(probe.runner.calls) == 4 * len(trials)
+    assert probe.runner.calls[:3] == probe.runner.calls[3:6]       # round-robin order
+    import onnx
+    nodes = [len(onnx.load(str(tmp_path / f"{name}.onnx")).graph.node) for name, _, _ in trials]
+    assert ms == pytest.approx([n + 0.2 for n in nodes])   # median of 5 runs x 4 rounds
+    assert ms[0] > ms[1] and ms[0] > ms[2]                 # removing a block drops nodes
 
 
 # ------------------------------------------------------------------- end to end (slow)
