@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from core import losses, sharding
+from core import fast_depthwise, losses, sharding
 from core.checkpoint import Checkpointer
 from core.progress import MetricsLog, progress_bar
 from data import pipeline
@@ -97,6 +97,7 @@ def make_train_step(model: TrainableModel, tx, loss_fn, ema_decay: float, seed: 
             logits, updates = model.apply_train({"params": params, **state.collections},
                                                 images, rng)
             return loss_fn(logits, labels, images), (logits, updates)
+        objective = fast_depthwise.on_cpu(objective)    # student's and teacher's forward
         (loss, (logits, updates)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params)
         deltas, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -115,6 +116,7 @@ def evaluate(apply_eval, variables, dataset, split: str = "test", batch_size: in
     """Accuracy and loss over a whole split (the padded last batch is masked out)."""
     mesh = mesh or sharding.data_mesh()
     batch_size = int(math.ceil(batch_size / mesh.size) * mesh.size)
+    apply_eval = fast_depthwise.on_cpu(apply_eval)
 
     @jax.jit
     def sums(v, x, y, w):
