@@ -209,9 +209,11 @@ def fold_batchnorm(fn, variables, *inputs):
                       for var in flat.jaxpr.invars[:n_params]]
         args = param_args + jax.tree_util.tree_leaves(xs)
 
+        retraced = flat.at(*xs)
+
         def hook(eqn, invals, path):
-            i = path[0]
-            if len(path) != 1:
+            i = retraced.analysed_index(path[0])
+            if len(path) != 1 or i is None:
                 return None
             if i in passthrough:
                 return [invals[passthrough[i]]]
@@ -225,6 +227,6 @@ def fold_batchnorm(fn, variables, *inputs):
             shape[f.out_axis] = -1
             with source_info_util.user_context(eqn.source_info.traceback):
                 return [out + _get_path(v, f.bias_path).reshape(shape)]
-        outs = rewrite.evaluate(flat.traced.closed_jaxpr, args, hook)
+        outs = rewrite.evaluate(retraced.closed, args, hook)
         return jax.tree_util.tree_unflatten(flat.traced.out_tree, outs)
     return folded_fn, new_vars, folded

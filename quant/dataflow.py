@@ -13,6 +13,7 @@ A variable is *constant* when it depends on parameters only (a kernel, a BatchNo
 values are computed once, concretely, from the given variables.
 """
 import dataclasses
+import difflib
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -54,6 +55,8 @@ class FlatModel:
     constant: Dict[Any, bool]                 # var -> depends on parameters only
     const_values: Dict[Any, np.ndarray]       # concrete values of constant vars
     param_path: Dict[Any, str]                # parameter invar -> 'params/conv/kernel'
+    traced_from: Optional[Tuple[Any, Any]] = None   # (fn, variables) it was traced from
+    _retraced: Dict[Any, "Retraced"] = dataclasses.field(default_factory=dict)
 
     @property
     def jaxpr(self) -> jcore.Jaxpr:
@@ -62,6 +65,39 @@ class FlatModel:
     @property
     def eqns(self):
         return self.traced.jaxpr.eqns
+
+    def at(self, *inputs) -> "Retraced":
+        """The flat jaxpr for inputs of these shapes (concrete, traced or symbolic).
+
+        The analyses (sites, folded ops) name equations by index and variables of the jaxpr
+        traced at the example; a model whose shapes depend on the batch (a ViT reshapes to
+        ``(batch, tokens, dim)``) is traced again at other shapes. Its equations are matched
+        to the analysed ones as ``pruning.plan`` does: one to one when the primitive
+        sequences agree, else by the longest matching runs (a symbolic batch adds a few
+        shape computations, which match nothing)."""
+        leaves = jax.tree_util.tree_leaves(inputs)
+        key = tuple((str(tuple(x.shape)), str(x.dtype)) for x in leaves)
+        example = tuple((str(tuple(v.aval.shape)), str(v.aval.dtype))
+                        for v in self.jaxpr.invars[self.traced.num_params:])
+        if key == example or self.traced_from is None:
+            return Retraced(self.traced.closed_jaxpr, {}, None)
+        if key not in self._retraced:
+            fn, variables = self.traced_from
+            specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
+            specs = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(inputs), specs)
+            other = trace_lib.trace(flat_function(fn, variables, *specs), variables, *specs)
+            old, new = self.jaxpr, other.jaxpr
+            names = [[e.primitive.name for e in j.eqns] for j in (old, new)]
+            matcher = difflib.SequenceMatcher(None, *names, autojunk=False)
+            pairs = [(b.a + t, b.b + t) for b in matcher.get_matching_blocks()
+                     for t in range(b.size)]
+            var_map = dict(zip(old.invars, new.invars))
+            var_map.update(zip(old.constvars, new.constvars))
+            for i, j in pairs:
+                var_map.update(zip(old.eqns[i].outvars, new.eqns[j].outvars))
+            self._retraced[key] = Retraced(other.closed_jaxpr, var_map,
+                                           {j: i for i, j in pairs})
+        return self._retraced[key]
 
     def is_const(self, atom) -> bool:
         return isinstance(atom, jcore.Literal) or self.constant.get(atom, False)
@@ -106,6 +142,17 @@ class FlatModel:
         return None
 
 
+@dataclasses.dataclass
+class Retraced:
+    """A model's flat jaxpr at other input shapes (``FlatModel.at``)."""
+    closed: jcore.ClosedJaxpr
+    var_map: Dict[Any, Any]                   # analysed variable -> variable of ``closed``
+    analysed: Optional[Dict[int, int]]        # equation of ``closed`` -> analysed (None: same)
+
+    def analysed_index(self, index: int) -> Optional[int]:
+        return index if self.analysed is None else self.analysed.get(index)
+
+
 LAYOUT_ONLY = {"reshape", "broadcast_in_dim", "convert_element_type", "transpose",
                "squeeze", "expand_dims", "copy", "copy_p"}
 
@@ -137,7 +184,8 @@ def flatten(fn, variables, *inputs) -> FlatModel:
             producer[var] = i
             constant[var] = is_const
     const_values = _constant_values(traced, variables, constant)
-    return FlatModel(traced, producer, consumers, constant, const_values, param_path)
+    return FlatModel(traced, producer, consumers, constant, const_values, param_path,
+                     traced_from=(fn, variables))
 
 
 def _constant_values(traced, variables, constant) -> Dict[Any, np.ndarray]:

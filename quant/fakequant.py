@@ -219,8 +219,11 @@ class QuantizedModel:
                 return jnp.where(switches[site.name], quantized, value)
             return quantized
 
+        retraced = self.flat.at(*inputs)
+        act_at_eqn = {retraced.var_map.get(v, v): site for v, site in act_at.items()}
+
         def hook(eqn, invals, path):
-            index = path[0]
+            index = retraced.analysed_index(path[0])
             touched = False
             float_invals, invals = invals, list(invals)
             for k in range(len(invals)):
@@ -230,7 +233,7 @@ class QuantizedModel:
                     touched = True
                     if observe_weight_op is not None:
                         observe_weight_op(site, eqn, float_invals, invals)
-            sites_out = [act_at.get(v) for v in eqn.outvars] if len(path) == 1 else []
+            sites_out = [act_at_eqn.get(v) for v in eqn.outvars] if len(path) == 1 else []
             if not touched and not any(sites_out):
                 return None
             outs = rewrite.bind_equation(eqn, invals)
@@ -240,7 +243,7 @@ class QuantizedModel:
         args = jax.tree_util.tree_leaves((variables, *inputs))
         args = [quantize(act_at[v], a) if v in act_at else a
                 for v, a in zip(self.flat.jaxpr.invars, args)]
-        outs = rewrite.evaluate(self.flat.traced.closed_jaxpr, args, hook)
+        outs = rewrite.evaluate(retraced.closed, args, hook)
         return jax.tree_util.tree_unflatten(self.flat.traced.out_tree, outs)
 
     def fn(self, qparams, enabled=None) -> Callable:
