@@ -67,13 +67,20 @@ def _through_relu(flat, var):
     return var
 
 
+LINEAR = ("conv_general_dilated", "dot_general")
+
+
+def _is_param(flat: dataflow.FlatModel, atom) -> bool:
+    return not isinstance(atom, jcore.Literal) and atom in flat.param_path
+
+
 def find_pairs(flat: dataflow.FlatModel) -> List[EqualizationPair]:
     pairs = []
     for i, eqn in enumerate(flat.eqns):
-        if eqn.primitive.name not in ("conv_general_dilated", "dot_general"):
+        if eqn.primitive.name not in LINEAR:
             continue
         kernel = eqn.invars[1]
-        if kernel not in flat.param_path or flat.is_const(eqn.invars[0]):
+        if not _is_param(flat, kernel) or flat.is_const(eqn.invars[0]):
             continue
         axes = output_channel_axis(eqn, 1)
         if axes is None:
@@ -87,7 +94,8 @@ def find_pairs(flat: dataflow.FlatModel) -> List[EqualizationPair]:
             continue
         j, operand = flat.uses(act)[0]
         nxt = flat.eqns[j]
-        if operand != 0 or nxt.invars[1] not in flat.param_path:
+        if (operand != 0 or nxt.primitive.name not in LINEAR
+                or not _is_param(flat, nxt.invars[1])):
             continue
         second = _second_axis(nxt, eqn.outvars[0].aval.shape[out_axis])
         if second is None:

@@ -93,3 +93,16 @@ def test_bias_correction_removes_mean_shift(folded):
         out = q.apply(v, qp_v, x, enabled=weights_only)
         return float(jnp.abs(jnp.mean(out - fn2(v2, x), axis=0)).mean())
     assert mean_error(v3) < mean_error(v2)
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2", "vit"])
+def test_equalization_on_zoo_models_keeps_the_function(name):
+    """ReLU6 (min with a literal) and GELU (a unary op) after a linear layer end no pair
+    and crash nothing; whatever pairs are found leave the float function unchanged."""
+    from models import zoo
+    fn, variables, x = zoo.instantiate(name, batch=4)
+    fn2, v2, _ = fold_batchnorm(fn, variables, x)
+    v3, pairs = equalization.equalize(fn2, v2, x)
+    np.testing.assert_allclose(fn2(v3, x), fn2(v2, x), rtol=1e-3, atol=1e-4)
+    if name == "vit":
+        assert pairs == []          # GELU is not positively homogeneous
