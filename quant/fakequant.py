@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from core import rewrite
+from core import fast_depthwise, rewrite
 from quant import dataflow
 from quant.profile import Profile, QuantSpec, load_profile
 from quant.quantizers import fake_quant, lsq_scale
@@ -265,7 +265,7 @@ class QuantizedModel:
                     found[site.name] = value
             self.apply(variables, qparams, *inputs, enabled=enabled, observe=observe)
             return found
-        return jax.jit(run)
+        return jax.jit(fast_depthwise.on_cpu(run))
 
     def site_values(self, variables, *inputs, names=None) -> Dict[str, np.ndarray]:
         return jax.tree.map(np.asarray, self.collector(names)(variables, *inputs))

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from core import fast_depthwise
 from quant.fakequant import QuantizedModel
 
 
@@ -42,6 +43,7 @@ def layer_sensitivity(model: QuantizedModel, variables, qparams, batches: Iterab
     names = list(model.sites)
 
     @jax.jit
+    @fast_depthwise.on_cpu
     def run(v, switches, x):
         float_logits = model.float_fn(v, x)
         quant_logits = model.apply(v, qparams, x, enabled=switches)

@@ -97,3 +97,19 @@ def test_sensitivity_names_the_damaged_layer(prepared):
     assert ranked[0].layer == "c2/kernel"
     assert ranked[0].kl > 3 * ranked[1].kl
     assert "tiny_models.py" in ranked[0].source
+
+
+def test_site_values_of_a_depthwise_model_match_the_plain_forward():
+    """The collector computes depthwise convs as shifted multiply-adds on CPU; the values it
+    reports are those of the plain fake-quant forward."""
+    from models import zoo
+    fn, v, x = zoo.instantiate("mobilenetv2", batch=4)
+    fn2, v2, _ = fold_batchnorm(fn, v, x)
+    q = fakequant.quantize(fn2, v2, x)
+    qp = calibration.calibrate(q, v2, [x], method="minmax")
+    names = list(q.sites)[-3:]
+    got = q.collector(names, enabled=None, qparams=qp)(v2, x)
+    want = {}
+    q.apply(v2, qp, x, observe=lambda s, value: want.__setitem__(s.name, value))
+    for name in names:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4)
