@@ -9,11 +9,9 @@ Determinism: batches are a function of (seed, step) and the dropout key is
 fold_in(seed, step), so a run resumed from a checkpoint ends with exactly the parameters
 of an uninterrupted run.
 """
-import dataclasses
-import json
 import math
 import os
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
