@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from core import rewrite
+from core import rewrite, trace as trace_lib
 
 # Kernels with more taps than this stay convolutions (the unrolled sum would be long).
 MAX_TAPS = 49
@@ -93,20 +93,11 @@ def depthwise_as_shifts(f: Callable) -> Callable:
     """``f`` with its depthwise convolutions computed as shifted multiply-adds."""
     def wrapped(*args):
         closed, out_shape = jax.make_jaxpr(f, return_shape=True)(*args)
-        if not any(is_depthwise(e) for e in _all_eqns(closed.jaxpr)):
+        if not any(is_depthwise(e) for _, e in trace_lib.iter_eqns(closed.jaxpr)):
             return f(*args)
         outs = rewrite.evaluate(closed, jax.tree_util.tree_leaves(args), _hook)
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outs)
     return wrapped
-
-
-def _all_eqns(jaxpr):
-    from core import trace as trace_lib
-    for eqn in jaxpr.eqns:
-        yield eqn
-        sub = trace_lib.call_jaxpr(eqn)
-        if sub is not None:
-            yield from _all_eqns(sub.jaxpr)
 
 
 def on_cpu(f: Callable) -> Callable:

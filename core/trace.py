@@ -13,8 +13,9 @@ is ``remat2``. ``call_jaxpr`` and ``sub_jaxprs`` give the nested jaxprs of an eq
 interpreter can enter them, and ``source_line`` names the user code an equation came from.
 """
 import dataclasses
+import difflib
 import os
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -137,6 +138,16 @@ def iter_eqns(jaxpr: jcore.Jaxpr, prefix: Tuple[int, ...] = ()
         yield path, eqn
         for k, sub in enumerate(sub_jaxprs(eqn)):
             yield from iter_eqns(sub.jaxpr, path + (k,))
+
+
+def matching_equations(a: Sequence[str], b: Sequence[str]) -> List[Tuple[int, int]]:
+    """``(i, j)`` pairs matching equation i of a program to equation j of the same program
+    traced at other shapes, given their primitive names: one to one when the sequences
+    agree, else the longest matching runs (a symbolic batch adds shape computations)."""
+    if list(a) == list(b):
+        return [(i, i) for i in range(len(a))]
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return [(m.a + t, m.b + t) for m in matcher.get_matching_blocks() for t in range(m.size)]
 
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,7 +16,6 @@ map one to one; otherwise the longest matching runs of primitives, recursively i
 sub-jaxprs); the added equations get no channel axes.
 """
 import dataclasses
-import difflib
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
@@ -25,7 +24,7 @@ import numpy as np
 
 from core.channel_groups import GroupAnalysis
 from core.channel_types import Concat
-from core.trace import is_literal, source_line, sub_jaxprs
+from core.trace import is_literal, matching_equations, source_line, sub_jaxprs
 
 Path = Tuple[int, ...]
 
@@ -165,14 +164,7 @@ class Plan:
 
     def _align(self, old_prefix: Path, jaxpr, new_prefix: Path, found) -> None:
         old = self.names.get(old_prefix, [])
-        new = [e.primitive.name for e in jaxpr.eqns]
-        if old == new:
-            pairs = [(i, i) for i in range(len(new))]
-        else:
-            matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
-            pairs = [(b.a + t, b.b + t) for b in matcher.get_matching_blocks()
-                     for t in range(b.size)]
-        for i, j in pairs:
+        for i, j in matching_equations(old, [e.primitive.name for e in jaxpr.eqns]):
             plan, eqn = self.eqns[old_prefix + (i,)], jaxpr.eqns[j]
             _check_ranks(plan, eqn)
             found[new_prefix + (j,)] = plan

@@ -13,7 +13,6 @@ A variable is *constant* when it depends on parameters only (a kernel, a BatchNo
 values are computed once, concretely, from the given variables.
 """
 import dataclasses
-import difflib
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -87,10 +86,8 @@ class FlatModel:
             specs = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(inputs), specs)
             other = trace_lib.trace(flat_function(fn, variables, *specs), variables, *specs)
             old, new = self.jaxpr, other.jaxpr
-            names = [[e.primitive.name for e in j.eqns] for j in (old, new)]
-            matcher = difflib.SequenceMatcher(None, *names, autojunk=False)
-            pairs = [(b.a + t, b.b + t) for b in matcher.get_matching_blocks()
-                     for t in range(b.size)]
+            pairs = trace_lib.matching_equations(*[[e.primitive.name for e in j.eqns]
+                                                   for j in (old, new)])
             var_map = dict(zip(old.invars, new.invars))
             var_map.update(zip(old.constvars, new.constvars))
             for i, j in pairs:
