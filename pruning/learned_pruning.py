@@ -116,6 +116,7 @@ def main(config, workdir):
         "before": before, "after": after, "kept_channels": sizes,
         "removed_params": pruned.removed_params, "gate_history": history[-1:],
         "wall_seconds": time.time() - start,
+        "settings": {"gates": config.gates.to_dict(), "finetune": config.finetune.to_dict()},
     }
     table = _table([("teacher", before), ("pruned + fine-tuned", after)])
     text = (f"{table}\n\naccuracy right after pruning (before fine-tune): "

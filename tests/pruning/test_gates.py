@@ -54,6 +54,7 @@ def test_showcase_pipeline_end_to_end(tmp_path, monkeypatch):
                      + str(tmp_path / "tables.json")]) == 0
     result = json.loads((workdir / "result.json").read_text())
     assert 1.6 < result["flops_reduction"] < 3.0, result["flops_reduction"]
+    assert result["settings"]["gates"]["steps"] == 150, "the run records what it ran"
     assert result["after"]["parity_max_rel_error"] < 1e-3
     assert (workdir / "onnx" / "pruned.onnx").exists()
     assert (workdir / "finetune" / "metrics.jsonl").exists()
