@@ -16,8 +16,10 @@ distillation from the full model, exported with a parity check and measured
 be compared on one plot (``benchmarks/block_pruning.py``).
 """
 import dataclasses
+import glob
 import json
 import os
+import shutil
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -283,8 +285,13 @@ def main(config, workdir):
                                  os.path.join(workdir, "scoring"),
                                  config.family.get("latency_table_path"),
                                  config.family.get("latency_rounds", 5))
-    family = _cached_family(workdir, config, summary["key"], analysis) or build_family(
-        fn, variables, x1, analysis, settings, quality_probe, latency_probe)
+    family = _cached_family(workdir, config, summary["key"], analysis)
+    if family is None:
+        family = build_family(fn, variables, x1, analysis, settings, quality_probe,
+                              latency_probe)
+        # A new family: fine-tune checkpoints of an earlier one must not be resumed.
+        for stale in glob.glob(os.path.join(workdir, "member*")):
+            shutil.rmtree(stale)
     _save_family(workdir, config, summary["key"], family)
 
     rows = []

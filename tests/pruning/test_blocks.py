@@ -281,6 +281,9 @@ def _tiny_run(tmp_path, monkeypatch, model, **overrides):
         config_lib.apply_override(config, key, str(value))
     workdir = tmp_path / "run"
     workdir.mkdir()
+    # Left by a run that chose another family: its checkpoints must not be resumed.
+    (workdir / "member1" / "finetune").mkdir(parents=True)
+    (workdir / "member1" / "finetune" / "stale").write_text("another family")
     return block_family.main(config, str(workdir)), workdir
 
 
@@ -304,6 +307,7 @@ def test_tiny_family_end_to_end_with_benchmark(tmp_path, monkeypatch):
     _check_family(result, workdir)
     assert "| 1 |" in (workdir / "result.md").read_text()
     assert (workdir / "member1" / "finetune" / "metrics.jsonl").exists()
+    assert not (workdir / "member1" / "finetune" / "stale").exists()
     # The benchmark re-measures the family next to a channel-pruned model of this teacher.
     fake = {"experiment": "prune_fake", "teacher": result["teacher"],
             "accuracy_after_finetune": 0.5,
