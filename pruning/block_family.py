@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from core import losses, teacher as teacher_lib, train as train_lib
+from core import fast_depthwise, losses, teacher as teacher_lib, train as train_lib
 from data import pipeline
 from export.measure import export_and_measure
 from pruning import blocks as blocks_lib
@@ -49,11 +49,14 @@ class QualityProbe:
         x, y = dataset.validation
         x, y = x[:examples], y[:examples]
         images = pipeline.normalize(x, dataset.mean, dataset.std)
+        reference_fn = jax.jit(fast_depthwise.on_cpu(reference_fn))
         reference = np.concatenate([np.asarray(reference_fn(images[i:i + batch_size]))
                                     for i in range(0, len(images), batch_size)])
         return cls(images, np.asarray(y), reference, temperature, batch_size)
 
     def __call__(self, fn, variables) -> Dict[str, float]:
+        fn = fast_depthwise.on_cpu(fn)      # XLA's CPU depthwise conv is a slow loop
+
         @jax.jit
         def sums(v, x, y, ref):
             logits = fn(v, x)

@@ -11,9 +11,8 @@ Model weights are trained jointly, with distillation from the unpruned teacher.
 The noise scale anneals to zero, so the gates settle before they are thresholded.
 """
 import dataclasses
-import json
 import os
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
