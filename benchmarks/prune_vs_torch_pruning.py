@@ -145,9 +145,10 @@ def ours_magnitude(setup, target, multiple, workdir):
     return setup.variables, keep, {"keep_ratio": ratio, "multiple": multiple}
 
 
-def ours_learned(setup, target, multiple, workdir, gate_steps):
+def ours_learned(setup, target, multiple, workdir, gate_steps, gate_lr):
     settings = gates.GateSettings.from_config(setup.gate_config)
     settings.steps, settings.target_ratio, settings.multiple = gate_steps, 1.0 / target, multiple
+    settings.gate_learning_rate = gate_lr
     trained, logits, history = gates.train_gates(
         setup.fn, setup.variables, setup.groups, setup.dataset, settings, workdir,
         setup.cost_model, setup.teacher_fn, show_progress=False)
@@ -166,7 +167,8 @@ def ours_learned(setup, target, multiple, workdir, gate_steps):
     # Nearest to the target, ties to the threshold closest to 0 (the gates' own choice).
     candidates = sorted(((float(t), keep_at(t)) for t in thresholds), key=lambda c: abs(c[0]))
     threshold, keep, _ = nearest_keep(setup, candidates, target)
-    return trained, keep, {"gate_steps": gate_steps, "threshold": threshold,
+    return trained, keep, {"gate_steps": gate_steps, "gate_learning_rate":
+                           settings.gate_learning_rate, "threshold": threshold,
                            "multiple": multiple, "gate_history": history[-1:]}
 
 
@@ -176,7 +178,7 @@ def run_ours(setup, method, target, args, workdir):
         variables, keep, info = ours_magnitude(setup, target, args.multiple, workdir)
     else:
         variables, keep, info = ours_learned(setup, target, args.multiple, workdir,
-                                             args.gate_steps)
+                                             args.gate_steps, args.gate_lr)
     pruned = prune(setup.fn, variables, setup.x1, keep=keep)
     after_prune = train_lib.evaluate(pruned.fn, pruned.variables, setup.dataset, "test")
     ft_steps = args.steps + (0 if method == "ours_learned" else args.gate_steps)
@@ -229,7 +231,7 @@ def run_one(setup, method, target, args):
     budget_path = os.path.join(workdir, "budget.json")
     if os.path.exists(budget_path):
         with open(budget_path) as f:
-            same_budget = json.load(f) == budget(args)
+            same_budget = json.load(f) == budget(args, method)
         if same_budget and os.path.exists(result_path):
             print(f"{method} {target}x: reusing {result_path}", flush=True)
             with open(result_path) as f:
@@ -238,10 +240,10 @@ def run_one(setup, method, target, args):
             shutil.rmtree(workdir)
     os.makedirs(workdir, exist_ok=True)
     with open(budget_path, "w") as f:
-        json.dump(budget(args), f)
+        json.dump(budget(args, method), f)
     start = time.time()
     runner = run_torch_pruning if method.startswith("tp_") else run_ours
-    result = {"method": method, "target": target, "budget": budget(args),
+    result = {"method": method, "target": target, "budget": budget(args, method),
               **runner(setup, method, target, args, workdir)}
     result["seconds"] = time.time() - start
     with open(result_path + ".tmp", "w") as f:
@@ -254,9 +256,12 @@ def run_one(setup, method, target, args):
     return result
 
 
-def budget(args):
-    return {"steps": args.steps, "gate_steps": args.gate_steps, "multiple": args.multiple,
-            "tp_round_to": args.tp_round_to, "quick": args.quick}
+def budget(args, method):
+    settings = {"steps": args.steps, "gate_steps": args.gate_steps, "multiple": args.multiple,
+                "tp_round_to": args.tp_round_to, "quick": args.quick}
+    if method == "ours_learned":
+        settings["gate_lr"] = args.gate_lr
+    return settings
 
 
 # ------------------------------------------------------------------ teachers and latency
@@ -307,7 +312,8 @@ def markdown(info, args, setup_summary, rows):
         f"{info['onnxruntime']} ({DEVICE}, medians of interleaved rounds).", "",
         f"Teacher: {setup_summary['key']} (test accuracy {setup_summary['test_accuracy']:.4f})."
         f" Fine-tune: {args.steps} steps + {args.gate_steps} steps (the learned gates' "
-        f"training; every other method fine-tunes those steps too), batch 128, SGD Nesterov, "
+        f"training, gate learning rate {args.gate_lr:g}; every other method fine-tunes those "
+        "steps too), batch 128, SGD Nesterov, "
         "cosine schedule, KD from the teacher (T=4, alpha=0.9), BN statistics frozen.", "",
         "MFLOPs = 2 x multiply-accumulates of convs and dense layers, the same count for both "
         "frameworks; TP MMACs = Torch-Pruning's own counter (used to set its ratio).", "",
@@ -338,6 +344,8 @@ def parse_args(argv):
                         help="fine-tune steps per model (default 300; --quick: 3)")
     parser.add_argument("--gate-steps", type=int, default=None,
                         help="learned-gate training steps (default 100; --quick: 3)")
+    parser.add_argument("--gate-lr", type=float, default=None,
+                        help="gate logits' Adam learning rate (default: prune_resnet20_2x's)")
     parser.add_argument("--targets", default="2,4", help="FLOPs reductions, e.g. 2,4")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--multiple", type=int, default=8, help="our channel rounding")
@@ -346,10 +354,12 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="tiny budget smoke run")
     parser.add_argument("--workdir", default=WORKDIR)
     parser.add_argument("--results", default=RESULTS)
+    parser.add_argument("--tag", default="", help="suffix of the result files' names")
     args = parser.parse_args(argv)
     default_steps, default_gates = (3, 3) if args.quick else (300, 100)
     args.steps = default_steps if args.steps is None else args.steps
     args.gate_steps = default_gates if args.gate_steps is None else args.gate_steps
+    args.gate_lr = args.gate_lr or prune_resnet20_2x.get_config().gates.gate_learning_rate
     args.targets = [int(t) for t in args.targets.split(",")]
     args.methods = args.methods.split(",")
     unknown = set(args.methods) - set(METHODS)
@@ -371,12 +381,12 @@ def main(argv=None):
     add_speedups(rows)
     info["load_average_at_end"] = os.getloadavg()
     os.makedirs(args.results, exist_ok=True)
-    result = {"machine": info, "budget": budget(args), "teacher": setup.summary,
+    result = {"machine": info, "budget": budget(args, "ours_learned"), "teacher": setup.summary,
               "flops_tolerance": FLOPS_TOLERANCE, "rows": rows}
-    with open(os.path.join(args.results, "prune_vs_torch_pruning.json"), "w") as f:
+    with open(os.path.join(args.results, f"prune_vs_torch_pruning{args.tag}.json"), "w") as f:
         json.dump(result, f, indent=2, default=float)
     text = markdown(info, args, setup.summary, rows)
-    with open(os.path.join(args.results, "prune_vs_torch_pruning.md"), "w") as f:
+    with open(os.path.join(args.results, f"prune_vs_torch_pruning{args.tag}.md"), "w") as f:
         f.write(text)
     print(text)
     return result
