@@ -78,6 +78,10 @@ def main(config, workdir):
 
     trained, logits, history = gates.train_gates(
         fn, variables, groups, dataset, settings, workdir, cost_model, teacher_fn, latency_fn)
+    ended_at = history[-1]["budget_relative"] if history else 1.0
+    if ended_at > 1.05:
+        print(f"warning: the gates ended at {ended_at:.2f}x their {settings.target} budget; "
+              "more gates.steps or a larger gates.penalty would bring them to it")
     keep = gates.threshold(groups, logits, settings)
     pruned = prune(fn, trained, x1, keep=keep)
     sizes = {str(g): int(len(k)) for g, k in keep.items()}

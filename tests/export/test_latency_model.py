@@ -6,6 +6,7 @@ import pytest
 
 from export import latency_model as lm
 from export import latency_table as lt
+from export import runners
 from models import zoo
 from tests.export.test_latency_table import CountingRunner
 
@@ -81,3 +82,34 @@ def test_differentiable_latency_matches_grid_at_full_and_has_gradients(resnet, t
     assert np.all(np.isfinite(grads)) and np.any(np.asarray(grads) > 0)
     smaller = latency(full * 0.5)
     assert float(smaller) < float(latency(full))
+
+
+class StaircaseRunner(runners.Runner):
+    """A device whose convs cost ceil(cin / 16) steps: flat between 17 and 32 input
+    channels, as blocked CPU kernels are. Dense layers cost nothing."""
+
+    def __init__(self):
+        self.name = "stairs"
+
+    def measure(self, model, batch=1, inputs=None, runs=None, warmup=None):
+        kernels = [i.dims for i in model.graph.initializer if len(i.dims) == 4]
+        cost = sum(np.ceil(dims[1] / 16) for dims in kernels) * 1e-3
+        return runners.summarize(self.name, [cost] * (runs or 3))
+
+
+def test_latency_gradient_sees_savings_across_flat_steps(tmp_path):
+    fn, variables, x = zoo.instantiate("resnet20", tiny=False, batch=1)
+    table = lt.LatencyTable(StaircaseRunner(), str(tmp_path / "t.json"), progress=False)
+    latency, cost_model = lm.LatencyModel(table, mode="grid").differentiable(fn, variables, x)
+    full = np.asarray(cost_model.full_sizes, np.float32)
+    widths = np.array([g.size for g in cost_model.groups])
+    grads = np.asarray(jax.grad(latency)(jnp.asarray(full)))
+    # Every 32- and 64-channel group feeds convs whose cost halves at half width, while
+    # the fine grid is flat between 24 and 32 (48 and 64) input channels.
+    wide = (widths == 32) | (widths == 64)
+    half = np.where(wide, full / 2, full)
+    assert float(latency(jnp.asarray(half))) < float(latency(jnp.asarray(full)))
+    assert np.all(grads[wide] > 0), grads
+    # The value is still the fine grid's interpolation (= exact at grid points).
+    exact_full = lm.LatencyModel(table, mode="exact").predict(fn, variables, x)
+    assert float(latency(jnp.asarray(full))) == pytest.approx(exact_full, rel=1e-5)
