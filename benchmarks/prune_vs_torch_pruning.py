@@ -16,7 +16,9 @@ reduction target (2x, 4x) and method:
 - ``ours_magnitude``: ``pruning.importance`` group L1 magnitude, global over normalized
   scores, kept counts rounded to multiples of 8;
 - ``ours_learned``: learned gates (``pruning.gates``, the ``prune_resnet20_2x`` settings)
-  under a FLOPs budget, thresholded to multiples of 8.
+  under a FLOPs budget, thresholded to multiples of 8;
+- ``ours_learned_ranked``: the same with the initial logits spread by L1-magnitude rank
+  (``gates.init_spread``, ``--gate-init-spread``), so channels switch off one by one.
 
 Same FLOPs: Torch-Pruning's ratio is found by bisection on its own counter
 (``tp.utils.count_ops_and_params``, MACs incl. a few BN ops); ours scan the keep ratio
@@ -65,7 +67,9 @@ from export.runners import get_runner, measure_interleaved  # noqa: E402
 from pruning import find_groups, gates, importance, prune  # noqa: E402
 from pruning.configs import prune_resnet20_2x  # noqa: E402
 
-METHODS = ("tp_groupnorm", "tp_magnitude", "ours_magnitude", "ours_learned")
+METHODS = ("tp_groupnorm", "tp_magnitude", "ours_magnitude", "ours_learned",
+           "ours_learned_ranked")
+LEARNED = ("ours_learned", "ours_learned_ranked")
 FLOPS_TOLERANCE = 0.05          # |achieved reduction / target - 1| allowed
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 WORKDIR = os.path.join(ROOT, "runs", "prune_vs_torch_pruning")
@@ -145,10 +149,10 @@ def ours_magnitude(setup, target, multiple, workdir):
     return setup.variables, keep, {"keep_ratio": ratio, "multiple": multiple}
 
 
-def ours_learned(setup, target, multiple, workdir, gate_steps, gate_lr):
+def ours_learned(setup, target, multiple, workdir, gate_steps, gate_lr, init_spread):
     settings = gates.GateSettings.from_config(setup.gate_config)
     settings.steps, settings.target_ratio, settings.multiple = gate_steps, 1.0 / target, multiple
-    settings.gate_learning_rate = gate_lr
+    settings.gate_learning_rate, settings.init_spread = gate_lr, init_spread
     trained, logits, history = gates.train_gates(
         setup.fn, setup.variables, setup.groups, setup.dataset, settings, workdir,
         setup.cost_model, setup.teacher_fn, show_progress=False)
@@ -177,11 +181,12 @@ def run_ours(setup, method, target, args, workdir):
     if method == "ours_magnitude":
         variables, keep, info = ours_magnitude(setup, target, args.multiple, workdir)
     else:
+        spread = args.gate_init_spread if method == "ours_learned_ranked" else 0.0
         variables, keep, info = ours_learned(setup, target, args.multiple, workdir,
-                                             args.gate_steps, args.gate_lr)
+                                             args.gate_steps, args.gate_lr, spread)
     pruned = prune(setup.fn, variables, setup.x1, keep=keep)
     after_prune = train_lib.evaluate(pruned.fn, pruned.variables, setup.dataset, "test")
-    ft_steps = args.steps + (0 if method == "ours_learned" else args.gate_steps)
+    ft_steps = args.steps + (0 if method in LEARNED else args.gate_steps)
     cfg = finetune_config(setup, ft_steps)
     model = train_lib.TrainableModel(pruned.variables,
                                      lambda v, x, rng: (pruned.fn(v, x), {}), pruned.fn)
@@ -259,8 +264,10 @@ def run_one(setup, method, target, args):
 def budget(args, method):
     settings = {"steps": args.steps, "gate_steps": args.gate_steps, "multiple": args.multiple,
                 "tp_round_to": args.tp_round_to, "quick": args.quick}
-    if method == "ours_learned":
+    if method in LEARNED:
         settings["gate_lr"] = args.gate_lr
+    if method == "ours_learned_ranked":
+        settings["gate_init_spread"] = args.gate_init_spread
     return settings
 
 
@@ -312,7 +319,8 @@ def markdown(info, args, setup_summary, rows):
         f"{info['onnxruntime']} ({DEVICE}, medians of interleaved rounds).", "",
         f"Teacher: {setup_summary['key']} (test accuracy {setup_summary['test_accuracy']:.4f})."
         f" Fine-tune: {args.steps} steps + {args.gate_steps} steps (the learned gates' "
-        f"training, gate learning rate {args.gate_lr:g}; every other method fine-tunes those "
+        f"training, gate learning rate {args.gate_lr:g}, ranked initial spread "
+        f"{args.gate_init_spread:g}; every other method fine-tunes those "
         "steps too), batch 128, SGD Nesterov, "
         "cosine schedule, KD from the teacher (T=4, alpha=0.9), BN statistics frozen.", "",
         "MFLOPs = 2 x multiply-accumulates of convs and dense layers, the same count for both "
@@ -346,6 +354,8 @@ def parse_args(argv):
                         help="learned-gate training steps (default 100; --quick: 3)")
     parser.add_argument("--gate-lr", type=float, default=None,
                         help="gate logits' Adam learning rate (default: prune_resnet20_2x's)")
+    parser.add_argument("--gate-init-spread", type=float, default=4.0,
+                        help="ours_learned_ranked's initial logit spread by magnitude rank")
     parser.add_argument("--targets", default="2,4", help="FLOPs reductions, e.g. 2,4")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--multiple", type=int, default=8, help="our channel rounding")
@@ -381,7 +391,7 @@ def main(argv=None):
     add_speedups(rows)
     info["load_average_at_end"] = os.getloadavg()
     os.makedirs(args.results, exist_ok=True)
-    result = {"machine": info, "budget": budget(args, "ours_learned"), "teacher": setup.summary,
+    result = {"machine": info, "budget": budget(args, "ours_learned_ranked"), "teacher": setup.summary,
               "flops_tolerance": FLOPS_TOLERANCE, "rows": rows}
     with open(os.path.join(args.results, f"prune_vs_torch_pruning{args.tag}.json"), "w") as f:
         json.dump(result, f, indent=2, default=float)

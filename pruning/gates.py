@@ -39,6 +39,7 @@ class GateSettings:
     gate_learning_rate: float = 0.05
     weight_learning_rate: float = 0.01
     init_logit: float = 3.0
+    init_spread: float = 0.0       # > 0: initial logits spread by L1-magnitude rank
     noise_start: float = 1.0       # logistic noise scale, annealed linearly to 0
     temperature: float = 1.0
     kd_temperature: float = 4.0
@@ -54,8 +55,23 @@ class GateSettings:
         return cls(**{k: v for k, v in dict(config).items() if k in known})
 
 
-def init_logits(groups, value: float) -> Dict[int, jnp.ndarray]:
-    return {g.id: jnp.full((g.size,), value, jnp.float32) for g in groups if g.prunable}
+def init_logits(groups, value: float, spread: float = 0.0,
+                variables=None) -> Dict[int, jnp.ndarray]:
+    """Equal logits, or (``spread`` > 0) ``value`` +- ``spread``/2 by L1-magnitude rank within
+    each group. Under a budget, Adam moves every logit of a group at about the same speed,
+    so equal logits cross zero together and a whole group switches off within a few steps
+    (the network collapses and the budget overshoots); spread logits cross one by one,
+    weakest first, and the task gradient can still reorder them."""
+    prunable = [g for g in groups if g.prunable]
+    if spread <= 0:
+        return {g.id: jnp.full((g.size,), value, jnp.float32) for g in prunable}
+    scores = importance.scores_for("l1", prunable, variables)
+    logits = {}
+    for g in prunable:
+        rank = np.argsort(np.argsort(np.asarray(scores[g.id]), kind="stable"), kind="stable")
+        fraction = rank / max(g.size - 1, 1)
+        logits[g.id] = jnp.asarray(value + spread * (fraction - 0.5), jnp.float32)
+    return logits
 
 
 def sample_masks(logits, rng, noise_scale, temperature: float = 1.0):
@@ -131,8 +147,9 @@ def train_gates(fn, variables, groups, dataset, settings: GateSettings, workdir:
     full_sizes = np.array([g.size for g in cost_model.groups], np.float32)
     penalty_fn, relative_fn = budget_function(settings, cost_model, latency_fn)
     fixed = {k: v for k, v in variables.items() if k != "params"}
-    trainable = {"params": variables["params"], "gates": init_logits(groups,
-                                                                     settings.init_logit)}
+    trainable = {"params": variables["params"],
+                 "gates": init_logits(groups, settings.init_logit, settings.init_spread,
+                                      variables)}
     tx = optax.multi_transform(
         {"params": optax.chain(optax.clip_by_global_norm(1.0),
                                optax.sgd(optax.cosine_decay_schedule(

@@ -28,6 +28,7 @@ def get_config():
     gates.gate_learning_rate = 0.05
     gates.weight_learning_rate = 0.01
     gates.init_logit = 3.0
+    gates.init_spread = 0.0
     gates.noise_start = 1.0
     gates.multiple = 8
     gates.min_keep = 1

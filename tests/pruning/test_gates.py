@@ -8,7 +8,7 @@ import pytest
 
 import run
 from core import cost
-from pruning import find_groups, gates, prune
+from pruning import find_groups, gates, importance, prune
 from models import zoo
 
 
@@ -20,6 +20,23 @@ def test_masks_are_hard_forward_and_differentiable():
     grad = jax.grad(lambda l: sum(jnp.sum(m * jnp.arange(1.0, 1 + m.size))
                                   for m in gates.sample_masks(l, jax.random.key(0), 0.0).values()))(logits)
     assert all(np.all(np.abs(g) > 0) for g in grad.values())
+
+
+def test_spread_initial_logits_follow_magnitude_rank():
+    fn, variables, x = zoo.instantiate("resnet20")
+    groups = find_groups(fn, variables, x[:1])
+    flat = gates.init_logits(groups, 3.0)
+    spread = gates.init_logits(groups, 3.0, spread=4.0, variables=variables)
+    scores = importance.scores_for("l1", [g for g in groups if g.prunable], variables)
+    assert set(flat) == set(spread) and flat
+    for gid, logits in spread.items():
+        logits = np.asarray(logits)
+        np.testing.assert_allclose(np.asarray(flat[gid]), 3.0)
+        np.testing.assert_allclose([logits.min(), logits.max()], [1.0, 5.0], atol=1e-6)
+        # the weakest channel by L1 magnitude has the lowest logit, the strongest the highest
+        assert np.argmin(logits) == np.argmin(scores[gid])
+        assert np.argmax(logits) == np.argmax(scores[gid])
+        assert len(np.unique(logits)) == logits.size
 
 
 def test_budget_penalty_pushes_flops_down_and_threshold_meets_it():
