@@ -391,8 +391,8 @@ def main(argv=None):
     add_speedups(rows)
     info["load_average_at_end"] = os.getloadavg()
     os.makedirs(args.results, exist_ok=True)
-    result = {"machine": info, "budget": budget(args, "ours_learned_ranked"), "teacher": setup.summary,
-              "flops_tolerance": FLOPS_TOLERANCE, "rows": rows}
+    result = {"machine": info, "budget": budget(args, "ours_learned_ranked"),
+              "teacher": setup.summary, "flops_tolerance": FLOPS_TOLERANCE, "rows": rows}
     with open(os.path.join(args.results, f"prune_vs_torch_pruning{args.tag}.json"), "w") as f:
         json.dump(result, f, indent=2, default=float)
     text = markdown(info, args, setup.summary, rows)
