@@ -3,6 +3,7 @@
 ``to_onnx`` exports any ``fn(variables, *inputs)``; ``get_runner("ort-cpu-1t")`` measures an
 ONNX model on a device; ``LatencyTable`` and ``LatencyModel`` predict latency from a jaxpr.
 """
+from core import xla_workarounds  # noqa: F401  (before any JAX backend exists)
 from export.onnx_export import ExportResult, to_onnx, trace
 from export.parity import ExportParityError, ParityReport, check_parity, compare
 from export.latency_model import Calibration, LatencyModel, extract_ops

@@ -4,6 +4,7 @@
 data=batches) -> Factorized`` with ``.fn``, ``.variables`` and a per-layer report; see
 ``lowrank.factorize`` for the pipeline and the other modules for one concept each.
 """
+from core import xla_workarounds  # noqa: F401  (before any JAX backend exists)
 from lowrank.allocation import Budget, BudgetError
 from lowrank.factorize import METHODS, Factorized, LayerReport, factorize
 from lowrank.function import FactoredFunction, LowRankKernel

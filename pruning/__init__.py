@@ -1,6 +1,7 @@
 """Structured pruning: channel groups found from the jaxpr (``find_groups``), physical
 removal (``prune``), explicit differentiable masks (``masked``), importance criteria
 (``pruning.importance``) and portable save/load (``pruning.portable``)."""
+from core import xla_workarounds  # noqa: F401  (before any JAX backend exists)
 from pruning import importance, portable
 from pruning.groups import ChannelGroup, GroupAnalysis, Member, analyze, find_groups
 from pruning.masked import keep_to_masks, masked

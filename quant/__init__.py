@@ -11,6 +11,7 @@
 QAT: ``quant.qat.qat``; bias correction: ``quant.bias_correction.bias_correction``.
 Profiles (what a target supports and how it quantizes) are data: quant/profiles/*.json.
 """
+from core import xla_workarounds  # noqa: F401  (before any JAX backend exists)
 from quant.batchnorm_folding import fold_batchnorm
 from quant.calibration import calibrate, update_weight_qparams
 from quant.equalization import equalize
