@@ -167,8 +167,7 @@ def factorize(fn: Callable, variables, *example_inputs,
             if path not in known:
                 why = skipped.get(path, "not a dense/conv kernel of this model")
                 raise ValueError(f"cannot factorize {path!r}: {why}")
-            geo = known[path].geometry
-            per_group[path] = min(-(-int(r) // geo.groups), geo.full_rank)
+            per_group[path] = _per_group_rank(path, r, known[path].geometry)
 
     layers, factors = [], {}
     for s in sites:
@@ -202,6 +201,20 @@ def factorize(fn: Callable, variables, *example_inputs,
         from lowrank import learned
         result = learned.refine(result, variables, data, **(learn or {}))
     return result
+
+
+def _per_group_rank(path: str, rank, geo) -> int:
+    """The rank per group of a requested total ``rank``, refusing what would silently do
+    something else: -3 would slice to ``full - 3``, 0 drops the layer, 2.7 truncates."""
+    full = geo.full_rank * geo.groups
+    allowed = f"an integer in 1..{full} (the full rank of its {geo.m}x{geo.n}" + (
+        f" kernel per group, times {geo.groups} groups)" if geo.groups > 1 else " kernel)")
+    if isinstance(rank, (bool, np.bool_)) or not isinstance(rank, (int, np.integer)):
+        raise TypeError(f"rank of {path!r} is {rank!r} ({type(rank).__name__}); "
+                        f"it must be {allowed}")
+    if not 1 <= int(rank) <= full:
+        raise ValueError(f"rank of {path!r} is {int(rank)}; it must be {allowed}")
+    return -(-int(rank) // geo.groups)
 
 
 def _require(latency_model, budget):

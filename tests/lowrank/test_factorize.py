@@ -156,3 +156,38 @@ def test_latency_budget_is_met_on_the_latency_model(tmp_path):
                             latency_model=model)
     assert out.layers
     assert model.predict(out.fn, out.variables, x) <= 0.7 * before * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("rank,error", [(-3, ValueError), (0, ValueError), (6, ValueError),
+                                        (2.7, TypeError), (3.0, TypeError),
+                                        (True, TypeError)])
+def test_invalid_ranks_are_refused_naming_the_layer_and_range(rank, error):
+    """-3 used to build rank 9 (a slice to full - 3) while reporting -3, 0 dropped the
+    layer and 2.7 was truncated: each is now an error naming the path and 1..full rank."""
+    rng = np.random.default_rng(0)
+    params = {"dense": {"kernel": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)},
+              "head": {"kernel": jnp.asarray(rng.normal(size=(5, 12)), jnp.float32)}}
+    x = jnp.asarray(rng.normal(size=(3, 8)), jnp.float32)
+    f = lambda p, x: jnp.tanh(x @ p["dense"]["kernel"]) @ p["head"]["kernel"]
+    with pytest.raises(error, match=r"'dense/kernel'.*1\.\.5 "):
+        lowrank.factorize(f, params, x, ranks={"dense/kernel": rank, "head/kernel": 2},
+                          method="svd")
+    ok = lowrank.factorize(f, params, x, ranks={"dense/kernel": np.int64(5), "head/kernel": 1},
+                           method="svd")
+    assert ok.ranks() == {"dense/kernel": 5, "head/kernel": 1}
+    assert ok.variables["head"]["kernel"][0].shape == (5, 1)
+
+
+def test_grouped_conv_rank_range_counts_every_group():
+    """A grouped conv's total rank may go up to groups x the per-group full rank."""
+    rng = np.random.default_rng(1)
+    k = jnp.asarray(rng.normal(size=(1, 1, 4, 6)), jnp.float32)        # 2 groups: 4x3 each
+    x = jnp.asarray(rng.normal(size=(2, 5, 5, 8)), jnp.float32)
+    conv = lambda p, x: lax.conv_general_dilated(
+        x, p["k"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=2)
+    with pytest.raises(ValueError, match=r"'k'.*1\.\.6 .*times 2 groups"):
+        lowrank.factorize(conv, {"k": k}, x, ranks={"k": 7}, method="svd")
+    full = lowrank.factorize(conv, {"k": k}, x, ranks={"k": 6}, method="svd")
+    assert full.ranks() == {"k": 6}
+    assert _relative(full.fn(full.variables, x), conv({"k": k}, x)) <= 1e-5
