@@ -12,8 +12,10 @@ which three range estimators choose:
 Weights use min-max per channel (or per tensor), or the same MSE search per channel.
 The result is the ``qparams`` pytree that ``QuantizedModel.apply`` reads.
 """
+import warnings
 from typing import Dict, Iterable
 
+import jax
 import numpy as np
 
 from quant.fakequant import QuantizedModel
@@ -89,24 +91,51 @@ def weight_qparams(w: np.ndarray, site, method: str = "minmax"):
     return qparams_from_range(lo, hi, site.spec)
 
 
+def _non_finite(what: str, tree) -> str:
+    """``what`` (and its leaf) when a float leaf of ``tree`` holds NaN or inf, else ''."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        leaf = np.asarray(leaf)
+        if leaf.dtype.kind in "fc" and not np.all(np.isfinite(leaf)):
+            return what + (jax.tree_util.keystr(path) if path else "")
+    return ""
+
+
 def calibrate(model: QuantizedModel, variables, batches: Iterable, method: str = "mse",
               percentile: float = 99.99, weight_method: str = "minmax",
               sample_size: int = 100_000) -> Dict[str, Dict[str, np.ndarray]]:
     """``qparams`` for every site: activations from ``batches`` (arrays, or tuples whose
-    first element is the model input), weights from ``variables``."""
+    first element is the model input), weights from ``variables``.
+
+    A batch with NaN or inf in its input or in any activation is skipped with a warning
+    naming its index: one NaN image used to leave finite scales that were nonetheless
+    wrong by the whole output range. If every batch is non-finite, ValueError."""
     collect = model.collector()
     observers: Dict[str, RangeObserver] = {}
     weights: Dict[str, np.ndarray] = {}
-    for batch in batches:
+    seen, skipped = 0, []
+    for index, batch in enumerate(batches):
+        seen += 1
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        values = collect(variables, x)
+        values, where = {}, _non_finite("the input", x)
+        if not where:
+            values = jax.tree.map(np.asarray, collect(variables, x))
+            where = _non_finite("activation", {name: value for name, value in values.items()
+                                               if model.sites[name].kind != "weight"})
+        if where:
+            skipped.append(index)
+            warnings.warn(f"calibrate: batch {index} skipped: {where} is not finite "
+                          f"(NaN or inf would corrupt the ranges)", RuntimeWarning,
+                          stacklevel=2)
+            continue
         for name, value in values.items():
-            site = model.sites[name]
-            if site.kind == "weight":
-                weights[name] = np.asarray(value)
+            if model.sites[name].kind == "weight":
+                weights[name] = value
                 continue
             observers.setdefault(name, RangeObserver(sample_size, len(observers)))
-            observers[name].update(np.asarray(value))
+            observers[name].update(value)
+    if seen and len(skipped) == seen:
+        raise ValueError(f"calibrate: every one of the {seen} batches has non-finite values "
+                         f"(NaN or inf); nothing to calibrate on")
     if not observers and not weights:
         raise ValueError("calibrate needs at least one batch")
     scales, zero_points = {}, {}
