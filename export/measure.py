@@ -7,6 +7,7 @@ jaxpr, so before/after tables of every compression method are made the same way.
 import os
 from typing import Dict, Sequence
 
+import jax
 import numpy as np
 
 from core import cost
@@ -16,7 +17,7 @@ from export.runners import get_runner
 
 def export_and_measure(fn, variables, example_input, path: str, device: str = "ort-cpu-1t",
                        batches: Sequence[int] = (1, 32), runs: int = 30) -> Dict:
-    one = np.asarray(example_input[:1])
+    one = jax.tree_util.tree_map(lambda a: np.asarray(a)[:1], example_input)
     report = cost.count(fn, variables, one)
     result = to_onnx(fn, variables, one, path=path)
     runner = get_runner(device)

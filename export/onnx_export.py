@@ -9,44 +9,97 @@ same way. The variables become ONNX initializers. jax2onnx does the per-primitiv
 and pools, folds constants and BatchNorm into convs. Finally ``export.parity`` runs the model
 in onnxruntime against JAX (also at another batch size when the batch is dynamic) and raises
 ``ExportParityError`` on a mismatch.
+
+Inputs and outputs may be any pytrees (a tuple ``(image, token_ids)`` in, a dict out): the
+ONNX inputs are the leaves of the inputs and the outputs the leaves of the output, in
+``jax.tree_util`` order. Before jax2onnx runs, ``export.preflight`` refuses primitives that
+cannot be exported and reshapes that hard-code the batch (naming their source lines), and
+``export.lowering`` computes bfloat16 / float16 models in float32 (onnxruntime's CPU
+provider has no half-precision Gemm or Conv) and rewrites pads jax2onnx cannot lower under
+a symbolic batch.
 """
 import dataclasses
 import logging
 import os
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, NamedTuple, Optional, Sequence
 
 import jax
-import numpy as np
 import onnx
-from jax.extend.core import jaxpr_as_fun
 
 from core.trace import input_specs
-from export import graph_passes
-from export.parity import ParityReport, check_parity
+from export import graph_passes, lowering, preflight
+from export.parity import ParityReport, check_parity, example_batch
 
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class ExportResult:
     path: Optional[str]
     model: onnx.ModelProto
-    input_names: List[str]
-    output_names: List[str]
+    input_names: List[str]                 # one per leaf of the example inputs
+    output_names: List[str]                # one per leaf of fn's output
     output_tree: Any                       # treedef of fn's output pytree
     parity: Optional[ParityReport]
     op_counts: dict
+    input_tree: Any = None                 # treedef of the inputs tuple
+    notes: List[str] = dataclasses.field(default_factory=list)   # what the export changed
 
     @property
     def transpose_count(self) -> int:
         return self.op_counts.get("Transpose", 0)
 
 
-def trace(fn, variables, *example_inputs, dynamic_batch: bool = True):
-    """The closed jaxpr of ``inputs -> fn(variables, *inputs)`` (variables become consts)
-    and the treedef of the output."""
-    specs = input_specs(example_inputs, dynamic_batch)
-    closed, out_shape = jax.make_jaxpr(lambda *xs: fn(variables, *xs), return_shape=True)(*specs)
-    return closed, jax.tree_util.tree_structure(out_shape), specs
+class Traced(NamedTuple):
+    closed: Any                            # ClosedJaxpr of the input leaves -> output leaves
+    out_tree: Any
+    specs: List[jax.ShapeDtypeStruct]      # one per input leaf
+    in_tree: Any
+
+
+def _trace_flat(fn, variables, example_inputs, dynamic_batch: bool) -> Traced:
+    leaves, in_tree = jax.tree_util.tree_flatten(tuple(example_inputs))
+    specs = input_specs(leaves, dynamic_batch)
+    flat = lambda *xs: fn(variables, *jax.tree_util.tree_unflatten(in_tree, xs))
+    closed, out_shape = jax.make_jaxpr(flat, return_shape=True)(*specs)
+    return Traced(closed, jax.tree_util.tree_structure(out_shape), specs, in_tree)
+
+
+def trace(fn, variables, *example_inputs, dynamic_batch: bool = True) -> Traced:
+    """The closed jaxpr of ``input leaves -> output leaves`` of ``fn(variables, *inputs)``
+    (variables become consts), with the output and input treedefs and the input specs.
+
+    With ``dynamic_batch``, a reshape that hard-codes the batch size raises
+    ``HardCodedBatchError`` naming its line, and any other failure to trace with a symbolic
+    batch (where a static batch traces) says to export with ``dynamic_batch=False``."""
+    if not dynamic_batch:
+        return _trace_flat(fn, variables, example_inputs, False)
+    try:
+        with preflight.watch_reshapes():
+            traced = _trace_flat(fn, variables, example_inputs, True)
+    except preflight.HardCodedBatchError:
+        raise
+    except Exception as error:
+        _trace_flat(fn, variables, example_inputs, False)   # a plain bug fails here too
+        raise preflight.SymbolicBatchError(
+            f"the model does not trace with a symbolic batch dimension 'B' (it may depend on "
+            f"its batch size); export it with dynamic_batch=False. The error: "
+            f"{type(error).__name__}: {error}") from error
+    preflight.check_reshapes(traced.closed)
+    return traced
+
+
+def _half_to_float32(fn, variables, example_inputs, traced, dynamic_batch):
+    """``fn`` computed in float32 when it uses bfloat16 / float16 anywhere, else as is."""
+    if not lowering.uses_half_floats(traced.closed):
+        return fn, variables, example_inputs, traced, []
+    note = ("the model computes in bfloat16/float16, which onnxruntime's CPU provider cannot "
+            "run; exported in float32 (variables, inputs and computation cast to float32), "
+            "parity checked against the float32 JAX function")
+    logger.warning("export.to_onnx: %s", note)
+    fn, variables, example_inputs = lowering.as_float32(fn, variables, example_inputs)
+    traced = trace(fn, variables, *example_inputs, dynamic_batch=dynamic_batch)
+    return fn, variables, example_inputs, traced, [note]
 
 
 def to_onnx(fn, variables, *example_inputs, path: Optional[str] = None,
@@ -55,24 +108,32 @@ def to_onnx(fn, variables, *example_inputs, path: Optional[str] = None,
             model_name: str = "model") -> ExportResult:
     """Exports ``fn(variables, *example_inputs)`` to ONNX (written to ``path`` if given).
 
-    The outputs are the leaves of fn's output pytree, in ``jax.tree_util`` order. With
-    ``dynamic_batch`` axis 0 of every input (and output) is the symbolic dimension "B".
-    With ``parity`` the exported model is run in onnxruntime and compared with JAX; a
-    relative error above ``rtol`` raises ``export.ExportParityError``.
+    Each example input may be any pytree; the ONNX inputs are their leaves and the outputs
+    the leaves of fn's output pytree, in ``jax.tree_util`` order. With ``dynamic_batch``
+    axis 0 of every input leaf (and output) is the symbolic dimension "B". With ``parity``
+    the exported model is run in onnxruntime and compared with JAX leaf by leaf; a relative
+    error above ``rtol`` raises ``export.ExportParityError``. A bfloat16 / float16 model is
+    exported (and checked) in float32, with a logged warning and a note in the result.
+    Unsupported primitives and batch-fixing reshapes raise before jax2onnx runs.
     """
     import jax2onnx  # imported lazily: it takes seconds and patches libraries on import
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # chatty about shape-only values
 
-    closed, out_tree, specs = trace(fn, variables, *example_inputs, dynamic_batch=dynamic_batch)
-    as_fun = jaxpr_as_fun(closed)
+    traced = trace(fn, variables, *example_inputs, dynamic_batch=dynamic_batch)
+    fn, variables, example_inputs, traced, notes = _half_to_float32(
+        fn, variables, example_inputs, traced, dynamic_batch)
+    preflight.check_primitives(traced.closed)
+    as_fun = lowering.for_jax2onnx(traced.closed)
 
     def flat_fn(*xs):
         outs = as_fun(*xs)
         return tuple(outs) if len(outs) != 1 else outs[0]
 
+    specs = traced.specs
     names = list(input_names) if input_names else [f"input_{i}" for i in range(len(specs))]
-    n_out = out_tree.num_leaves
-    output_names = [f"output_{i}" for i in range(n_out)]
+    if len(names) != len(specs):
+        raise ValueError(f"{len(names)} input_names for {len(specs)} input leaves")
+    output_names = [f"output_{i}" for i in range(traced.out_tree.num_leaves)]
     model = jax2onnx.to_onnx(flat_fn, specs, model_name=model_name, input_names=names,
                              output_names=output_names)
     if optimize:
@@ -82,9 +143,8 @@ def to_onnx(fn, variables, *example_inputs, path: Optional[str] = None,
         onnx.save(model, path)
     report = None
     if parity:
-        batch = np.shape(example_inputs[0])[0] if example_inputs and np.ndim(
-            example_inputs[0]) else None
+        batch = example_batch(example_inputs)
         extra = [batch + 1] if dynamic_batch and batch else []
         report = check_parity(model, fn, variables, example_inputs, rtol=rtol, batches=extra)
-    return ExportResult(path, model, names, output_names, out_tree, report,
-                        graph_passes.count_ops(model))
+    return ExportResult(path, model, names, output_names, traced.out_tree, report,
+                        graph_passes.count_ops(model), traced.in_tree, notes)

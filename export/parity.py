@@ -4,9 +4,13 @@ An export that silently changes the numbers is worse than none: every model the 
 is checked right after export, and a mismatch raises ``ExportParityError``. The tolerance is
 relative to the scale of each output (max |reference|), so logits of any magnitude and tiny
 regression outputs are judged alike; integer outputs must match exactly.
+
+Inputs and outputs may be any pytrees: the ONNX model's inputs are the leaves of the inputs
+(``jax.tree_util`` order) and its outputs the leaves of the output, so both are compared
+leaf by leaf, and each output is reported with its path in the output pytree.
 """
 import dataclasses
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import jax
 import numpy as np
@@ -25,6 +29,7 @@ class OutputParity:
     max_abs_error: float
     scale: float
     relative_error: float
+    path: str = ""            # where this leaf sits in fn's output pytree, e.g. "['logits']"
 
 
 @dataclasses.dataclass
@@ -55,51 +60,71 @@ def session(model: Union[str, bytes, onnx.ModelProto], threads: int = 1,
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def batch_variant(inputs: Sequence[np.ndarray], batch: int) -> List[np.ndarray]:
-    """The example inputs resized along axis 0 to ``batch`` rows (cycling the examples)."""
+def batch_variant(inputs: Sequence, batch: int) -> List[np.ndarray]:
+    """The leaves of the example inputs (any pytrees) resized along axis 0 to ``batch`` rows
+    (cycling the examples); scalars stay as they are."""
     out = []
-    for x in inputs:
+    for x in jax.tree_util.tree_leaves(list(inputs)):
         x = np.asarray(x)
-        index = np.arange(batch) % x.shape[0]
-        out.append(x[index])
+        out.append(x[np.arange(batch) % x.shape[0]] if x.ndim else x)
     return out
+
+
+def example_batch(inputs: Sequence) -> Optional[int]:
+    """The batch size of the example inputs: axis 0 of their first leaf (None if scalar)."""
+    leaves = jax.tree_util.tree_leaves(list(inputs))
+    return int(np.shape(leaves[0])[0]) if leaves and np.ndim(leaves[0]) else None
+
+
+def _leaf_error(got: np.ndarray, want: np.ndarray):
+    """(max abs error, scale, relative error) of one output leaf."""
+    if want.dtype.kind in "iub":
+        err = float(np.max(got != want)) if want.size else 0.0
+        return err, 1.0, err
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    err = float(np.max(diff)) if want.size else 0.0
+    if not np.all(np.isfinite(got)) and np.array_equal(np.isfinite(got), np.isfinite(want)):
+        err = float(np.max(diff[np.isfinite(want)], initial=0.0))
+    scale = float(np.max(np.abs(want[np.isfinite(want)]), initial=0.0)) if want.size else 0
+    return err, scale, err / max(scale, 1e-6) if np.isfinite(err) else float("inf")
 
 
 def compare(model, fn, variables, inputs: Sequence, rtol: float = 1e-4,
             batches: Sequence[int] = ()) -> ParityReport:
     """Runs ``model`` in onnxruntime and ``fn(variables, *inputs)`` in JAX on the example inputs
-    (and on copies resized to each extra batch size) and measures the error per output."""
+    (and on copies resized to each extra batch size) and measures the error per output leaf.
+    ``inputs`` are fn's positional inputs, each any pytree."""
     sess = session(model)
     names = [i.name for i in sess.get_inputs()]
     jitted = jax.jit(fn)
-    input_sets = [[np.asarray(x) for x in inputs]]
+    leaves, in_tree = jax.tree_util.tree_flatten(list(inputs))
+    if len(leaves) != len(names):
+        raise ExportParityError(f"ONNX model has {len(names)} inputs, the example inputs "
+                                f"have {len(leaves)} leaves")
+    input_sets = [[np.asarray(x) for x in leaves]]
     input_sets += [batch_variant(inputs, b) for b in batches]
     worst = {}
     for xs in input_sets:
         got = sess.run(None, dict(zip(names, xs)))
-        want = [np.asarray(w) for w in jax.tree_util.tree_leaves(jitted(variables, *xs))]
-        if len(got) != len(want):
-            raise ExportParityError(f"ONNX model has {len(got)} outputs, JAX has {len(want)}")
-        for out, g, w in zip(sess.get_outputs(), got, want):
+        flat_want = jax.tree_util.tree_flatten_with_path(
+            jitted(variables, *jax.tree_util.tree_unflatten(in_tree, xs)))[0]
+        if len(got) != len(flat_want):
+            raise ExportParityError(
+                f"ONNX model has {len(got)} outputs, JAX has {len(flat_want)} output leaves")
+        for out, g, (path, w) in zip(sess.get_outputs(), got, flat_want):
+            w = np.asarray(w)
+            where = jax.tree_util.keystr(path)
             if g.shape != w.shape:
-                raise ExportParityError(
-                    f"output {out.name}: ONNX shape {g.shape} != JAX shape {w.shape}")
-            if w.dtype.kind in "iub":
-                err = float(np.max(g != w)) if w.size else 0.0
-                scale, rel = 1.0, err
-            else:
-                diff = np.abs(g.astype(np.float64) - w.astype(np.float64))
-                err = float(np.max(diff)) if w.size else 0.0
-                if not np.all(np.isfinite(g)) and np.array_equal(np.isfinite(g),
-                                                                  np.isfinite(w)):
-                    err = float(np.max(diff[np.isfinite(w)], initial=0.0))
-                scale = float(np.max(np.abs(w[np.isfinite(w)]), initial=0.0)) if w.size else 0
-                rel = err / max(scale, 1e-6) if np.isfinite(err) else float("inf")
+                raise ExportParityError(f"output {out.name} {where}: ONNX shape {g.shape} "
+                                        f"!= JAX shape {w.shape}")
+            err, scale, rel = _leaf_error(g, w)
             previous = worst.get(out.name)
             if previous is None or rel > previous.relative_error:
-                worst[out.name] = OutputParity(out.name, tuple(w.shape), err, scale, rel)
-    return ParityReport(list(worst.values()), rtol, [len(np.asarray(inputs[0]))] + list(batches)
-                        if len(inputs) and np.ndim(inputs[0]) else [])
+                worst[out.name] = OutputParity(out.name, tuple(w.shape), err, scale, rel,
+                                               where)
+    batch = example_batch(inputs)
+    return ParityReport(list(worst.values()), rtol,
+                        [batch] + list(batches) if batch is not None else [])
 
 
 def check_parity(model, fn, variables, inputs: Sequence, rtol: float = 1e-4,
@@ -107,7 +132,7 @@ def check_parity(model, fn, variables, inputs: Sequence, rtol: float = 1e-4,
     """``compare``, raising ``ExportParityError`` when an output is off by more than rtol."""
     report = compare(model, fn, variables, inputs, rtol, batches)
     if not report.ok:
-        lines = [f"  {o.name} {o.shape}: max |onnx - jax| = {o.max_abs_error:.3g}, "
+        lines = [f"  {o.name} {o.path} {o.shape}: max |onnx - jax| = {o.max_abs_error:.3g}, "
                  f"output scale {o.scale:.3g}, relative {o.relative_error:.3g}"
                  for o in report.outputs]
         raise ExportParityError(
