@@ -39,7 +39,10 @@ def test_a_few_steps_lower_the_loss(tmp_path):
     train_losses = [r["train_loss"] for r in records if "train_loss" in r]
     assert [r["step"] for r in records if "train_loss" in r] == [10, 20, 30]
     assert train_losses[-1] < train_losses[0] - 0.05
-    assert 0.0 <= result["test"]["accuracy"] <= 1.0
+    # 30 steps on 512 real Fashion-MNIST images: measured 32-36% test accuracy (seeds 0-2)
+    # and test loss 1.88 against chance's 10% and ln 10 = 2.30.
+    assert result["test"]["accuracy"] > 0.2, result["test"]
+    assert result["test"]["loss"] < 2.1, result["test"]
     assert (tmp_path / "checkpoints" / "30").exists()
 
 
