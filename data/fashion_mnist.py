@@ -5,6 +5,7 @@ Real data with no download at run time: the package puts the four files under
 """
 import gzip
 import os
+import zlib
 
 import numpy as np
 
@@ -23,19 +24,39 @@ class DatasetNotFoundError(FileNotFoundError):
     """Raised with instructions when the data set files are not on this machine."""
 
 
+class DatasetCorruptError(ValueError):
+    """Raised with the file's path and how to reinstall when a data file is damaged."""
+
+
 def data_dir() -> str:
     return os.environ.get("FASHION_MNIST_DIR", DEFAULT_DIR)
 
 
+REINSTALL = ("Reinstall it with:  sudo apt-get install --reinstall dataset-fashion-mnist  "
+             "(Debian/Ubuntu), or set FASHION_MNIST_DIR to a folder holding intact copies of "
+             "the four idx .gz files.")
+
+
 def _read_idx(path: str) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    magic = int.from_bytes(raw[:4], "big")
+    """One idx file; a truncated or damaged file raises DatasetCorruptError naming it."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, OSError, zlib.error) as error:   # gzip.BadGzipFile is an OSError
+        raise DatasetCorruptError(f"{path} is damaged ({type(error).__name__}: {error}). "
+                                  + REINSTALL) from error
+    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else 0
     dtype_code, ndim = magic >> 8, magic & 0xFF
-    if dtype_code != 0x08:
-        raise ValueError(f"{path}: idx type 0x{dtype_code:02x} is not unsigned bytes")
+    if dtype_code != 0x08 or not 1 <= ndim <= 4:
+        raise DatasetCorruptError(f"{path}: not an idx file of unsigned bytes (magic number "
+                                  f"0x{magic:08x}). " + REINSTALL)
+    header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    if len(raw) != header + int(np.prod(shape)):
+        raise DatasetCorruptError(f"{path}: holds {len(raw) - header} bytes of data where its "
+                                  f"header promises {int(np.prod(shape))} (shape {shape}). "
+                                  + REINSTALL)
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
 def load_split(split: str):

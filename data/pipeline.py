@@ -29,20 +29,45 @@ class ImageDataset:
         return self.train[0].shape[1:]
 
 
+# Training examples of each offline data set (before the validation split is carved out),
+# so that settings can be checked before the data is read; tfds data sets: 'tfds:NAME'.
+TRAIN_EXAMPLES = {"fashion_mnist": 60000}
+
+
+def train_examples(name: str) -> Optional[int]:
+    """The training-set size of data set ``name`` (None for a tfds data set, whose size is
+    known only once read); ValueError listing the known names for an unknown one."""
+    if name in TRAIN_EXAMPLES:
+        return TRAIN_EXAMPLES[name]
+    if isinstance(name, str) and name.startswith("tfds:") and len(name) > len("tfds:"):
+        return None
+    raise ValueError(f"unknown dataset {name!r}: known are "
+                     f"{', '.join(repr(n) for n in sorted(TRAIN_EXAMPLES))}, or 'tfds:NAME' "
+                     "for a tensorflow-datasets data set")
+
+
+def _check_split_sizes(name: str, total: int, validation_size: int, limit) -> None:
+    if validation_size < 0 or validation_size >= total:
+        raise ValueError(f"validation_size={validation_size}: {name} has {total} training "
+                         "examples; the validation split must leave at least one to train on")
+    if limit is not None and limit < 0:
+        raise ValueError(f"data_limit={limit}: must be >= 0 (0 or None: every example)")
+
+
 def load_dataset(name: str = "fashion_mnist", validation_size: int = 5000, seed: int = 0,
                  data_dir: Optional[str] = None, limit: Optional[int] = None) -> ImageDataset:
     """Loads 'fashion_mnist' (offline, Debian package) or 'tfds:NAME' (tensorflow-datasets).
 
     ``limit`` keeps only the first examples of every split (for tests and smoke runs).
     """
+    train_examples(name)  # an unknown name fails here, listing the known ones
     if name == "fashion_mnist":
         train, test = fashion_mnist.load_split("train"), fashion_mnist.load_split("test")
-    elif name.startswith("tfds:"):
+    else:
         tfds_name = name[len("tfds:"):]
         train = tfds_source.load_split(tfds_name, "train", data_dir)
         test = tfds_source.load_split(tfds_name, "test", data_dir)
-    else:
-        raise ValueError(f"unknown dataset {name!r}: use 'fashion_mnist' or 'tfds:NAME'")
+    _check_split_sizes(name, len(train[0]), validation_size, limit)
     order = np.random.default_rng(seed).permutation(len(train[0]))
     val_idx, train_idx = order[:validation_size], np.sort(order[validation_size:])
     splits = [(train[0][train_idx], train[1][train_idx]),
@@ -81,6 +106,9 @@ def train_batch(dataset: ImageDataset, step: int, batch_size: int, seed: int,
                 augmentation: bool = True, shard: Tuple[int, int] = (0, 1)):
     """The (normalized images, labels) of global batch ``step``, or this host's shard of it."""
     x, y = dataset.train
+    if not 0 < batch_size <= len(x):
+        raise ValueError(f"batch_size={batch_size}: must be between 1 and the {len(x)} "
+                         f"training examples of {dataset.name}")
     steps_per_epoch = len(x) // batch_size
     epoch, within = divmod(step, steps_per_epoch)
     idx = _epoch_order(len(x), seed, epoch)[within * batch_size:(within + 1) * batch_size]

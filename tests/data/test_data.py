@@ -90,3 +90,53 @@ def test_missing_data_says_how_to_install(tmp_path, monkeypatch):
 def test_unknown_dataset_name():
     with pytest.raises(ValueError, match="unknown dataset"):
         pipeline.load_dataset("imagenet21k")
+
+
+def test_unknown_dataset_lists_the_known_ones():
+    with pytest.raises(ValueError) as error:
+        pipeline.load_dataset("mnist")
+    assert "'fashion_mnist'" in str(error.value) and "tfds:NAME" in str(error.value)
+
+
+def _copy_with(tmp_path, damage):
+    """The four Fashion-MNIST files in tmp_path, the test images damaged by ``damage``."""
+    import shutil
+    for train_or_test in fashion_mnist.FILES.values():
+        for name in train_or_test:
+            shutil.copy(f"{fashion_mnist.data_dir()}/{name}", tmp_path / name)
+    target = tmp_path / fashion_mnist.FILES["test"][0]
+    damage(target)
+    return target
+
+
+@pytest.mark.parametrize("damage", [
+    lambda p: p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2]),   # cut short
+    lambda p: p.write_bytes(b"not a gzip file at all"),
+    # a valid gzip stream whose idx payload is short: the header promises 10000 images
+    lambda p: p.write_bytes(__import__("gzip").compress(
+        __import__("gzip").decompress(p.read_bytes())[:5000])),
+], ids=["truncated", "not-gzip", "short-payload"])
+def test_damaged_file_is_named_with_how_to_reinstall(tmp_path, monkeypatch, damage):
+    target = _copy_with(tmp_path, damage)
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
+    with pytest.raises(fashion_mnist.DatasetCorruptError) as error:
+        fashion_mnist.load_split("test")
+    message = str(error.value)
+    assert str(target) in message
+    assert "apt-get install --reinstall dataset-fashion-mnist" in message
+    assert "FASHION_MNIST_DIR" in message
+    # The intact training files still read.
+    images, labels = fashion_mnist.load_split("train")
+    assert images.shape == (60000, 28, 28, 1) and labels.shape == (60000,)
+
+
+def test_split_sizes_are_checked(dataset):
+    with pytest.raises(ValueError, match="validation_size=60000"):
+        pipeline.load_dataset("fashion_mnist", validation_size=60000)
+    with pytest.raises(ValueError, match="data_limit=-1"):
+        pipeline.load_dataset("fashion_mnist", limit=-1)
+    small = pipeline.ImageDataset((dataset.train[0][:20], dataset.train[1][:20]),
+                                  dataset.validation, dataset.test, 0.0, 1.0, 10, "small")
+    for batch_size in (0, 21):
+        with pytest.raises(ValueError, match=f"batch_size={batch_size}: .*20 training"):
+            pipeline.train_batch(small, 0, batch_size, seed=0)
