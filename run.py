@@ -2,7 +2,13 @@
 
 --list prints every experiment with its description. With no --exp the default
 experiment runs. Results go to --workdir (default runs/NAME): checkpoints, metrics.jsonl
-(one JSON line per logged step) and outputs.
+(one JSON line per logged step) and outputs; trained teachers are shared through the cache
+in $TEACHER_CACHE or runs/teachers/. A run publishes into benchmarks/results only when its
+config sets `publish` and it runs in its default workdir.
+
+A workdir belongs to one run at a time (a second one fails at once) and remembers its
+settings (config.json): rerunning resumes where it stopped, but a rerun with settings that
+change the result is refused with the list of changed keys; --fresh starts over.
 """
 import argparse
 import importlib
@@ -19,6 +25,10 @@ def parse_args(argv):
                         help="experiment name (see --list) or path to a config file")
     parser.add_argument("--workdir", default=None, help="default: runs/<experiment name>")
     parser.add_argument("--list", action="store_true", help="list experiments and exit")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over in a workdir that holds an earlier run: its content "
+                             "is moved (not deleted) to <workdir>.old-<time>; needed when "
+                             "the settings changed")
     known, rest = parser.parse_known_args(argv)
     overrides = []
     for arg in rest:
@@ -38,16 +48,19 @@ def main(argv=None):
             marker = " (default)" if name == DEFAULT_EXPERIMENT else ""
             print(f"{name:28s} {config_lib.describe(path)}{marker}")
         return 0
+    from core import workdir as workdir_lib
+    from data import fashion_mnist
     try:
         config = config_lib.load(args.exp, overrides)
-    except config_lib.ConfigError as error:
+        workdir = os.path.abspath(args.workdir or config_lib.default_workdir(config))
+        with workdir_lib.prepared(config, workdir, fresh=args.fresh):
+            print(f"experiment {config.experiment_name} -> {workdir}")
+            program = importlib.import_module(config.program)
+            program.main(config, workdir)
+    except (config_lib.ConfigError, workdir_lib.WorkdirBusyError,
+            fashion_mnist.DatasetNotFoundError, fashion_mnist.DatasetCorruptError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    workdir = os.path.abspath(args.workdir or os.path.join("runs", config.experiment_name))
-    os.makedirs(workdir, exist_ok=True)
-    print(f"experiment {config.experiment_name} -> {workdir}")
-    program = importlib.import_module(config.program)
-    program.main(config, workdir)
     return 0
 
 

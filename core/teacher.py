@@ -5,12 +5,14 @@ for the same settings exists, so every later experiment (pruning, low-rank, quan
 NAS) reuses one checkpoint. The cache lives in $TEACHER_CACHE or runs/teachers/.
 """
 import json
+import math
 import os
 import time
 
 import jax
 
 from core import checkpoint, config as config_lib, train as train_lib
+from core import workdir as workdir_lib
 from data import pipeline
 from models import zoo
 
@@ -20,6 +22,9 @@ def cache_root() -> str:
 
 
 def build_module(model_name: str, tiny: bool = False):
+    if model_name not in zoo.ZOO:
+        raise config_lib.ConfigError(f"unknown model {model_name!r}; the zoo has "
+                                     f"{', '.join(sorted(zoo.ZOO))}")
     entry = zoo.ZOO[model_name]
     return entry.build_tiny() if tiny else entry.build()
 
@@ -40,35 +45,61 @@ def load_data(config):
 
 
 def get_teacher(config, workdir: str = None, show_progress: bool = True):
-    """Returns (module, variables, summary dict); trains and caches on a miss."""
+    """Returns (module, variables, summary dict); trains and caches on a miss.
+
+    The cache entry is locked while it is checked and filled, so two experiments that need
+    the same missing teacher train it once: the second waits, then reads the cache. A
+    teacher is cached only after at least one training step and a finite test evaluation.
+    """
+    config_lib.validate(config)
     module = build_module(config.model, config.get("tiny", False))
     directory = os.path.join(cache_root(), teacher_key(config))
     summary_path = os.path.join(directory, "summary.json")
     dataset = load_data(config)
     x0 = dataset.train[0][:1].astype("float32")
     template = module.init(jax.random.key(config.train.seed), x0)
-    if os.path.exists(summary_path):
-        variables = checkpoint.load_pytree(os.path.join(directory, "variables"), template)
-        with open(summary_path) as f:
-            summary = json.load(f)
-        summary["cached"] = True
-        return module, variables, summary
-    workdir = workdir or os.path.join(directory, "work")
-    os.makedirs(workdir, exist_ok=True)
-    start = time.time()
-    result = train_lib.train(train_lib.linen_model(module, template), dataset, config.train,
-                             workdir, show_progress=show_progress)
-    summary = {"model": config.model, "test_accuracy": result["test"]["accuracy"],
-               "validation_accuracy": result["validation"]["accuracy"],
-               "steps": result["steps"], "train_seconds_this_run": time.time() - start,
-               "devices": jax.device_count(), "key": teacher_key(config)}
-    checkpoint.save_pytree(os.path.join(directory, "variables"), result["variables"])
-    tmp = summary_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(tmp, summary_path)  # the summary marks the cache entry complete
+    with workdir_lib.locked(directory, wait=True, what="training of this teacher"):
+        if os.path.exists(summary_path):
+            variables = checkpoint.load_pytree(os.path.join(directory, "variables"), template)
+            with open(summary_path) as f:
+                summary = json.load(f)
+            summary["cached"] = True
+            return module, variables, summary
+        workdir = workdir or os.path.join(directory, "work")
+        os.makedirs(workdir, exist_ok=True)
+        start = time.time()
+        result = train_lib.train(train_lib.linen_model(module, template), dataset,
+                                 config.train, workdir, show_progress=show_progress)
+        summary = {"model": config.model, "test_accuracy": result["test"]["accuracy"],
+                   "validation_accuracy": result["validation"]["accuracy"],
+                   "steps": result["steps"], "train_seconds_this_run": time.time() - start,
+                   "devices": jax.device_count(), "key": teacher_key(config)}
+        check_trained(result, workdir)
+        checkpoint.save_pytree(os.path.join(directory, "variables"), result["variables"])
+        tmp = summary_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(tmp, summary_path)  # the summary marks the cache entry complete
     summary["cached"] = False
     return module, result["variables"], summary
+
+
+class UntrainedTeacherError(RuntimeError):
+    """Training ended without a usable model; nothing was cached."""
+
+
+def check_trained(result: dict, workdir: str) -> None:
+    """Refuses to cache a teacher that never trained or whose evaluation is not finite."""
+    if result["steps"] < 1:
+        raise UntrainedTeacherError(f"the teacher ran {result['steps']} training steps; not "
+                                    "caching an untrained model")
+    bad = {f"{split}_{k}": v for split in ("validation", "test")
+           for k, v in result[split].items() if not math.isfinite(v)}
+    if bad:
+        raise UntrainedTeacherError(
+            f"the trained teacher's evaluation is not finite ({bad}): training diverged "
+            f"(see {os.path.join(workdir, 'metrics.jsonl')}); not caching it. Try a lower "
+            "train.learning_rate.")
 
 
 def main(config, workdir):

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from core import fast_depthwise, losses, sharding
+from core import config as config_lib, fast_depthwise, losses, sharding
+from core import workdir as workdir_lib
 from core.checkpoint import Checkpointer
 from core.progress import MetricsLog, progress_bar
 from data import pipeline
@@ -134,9 +135,16 @@ def train(model: TrainableModel, dataset, cfg, workdir: str, loss_fn=None,
     """Trains ``model`` per ``cfg`` (an ml_collections train section); resumes from workdir.
 
     Returns {'variables', 'validation', 'test', 'steps'}; metrics.jsonl and checkpoints/
-    are written to ``workdir``.
+    are written to ``workdir``, which this process holds locked meanwhile (a second
+    training in the same workdir fails at once instead of interleaving its files).
     """
-    mesh = mesh or sharding.data_mesh()
+    config_lib.validate(cfg, train_size=len(dataset.train[0]))
+    with workdir_lib.locked(workdir, what="training"):
+        return _train(model, dataset, cfg, workdir, loss_fn, mesh or sharding.data_mesh(),
+                      show_progress)
+
+
+def _train(model, dataset, cfg, workdir, loss_fn, mesh, show_progress) -> dict:
     sharding.check_batch_size(cfg.batch_size, mesh)
     steps_per_epoch = len(dataset.train[0]) // cfg.batch_size
     total_steps = int(cfg.get("steps", 0) or round(cfg.epochs * steps_per_epoch))
@@ -162,28 +170,30 @@ def train(model: TrainableModel, dataset, cfg, workdir: str, loss_fn=None,
     eval_every = cfg.get("eval_every_epochs", 0) * steps_per_epoch
     bar = progress_bar(total_steps, start, enabled=show_progress)
     running = []
-    for step in range(start, total_steps):
-        x, y = pipeline.train_batch(dataset, step, cfg.batch_size, cfg.seed,
-                                    cfg.get("augment", True), sharding.host_shard())
-        x, y = sharding.global_batch(mesh, x, y)
-        state, metrics = step_fn(state, x, y)
-        running.append(metrics)
-        done = step + 1
-        if done % log_every == 0 or done == total_steps:
-            mean = {k: float(np.mean([m[k] for m in running])) for k in running[0]}
-            running = []
-            bar.set_postfix(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}")
-            log.write(done, epoch=done / steps_per_epoch, **{"train_" + k: v
-                                                             for k, v in mean.items()})
-        if eval_every and done % eval_every == 0 and done != total_steps:
-            val = evaluate(model.apply_eval, state.eval_variables(), dataset, "validation",
-                           mesh=mesh)
-            log.write(done, **{"val_" + k: v for k, v in val.items()})
-            bar.write(f"step {done}: validation accuracy {val['accuracy']:.4f}")
-        checkpointer.maybe_save(done, state, force=done == total_steps)
-        bar.update(1)
-    bar.close()
-    checkpointer.close()
+    try:
+        for step in range(start, total_steps):
+            x, y = pipeline.train_batch(dataset, step, cfg.batch_size, cfg.seed,
+                                        cfg.get("augment", True), sharding.host_shard())
+            x, y = sharding.global_batch(mesh, x, y)
+            state, metrics = step_fn(state, x, y)
+            running.append(metrics)
+            done = step + 1
+            if done % log_every == 0 or done == total_steps:
+                mean = {k: float(np.mean([m[k] for m in running])) for k in running[0]}
+                running = []
+                bar.set_postfix(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}")
+                log.write(done, epoch=done / steps_per_epoch, **{"train_" + k: v
+                                                                 for k, v in mean.items()})
+            if eval_every and done % eval_every == 0 and done != total_steps:
+                val = evaluate(model.apply_eval, state.eval_variables(), dataset, "validation",
+                               mesh=mesh)
+                log.write(done, **{"val_" + k: v for k, v in val.items()})
+                bar.write(f"step {done}: validation accuracy {val['accuracy']:.4f}")
+            checkpointer.maybe_save(done, state, force=done == total_steps)
+            bar.update(1)
+    finally:
+        bar.close()
+        checkpointer.close()
     variables = jax.device_get(state.eval_variables())
     result = {"variables": variables, "steps": total_steps}
     for split in ("validation", "test"):

@@ -61,3 +61,22 @@ def test_cli_lists_and_fails_fast_on_unknown_key(capsys):
     assert "train_teacher" in capsys.readouterr().out
     assert run.main(["--exp=train_teacher", "--exp.train.epoch=1"]) == 2
     assert "train.epochs" in capsys.readouterr().err
+
+
+def test_result_neutral_keys_are_ignored_at_every_depth():
+    base = config_lib.load("train_teacher")
+    for key, value in (("train.log_every", "7"), ("train.checkpoint_every", "9"),
+                       ("train.eval_every_epochs", "0")):
+        assert config_lib.config_hash(config_lib.load("train_teacher", [(key, value)])) \
+            == config_lib.config_hash(base), key
+
+
+def test_teacher_cache_keys_are_unchanged():
+    """Cached teachers and the published results name these keys: a change to hashing
+    must not orphan them."""
+    from core import teacher
+    keys = {name: teacher.teacher_key(config_lib.load(name)) for name in
+            ("train_teacher", "train_teacher_tiny", "train_teacher_vit")}
+    assert keys == {"train_teacher": "resnet20-9205545500eb",
+                    "train_teacher_tiny": "resnet20-5e744f9d018b",
+                    "train_teacher_vit": "vit-d6408c3352fb"}
