@@ -11,10 +11,15 @@ For each model (a cached teacher from ``core.teacher``):
 3. onnxruntime latency of the original and of every factorized model (exported with
    parity checks), median of repeated runs on ``latency_device``, measured side by side.
 
-Writes ``benchmarks/results/<results_name>_<model>.json`` and ``.md``.
+Writes ``result.json`` and ``result.md`` in the workdir. Publishes them as
+``benchmarks/results/<results_name>_<model>.json`` / ``.md`` (and the combined
+``<results_name>.json`` / ``.md``) only when run as the benchmark script, or through run.py
+with the config's ``publish`` set and the default workdir runs/<experiment>; so
+``python run.py --exp=lowrank_tiny --workdir=/tmp/x`` writes nothing into the repository.
 
 Run:  python run.py --exp=lowrank_resnet20   (or lowrank_vit, lowrank_mixer, lowrank_tiny)
-      python benchmarks/lowrank.py [lowrank_resnet20 lowrank_vit ...]   (runs them in turn)
+      python benchmarks/lowrank.py [--fresh] [lowrank_resnet20 lowrank_vit ...]
+      (runs them in turn in runs/<name> and publishes)
 """
 import functools
 import json
@@ -39,8 +44,6 @@ from lowrank import calibration  # noqa: E402
 from benchmarks import machine  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-
-
 
 
 def _calibration_batches(dataset, config):
@@ -212,17 +215,26 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(config, workdir: str) -> dict:
+def main(config, workdir: str, publish: bool = None) -> dict:
+    """Runs the study into ``workdir``; publishes into benchmarks/results when ``publish``
+    (default: ``config_lib.publishes``: the config's ``publish`` in the default workdir)."""
+    from core import config as config_lib
     report = run_model(config, workdir)
-    os.makedirs(RESULTS, exist_ok=True)
-    stem = os.path.join(RESULTS, f"{config.results_name}_{config.teacher.model}")
+    write_report(report, os.path.join(workdir, "result"))
+    if publish if publish is not None else config_lib.publishes(config, workdir):
+        os.makedirs(RESULTS, exist_ok=True)
+        stem = os.path.join(RESULTS, f"{config.results_name}_{config.teacher.model}")
+        write_report(report, stem)
+        combine(config.results_name)
+    return report
+
+
+def write_report(report: dict, stem: str) -> None:
     with open(stem + ".json", "w") as f:
         json.dump(report, f, indent=1, default=str)
     with open(stem + ".md", "w") as f:
         f.write(markdown(report))
     print(f"wrote {stem}.json and .md")
-    combine(config.results_name)
-    return report
 
 
 def combine(results_name: str) -> None:
@@ -240,11 +252,22 @@ def combine(results_name: str) -> None:
         f.write("\n".join(markdown(r) for r in reports))
 
 
-if __name__ == "__main__":
-    from core import config as config_lib
-    names = sys.argv[1:] or ["lowrank_resnet20", "lowrank_vit", "lowrank_mixer"]
-    for name in names:
+def _main_cli(argv) -> None:
+    """The benchmark script: each study in its default workdir, published."""
+    import argparse
+    from core import config as config_lib, workdir as workdir_lib
+    parser = argparse.ArgumentParser(description="low-rank study; publishes its results")
+    parser.add_argument("names", nargs="*",
+                        default=["lowrank_resnet20", "lowrank_vit", "lowrank_mixer"])
+    parser.add_argument("--fresh", action="store_true",
+                        help="move each workdir's earlier content aside and start over")
+    args = parser.parse_args(argv)
+    for name in args.names:
         cfg = config_lib.load(name)
         out_dir = os.path.join(ROOT, "runs", cfg.experiment_name)
-        os.makedirs(out_dir, exist_ok=True)
-        main(cfg, out_dir)
+        with workdir_lib.prepared(cfg, out_dir, fresh=args.fresh):
+            main(cfg, out_dir, publish=True)
+
+
+if __name__ == "__main__":
+    _main_cli(sys.argv[1:])

@@ -15,7 +15,8 @@ import time
 import jax
 import numpy as np
 
-from core import checkpoint, cost, losses, teacher as teacher_lib, train as train_lib
+from core import checkpoint, config as config_lib, cost, losses
+from core import teacher as teacher_lib, train as train_lib
 from export.measure import export_and_measure
 from pruning import find_groups, gates, prune
 
@@ -132,7 +133,7 @@ def main(config, workdir):
         json.dump(result, f, indent=2)
     with open(os.path.join(workdir, "result.md"), "w") as f:
         f.write(text + "\n")
-    if config.get("publish", False):
+    if config_lib.publishes(config, workdir):   # `publish` set and the default workdir
         root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "benchmarks", "results")
         os.makedirs(root, exist_ok=True)

@@ -24,4 +24,7 @@ def get_config(teacher: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.latency_device = "ort-cpu-1t"
     config.latency_batch = 1
     config.results_name = "lowrank"        # benchmarks/results/<name>_<model>.json
+    # Publish into benchmarks/results when run in the default workdir runs/<experiment>
+    # (config.publishes); a run with another --workdir writes only there.
+    config.publish = True
     return config

@@ -17,4 +17,5 @@ def get_config():
     config.finetune.steps = 5
     config.finetune.batch_size = 32
     config.results_name = "lowrank_tiny"
+    config.publish = False                 # a smoke run: results stay in its workdir
     return config

@@ -16,7 +16,7 @@ def get_config():
     config.teacher = train_teacher.get_config()
     config.device = "ort-cpu-1t"
     config.latency_table_path = "runs/latency_tables.json"
-    config.publish = True
+    config.publish = True       # result into benchmarks/results, only from runs/<experiment>
     config.gates = gates = ml_collections.ConfigDict()
     gates.steps = 600
     gates.batch_size = 128
