@@ -13,7 +13,8 @@ per primitive names it and the source line of its first occurrence.
 Sub-jaxprs are interpreted in child ``Scope``s: the same nested jaxpr object (a jitted
 ``relu`` called a hundred times) gets one scope per call, so each call site keeps its own
 types. ``Scope.env`` maps every variable of its jaxpr to its per-axis layouts and
-``Scope.children[i]`` holds the scopes of the sub-jaxprs of equation ``i``: a rewriter
+``Scope.children[i]`` holds the scopes of the sub-jaxprs of equation ``i``, in the order of
+``core.trace.sub_jaxprs`` (the numbering of equation paths): a rewriter
 that walks the same jaxprs can ask for the type of any variable at any depth.
 """
 import dataclasses
@@ -23,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from jax.extend import core as jcore
 
 from core.channel_types import ChannelTypes, Layout, Reason
-from core.trace import shape_of
+from core.trace import shape_of, sub_jaxprs
 
 AxisTypes = Tuple[Layout, ...]
 Rule = Callable[["ChannelInterpreter", object, List[AxisTypes]], List[AxisTypes]]
@@ -138,6 +139,8 @@ class ChannelInterpreter:
             outs = rule(self, eqn, ins) if rule is not None else self.default_rule(eqn, ins)
             for v, t in zip(eqn.outvars, outs):
                 env[v] = t
+            if len(scope.children.get(i, ())) > 1:
+                scope.children[i] = _in_param_order(eqn, scope.children[i])
         self.scope, self.eqn_index = saved
         return [read(env, v) for v in jaxpr.outvars], scope
 
@@ -167,3 +170,21 @@ class ChannelInterpreter:
             for layout in axes:
                 self.types.fix(layout, reason)
         return [self.fresh(shape_of(v), reason) for v in eqn.outvars]
+
+
+def _in_param_order(eqn, children: List[Scope]) -> List[Scope]:
+    """Child scopes in the order of ``core.trace.sub_jaxprs(eqn)``, whatever order a rule
+    entered them in (``while`` walks its body before its condition): ``children[k]`` is
+    then the k-th sub-jaxpr, the numbering equation paths use."""
+    order = [s.jaxpr for s in sub_jaxprs(eqn)]
+    taken = set()
+
+    def position(child: Scope) -> int:
+        for k, jaxpr in enumerate(order):
+            if jaxpr is child.jaxpr and k not in taken:
+                taken.add(k)
+                return k
+        return len(order)
+
+    ranked = [(position(c), n) for n, c in enumerate(children)]
+    return [children[n] for _, n in sorted(ranked)]

@@ -7,10 +7,13 @@ result is a plain JAX function (jit, grad, vmap, sharding and export work on it)
 it only ever calls ``primitive.bind``.
 
 Call-like equations (``jit``, ``custom_jvp_call``, ``custom_vjp_call``, ``remat``...) are
-inlined so the hook sees, and may reshape, the equations inside them; that drops custom
-derivative rules, which a rewritten (narrower) model could not keep anyway. ``cond``
-branches are evaluated through ``lax.switch`` with the hook applied inside each branch.
-Other equations with sub-jaxprs (``scan``, ``while``) are bound unchanged.
+inlined so the hook sees, and may reshape, the equations inside them; inlining drops a
+custom derivative rule (a straight-through estimator's gradient), so a hook that must keep
+one handles those equations itself with ``rebind_custom_rule``. ``cond`` branches are
+evaluated through ``lax.switch`` with the hook applied inside each branch. Other
+equations with sub-jaxprs (``scan``, ``while``) are bound unchanged unless the hook re-binds
+them with ``rebind_control_flow``, which enters loop and branch bodies (their carries may
+then change shape, consistently, as every iteration is rewritten the same way).
 
 Equation paths match ``core.trace.iter_eqns``: ``(i,)`` for equation i of the top jaxpr,
 ``(i, k, j)`` for equation j of the k-th sub-jaxpr of equation i.
@@ -18,7 +21,9 @@ Equation paths match ``core.trace.iter_eqns``: ``(i,)`` for equation i of the to
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
+import numpy as np
 from jax import lax
+from jax import numpy as jnp
 from jax._src import source_info_util
 from jax.extend import core as jcore
 
@@ -87,3 +92,142 @@ def as_function(traced: trace_lib.Traced, hook: Optional[Hook] = None) -> Callab
         outs = evaluate(traced.closed_jaxpr, leaves, hook)
         return jax.tree_util.tree_unflatten(traced.out_tree, outs)
     return fn
+
+
+# ------------------------------------------------------------ loop and branch bodies
+def _body_hook(hook):
+    """The hook to use inside a body traced on its own (``hook.body_hook()`` when defined:
+    values a hook caches must not leak from one traced body into another)."""
+    make = getattr(hook, "body_hook", None)
+    return make() if make is not None else hook
+
+
+def _sub_index(eqn, param: str) -> int:
+    """Position of ``eqn.params[param]`` among ``trace.sub_jaxprs(eqn)`` (path numbering)."""
+    target = trace_lib.as_closed(eqn.params[param]).jaxpr
+    return [s.jaxpr for s in trace_lib.sub_jaxprs(eqn)].index(target)
+
+
+def _like(values, atoms):
+    """Python scalars and numpy values (literals, folded constants) as arrays of the
+    equation's dtypes, so a loop's carry has the same type going in and coming out."""
+    return [v if isinstance(v, jax.Array) else jnp.asarray(v, a.aval.dtype)
+            for v, a in zip(values, atoms)]
+
+
+def _cast(values, like):
+    return [jnp.asarray(v, jnp.result_type(c)) for v, c in zip(values, like)]
+
+
+def _cond(eqn, invals, hook, path, finish):
+    index, operands = invals[0], invals[1:]
+    branches = [
+        (lambda *ops, b=branch, k=k: finish(evaluate(b, list(ops), _body_hook(hook),
+                                                     path + (k,))))
+        for k, branch in enumerate(eqn.params["branches"])]
+    return list(lax.switch(index, branches, *operands))
+
+
+def _scan(eqn, invals, hook, path, finish):
+    p = eqn.params
+    nc, ncarry = p["num_consts"], p["num_carry"]
+    invals = _like(invals, eqn.invars)
+    consts, init, xs = invals[:nc], invals[nc:nc + ncarry], invals[nc + ncarry:]
+    k = _sub_index(eqn, "jaxpr")
+
+    def step(carry, x):
+        outs = finish(evaluate(p["jaxpr"], [*consts, *carry, *x], _body_hook(hook),
+                               path + (k,)))
+        return _cast(outs[:ncarry], carry), outs[ncarry:]
+
+    carry, ys = lax.scan(step, init, xs, length=p["length"], reverse=p["reverse"],
+                         unroll=p["unroll"])
+    return [*carry, *ys]
+
+
+def _while(eqn, invals, hook, path, finish):
+    p = eqn.params
+    nc, nb = p["cond_nconsts"], p["body_nconsts"]
+    invals = _like(invals, eqn.invars)
+    cond_consts, body_consts, init = invals[:nc], invals[nc:nc + nb], invals[nc + nb:]
+    kc, kb = _sub_index(eqn, "cond_jaxpr"), _sub_index(eqn, "body_jaxpr")
+
+    def cond_fun(carry):
+        return finish(evaluate(p["cond_jaxpr"], [*cond_consts, *carry], _body_hook(hook),
+                               path + (kc,)))[0]
+
+    def body_fun(carry):
+        outs = finish(evaluate(p["body_jaxpr"], [*body_consts, *carry], _body_hook(hook),
+                               path + (kb,)))
+        return _cast(outs, carry)
+
+    return list(lax.while_loop(cond_fun, body_fun, init))
+
+
+CONTROL_FLOW = {"cond": _cond, "scan": _scan, "while": _while}
+
+
+def rebind_control_flow(eqn, invals, hook: Hook, path: Tuple[int, ...],
+                        finish: Callable[[list], list] = list) -> list:
+    """Re-binds a ``cond``, ``scan`` or ``while`` equation with ``hook`` applied inside its
+    bodies (``lax.switch`` / ``lax.scan`` / ``lax.while_loop`` of the rewritten bodies), so
+    operands may have other shapes than in ``eqn``. ``finish`` turns a body's results into
+    arrays (a hook's placeholders must become real values before they leave a body)."""
+    return CONTROL_FLOW[eqn.primitive.name](eqn, invals, hook, path, finish)
+
+
+# ------------------------------------------------------------ custom derivative rules
+CUSTOM_RULES = ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")
+
+
+def _resized(resize, side: str, values, like) -> list:
+    """``resize(side, k, value)`` over tangents; integer operands' (float0) tangents become
+    zeros shaped like ``like[k]``."""
+    return [np.zeros(np.shape(l), jax.dtypes.float0) if v.dtype == jax.dtypes.float0
+            else resize(side, k, v) for k, (v, l) in enumerate(zip(values, like))]
+
+
+def rebind_custom_rule(eqn, invals, body: Callable, widen: Callable,
+                       narrow: Callable) -> list:
+    """A ``custom_jvp_call`` / ``custom_vjp_call`` whose body was rewritten (``body(*invals)``
+    gives its values) that keeps the ORIGINAL derivative rule: derivatives come from ``eqn``
+    itself, bound at its own shapes. ``widen(side, k, value)`` brings operand (``side='in'``)
+    or result (``'out'``) ``k`` of the rewritten call to the original's shape, ``narrow``
+    goes back.
+
+    Exact when the body works channel by channel on the axes that changed (an activation,
+    a straight-through rounding): channels the rewrite removed never reach the others."""
+    def original(*full):
+        return bind_equation(eqn, list(full))
+
+    def widened(side, values):
+        return [widen(side, k, v) for k, v in enumerate(values)]
+
+    if eqn.primitive.name == "custom_jvp_call":
+        @jax.custom_jvp
+        def f(*args):
+            return body(*args)
+
+        @f.defjvp
+        def f_jvp(primals, tangents):
+            full = widened("in", primals)
+            _, t_out = jax.jvp(original, tuple(full),
+                               tuple(_resized(widen, "in", tangents, full)))
+            outs = body(*primals)
+            return outs, _resized(narrow, "out", list(t_out), outs)
+        return list(f(*invals))
+
+    @jax.custom_vjp
+    def g(*args):
+        return body(*args)
+
+    def fwd(*args):
+        return body(*args), args
+
+    def bwd(args, cts):
+        full_outs, pullback = jax.vjp(original, *widened("in", args))
+        ct_in = pullback(_resized(widen, "out", list(cts), full_outs))
+        return tuple(_resized(narrow, "in", list(ct_in), args))
+
+    g.defvjp(fwd, bwd)
+    return list(g(*invals))

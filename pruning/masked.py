@@ -13,6 +13,8 @@ a masked axis divide by the sum of the masks there (``pruning.counts``), so Laye
 RMSNorm and GroupNorm normalize over the kept channels. With 0/1 masks the result equals the
 physically pruned model (``pruning.prune``): the exactness invariant.
 """
+import copy
+import warnings
 from typing import Any, Callable, Dict, Sequence, Union
 
 import jax
@@ -20,19 +22,49 @@ import jax.numpy as jnp
 import numpy as np
 
 from core.channel_groups import ChannelGroup, GroupAnalysis
-from core.rewrite import bind_equation, evaluate
-from core.trace import call_jaxpr
+from core.rewrite import (CONTROL_FLOW, CUSTOM_RULES, bind_equation, evaluate,
+                          rebind_control_flow)
+from core.trace import call_jaxpr, source_line
 from pruning.counts import ReductionCounts
-from pruning.plan import AxisSpec, Plan, aval_key, retrace, spec_tree
+from pruning.keep_sets import kept_indices
+from pruning.plan import AxisSpec, Plan, aval_key, body_changes, retrace, spec_tree
 
 _EXTREMA = {"reduce_max": -np.inf, "reduce_min": np.inf, "argmax": -np.inf,
             "argmin": np.inf}
+
+
+class CustomRuleDroppedWarning(UserWarning):
+    """A custom_jvp/custom_vjp body in which masked or pruned channels meet each other: its
+    rule describes the full-width function, so derivatives come from the rewritten body."""
 
 
 def _along(pm, rank: int, axis: int):
     shape = [1] * rank
     shape[axis] = pm.shape[0]
     return jnp.reshape(pm, shape)
+
+
+def finite_where_removed(x, pm):
+    """``x`` with NaN and inf replaced by 0 where ``pm`` is exactly 0 (no scaling): what a
+    removed channel holds must not reach the kept ones, as in the pruned model, where it
+    does not exist. The other operand of a contraction whose first one :func:`gate` scales."""
+    return jnp.where((pm != 0) | jnp.isfinite(x), x, jnp.zeros_like(x))
+
+
+def gate(x, pm):
+    """``x * pm``, except that where ``pm`` is exactly 0 the result is exactly 0 even when
+    ``x`` is NaN or inf there (0 * NaN would be NaN). ``d/d pm`` stays ``x`` wherever ``x``
+    is finite, so gates behind hard 0/1 masks (``pruning.gates``: a channel that is off now
+    must be able to come back) still learn; soft masks in (0, 1) simply scale."""
+    return finite_where_removed(x, pm) * pm.astype(jnp.result_type(x))
+
+
+def warn_rule_dropped(eqn) -> None:
+    warnings.warn(
+        f"{eqn.primitive.name} at {source_line(eqn)}: channels being removed meet each other "
+        f"inside this custom-derivative function, so its rule (written for the full width) "
+        f"is not kept; derivatives come from the rewritten body", CustomRuleDroppedWarning,
+        stacklevel=3)
 
 
 class MaskHook:
@@ -53,27 +85,58 @@ class MaskHook:
             self._pm[key] = spec.position_mask(self.masks)
         return self._pm[key]
 
-    def _scale(self, x, specs, axis):
+    def body_hook(self) -> "MaskHook":
+        """For a loop or branch body traced on its own: position masks computed in there
+        are values of that trace and must not be cached for the code outside."""
+        child = copy.copy(self)
+        child._pm = dict(self._pm)
+        return child
+
+    def _apply(self, how, x, specs, axis):
         pm = self.position_mask(specs, axis)
         if pm is None:
             return x
-        return x * _along(pm, jnp.ndim(x), axis).astype(jnp.result_type(x))
+        return how(x, _along(pm, jnp.ndim(x), axis))
+
+    def _changed(self, spec: AxisSpec) -> bool:
+        return any(gid in self.masks for gid, _, _ in spec.owners)
+
+    def _contraction(self, eqn, invals, plan):
+        """Scale one operand of a dot/conv on its contracted axes and keep NaN and inf of
+        removed channels out of the other, so neither side's removed channels reach the
+        result."""
+        if eqn.primitive.name == "dot_general":
+            (lc, rc), _ = eqn.params["dimension_numbers"]
+        else:
+            lhs_spec, rhs_spec, _ = eqn.params["dimension_numbers"]
+            lc, rc = (lhs_spec[1],), (rhs_spec[1],)
+        side = 0 if plan.ins[0] is not None or plan.ins[1] is None else 1
+        for k, axes in ((0, lc), (1, rc)):
+            how = gate if k == side else finite_where_removed
+            for a in axes:
+                invals[k] = self._apply(how, invals[k], plan.ins[k], a)
+        return invals
+
+    def _call(self, eqn, invals, path):
+        """Control flow: the bodies are rewritten too. A custom-derivative function keeps
+        its rule when its body works channel by channel (nothing to mask in there)."""
+        if eqn.primitive.name in CONTROL_FLOW:
+            return rebind_control_flow(eqn, invals, self, path)
+        if eqn.primitive.name in CUSTOM_RULES:
+            _, mixes = body_changes(self.plan.at, eqn, path, self._changed)
+            if not mixes:
+                return bind_equation(eqn, invals)
+            warn_rule_dropped(eqn)
+        return None
 
     def __call__(self, eqn, invals, path):
         plan = self.plan.at(path, eqn)
-        if call_jaxpr(eqn) is not None:
-            return None
         name = eqn.primitive.name
+        if call_jaxpr(eqn) is not None or name in CONTROL_FLOW:
+            return self._call(eqn, invals, path)
         invals = list(invals)
-        if name == "dot_general":
-            (lc, rc), _ = eqn.params["dimension_numbers"]
-            side = 0 if plan.ins[0] is not None or plan.ins[1] is None else 1
-            axes = lc if side == 0 else rc
-            for a in axes:
-                invals[side] = self._scale(invals[side], plan.ins[side], a)
-        elif name == "conv_general_dilated":
-            lhs_spec = eqn.params["dimension_numbers"][0]
-            invals[0] = self._scale(invals[0], plan.ins[0], lhs_spec[1])
+        if name in ("dot_general", "conv_general_dilated"):
+            invals = self._contraction(eqn, invals, plan)
         elif name == "reduce_sum":
             return self._reduce_sum(eqn, invals, plan)
         elif name in _EXTREMA or name == "reduce_prod":
@@ -107,7 +170,7 @@ class MaskHook:
                 n_new = n_new * size
                 continue
             masked_any = True
-            x = x * _along(pm, jnp.ndim(x), d).astype(jnp.result_type(x))
+            x = gate(x, _along(pm, jnp.ndim(x), d))
             n_old *= size
             n_new = n_new * jnp.sum(pm)
         outs = bind_equation(eqn, [x] + invals[1:])
@@ -155,11 +218,14 @@ def masked(fn: Callable, groups: Union[GroupAnalysis, Sequence[ChannelGroup]]) -
 
 def keep_to_masks(groups: Sequence[ChannelGroup], keep: Dict[int, Sequence[int]],
                   dtype=jnp.float32) -> Dict[int, jnp.ndarray]:
-    """0/1 masks of a keep-set (only the groups listed in ``keep``)."""
+    """0/1 masks of a keep-set (only the groups listed in ``keep``); each entry is a boolean
+    mask over the group's channels or distinct channel indices (``pruning.keep_sets``)."""
     by_id = {g.id: g for g in groups}
     masks = {}
     for gid, kept in keep.items():
+        if gid not in by_id:
+            raise KeyError(f"no channel group {gid}")
         m = np.zeros(by_id[gid].size, np.float32)
-        m[np.asarray(kept, np.int64)] = 1.0
+        m[kept_indices(by_id[gid], kept)] = 1.0
         masks[gid] = jnp.asarray(m, dtype)
     return masks

@@ -24,7 +24,7 @@ import numpy as np
 
 from core.channel_groups import GroupAnalysis
 from core.channel_types import Concat
-from core.trace import is_literal, matching_equations, source_line, sub_jaxprs
+from core.trace import is_literal, iter_eqns, matching_equations, source_line, sub_jaxprs
 
 Path = Tuple[int, ...]
 
@@ -196,7 +196,59 @@ class Aligned:
         return plan
 
 
+# Where channels of one axis meet each other (operand, axis): the contracted axes of a
+# dot, a conv's input features, reduced axes. Everywhere else a channel only meets itself.
+def _dot_axes(eqn):
+    (lc, rc), _ = eqn.params["dimension_numbers"]
+    return [(0, a) for a in lc] + [(1, a) for a in rc]
+
+
+def _conv_axes(eqn):
+    lhs_spec, rhs_spec, _ = eqn.params["dimension_numbers"]
+    return [(0, lhs_spec[1]), (1, rhs_spec[1])]
+
+
+def _reduced_axes(eqn):
+    return [(0, a) for a in eqn.params["axes"]]
+
+
+def _variadic_reduce_axes(eqn):
+    n = len(eqn.invars) // 2
+    return [(k, a) for k in range(n) for a in eqn.params["dimensions"]]
+
+
+MEETING_AXES = {"dot_general": _dot_axes, "conv_general_dilated": _conv_axes,
+                "reduce": _variadic_reduce_axes,
+                **{name: _reduced_axes for name in (
+                    "reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and",
+                    "reduce_or", "reduce_xor", "argmax", "argmin")}}
+
+
+def body_changes(plan_at: Callable, eqn, path: Path,
+                 changed: Callable[[AxisSpec], bool]) -> Tuple[bool, bool]:
+    """``(changes, mixes)`` for the sub-jaxprs of ``eqn``: whether any equation inside has
+    a changed axis (``changed(spec)``: pruned, or masked), and whether channels of such an
+    axis meet each other in there (so the body is not channel by channel)."""
+    changes = mixes = False
+    for k, sub in enumerate(sub_jaxprs(eqn)):
+        for sub_path, inner in iter_eqns(sub.jaxpr, path + (k,)):
+            plan = plan_at(sub_path, inner)
+            for specs in plan.ins + plan.outs:
+                if specs is not None and any(a is not None and changed(a) for a in specs):
+                    changes = True
+            for operand, axis in MEETING_AXES.get(inner.primitive.name, _none)(inner):
+                specs = plan.ins[operand]
+                if specs is not None and specs[axis] is not None and changed(specs[axis]):
+                    return True, True
+    return changes, mixes
+
+
+def _none(eqn):
+    return ()
+
+
 def input_specs(inputs: Sequence) -> list:
+    """ShapeDtypeStructs of a flat list of arrays."""
     return [jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in inputs]
 
 
@@ -208,7 +260,7 @@ def retrace(fn: Callable, variables_spec, inputs: Sequence, plan: Plan):
     """``(closed jaxpr, output treedef, Aligned plans)`` of ``fn(variables, *inputs)`` at
     the shapes of ``inputs`` (concrete, traced or symbolic); ``variables_spec`` is a pytree
     of ``ShapeDtypeStruct`` of the full-size variables."""
-    specs = input_specs(inputs)
+    specs = spec_tree(tuple(inputs))       # each input may be any pytree of arrays
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(variables_spec, *specs)
     return closed, jax.tree_util.tree_structure(out_shape), plan.align(closed.jaxpr)
 

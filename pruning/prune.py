@@ -23,11 +23,15 @@ from jax._src.interpreters import partial_eval as pe
 from jax.extend.core import ClosedJaxpr, jaxpr_as_fun
 
 from core.channel_groups import ChannelGroup, GroupAnalysis, analyze
-from core.rewrite import bind_equation, evaluate
+from core.rewrite import (CONTROL_FLOW, CUSTOM_RULES, bind_equation, evaluate,
+                          rebind_control_flow, rebind_custom_rule)
 from core.trace import call_jaxpr, path_to_str, source_line, sub_jaxprs
 from pruning import branch_removal as br
 from pruning.counts import ReductionCounts
-from pruning.plan import AxisSpec, Plan, aval_key, input_specs, retrace, spec_tree
+from pruning.keep_sets import kept_indices
+from pruning.masked import warn_rule_dropped
+from pruning.plan import (AxisSpec, Plan, aval_key, body_changes, input_specs, retrace,
+                          spec_tree)
 from pruning.shape_rules import PruneError, Rebind, rebind, select_positions
 
 
@@ -71,13 +75,64 @@ class PruneHook:
                 value = select_positions(value, kept, d)
         return value
 
+    def _changed(self, spec: AxisSpec) -> bool:
+        return self.kept(spec) is not None
+
+    def _arrays(self, invals, specs) -> list:
+        return [br.materialize(self.conform(v, s)) for v, s in zip(invals, specs)]
+
+    def _control_flow(self, ctx: Rebind, path):
+        """cond / scan / while with their bodies pruned like the rest: the carries keep one
+        layout across iterations (the analysis unified them), so they shrink consistently."""
+        changes, _ = body_changes(self.plan.at, ctx.eqn, path, self._changed)
+        if not changes and not ctx.changed():
+            return self._after(ctx, bind_equation(ctx.eqn, [br.materialize(v)
+                                                            for v in ctx.invals]))
+        outs = rebind_control_flow(ctx.eqn, self._arrays(ctx.invals, ctx.plan.ins), self, path,
+                                   finish=lambda values: [br.materialize(v) for v in values])
+        return self._after(ctx, outs)
+
+    def _custom_rule(self, ctx: Rebind, path):
+        """custom_jvp / custom_vjp: a body that works channel by channel keeps its rule
+        (evaluated at full width on the kept channels, zeros elsewhere); one in which pruned
+        channels meet is inlined and differentiated as rewritten, with a warning. So is one
+        that receives what a removed branch left (``Vanished``, folded ``Bcast``
+        constants): inlined, its equations fold those constants further."""
+        eqn, plan = ctx.eqn, ctx.plan
+        if any(isinstance(v, (br.Vanished, br.Bcast)) for v in ctx.invals):
+            return None
+        changes, mixes = body_changes(self.plan.at, eqn, path, self._changed)
+        if mixes:
+            warn_rule_dropped(eqn)
+            return None
+        if not changes and not ctx.changed():
+            return self._after(ctx, bind_equation(eqn, [br.materialize(v) for v in ctx.invals]))
+        sub = call_jaxpr(eqn)
+
+        def body(*args):
+            return [br.materialize(v) for v in evaluate(sub, list(args), self, path + (0,))]
+
+        def specs(side, k):
+            return (plan.ins if side == "in" else plan.outs)[k]
+
+        outs = rebind_custom_rule(
+            eqn, self._arrays(ctx.invals, plan.ins), body,
+            lambda side, k, v: self.widen(v, specs(side, k)),
+            lambda side, k, v: br.materialize(self.conform(v, specs(side, k))))
+        return self._after(ctx, outs)
+
     def __call__(self, eqn, invals, path):
         plan = self.plan.at(path, eqn)
-        if call_jaxpr(eqn) is not None:
-            return None                      # inlined by evaluate; the hook sees its body
+        name = eqn.primitive.name
         if not plan.matched:
             return self._unmatched(eqn, invals)
         ctx = Rebind(eqn, list(invals), plan, self.kept)
+        if name in CONTROL_FLOW:
+            return self._control_flow(ctx, path)
+        if name in CUSTOM_RULES and call_jaxpr(eqn) is not None:
+            return self._custom_rule(ctx, path)
+        if call_jaxpr(eqn) is not None:
+            return None                      # inlined by evaluate; the hook sees its body
         if sub_jaxprs(eqn):
             if ctx.changed():
                 raise PruneError(f"{eqn.primitive.name} at {source_line(eqn)}: pruning "
@@ -117,7 +172,12 @@ class PruneHook:
         found = self._specs.get(id(value))
         if found is None or found[0] is not value:
             return br.materialize(value)
-        specs = found[1]
+        return self.widen(value, found[1])
+
+    def widen(self, value, specs):
+        """``value`` (narrowed as ``specs`` say) at full size, zeros at removed positions."""
+        if specs is None:
+            return br.materialize(value)
         if isinstance(value, br.Vanished):
             shape = tuple(s.size if s is not None and self.kept(s) is not None else n
                           for s, n in zip(specs, value.shape))
@@ -127,14 +187,12 @@ class PruneHook:
             kept = self.kept(spec) if spec is not None else None
             if kept is None:
                 continue
-            inverse = np.zeros(spec.size, np.int32)
-            inverse[kept] = np.arange(len(kept))
-            present = np.zeros(spec.size, np.float32)
-            present[kept] = 1
-            shape = [1] * value.ndim
+            shape = list(jnp.shape(value))
             shape[d] = spec.size
-            value = jnp.take(value, jnp.asarray(inverse), axis=d) * jnp.asarray(
-                present.reshape(shape), value.dtype)
+            index = [slice(None)] * len(shape)
+            index[d] = jnp.asarray(kept)
+            value = jnp.zeros(shape, jnp.result_type(value)).at[tuple(index)].set(
+                value, indices_are_sorted=True, unique_indices=True)
         return value
 
     def _unmatched(self, eqn, invals):
@@ -278,9 +336,7 @@ def _check_keep(analysis: GroupAnalysis, keep) -> Dict[int, np.ndarray]:
         group = analysis.groups[gid]
         if not group.prunable:
             raise ValueError(f"group {gid} is not prunable: {group.reason}")
-        kept = np.unique(np.asarray(kept, np.int64).reshape(-1))
-        if len(kept) and (kept[0] < 0 or kept[-1] >= group.size):
-            raise ValueError(f"group {gid} has {group.size} channels; got indices {kept}")
+        kept = kept_indices(group, kept)
         if len(kept) < group.size:
             checked[gid] = kept
     return checked

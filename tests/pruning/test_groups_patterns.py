@@ -12,7 +12,7 @@ import pytest
 from jax.extend.core import Primitive
 
 from core.interpreter import UnsupportedPrimitiveWarning
-from pruning import analyze, find_groups
+from pruning import analyze, find_groups, keep_to_masks, masked, prune
 
 
 def _normal(seed, shape):
@@ -278,15 +278,28 @@ def test_scan_cond_and_while_bodies_are_entered():
         return h @ p["w_out"]
 
     ks = [5 * 10 + i for i in range(3)]
-    p = {"w_in": _normal(ks[0], (3, 6)), "gain": jnp.ones(6),
-         "stack": _normal(ks[1], (4, 6, 6)), "w_out": _normal(ks[2], (6, 2))}
-    groups = find_groups(fn, p, jnp.ones((2, 3)))
+    p = {"w_in": 10 * _normal(ks[0], (3, 6)), "gain": jnp.ones(6),
+         "stack": 10 * _normal(ks[1], (4, 6, 6)), "w_out": _normal(ks[2], (6, 2))}
+    x = jnp.asarray(np.random.default_rng(53).normal(size=(2, 3)), jnp.float32)
+    groups = find_groups(fn, p, x)
     hidden = _group_with(groups, "w_in", 1)[0]
     assert hidden.prunable
     assert _members(hidden) == {("w_in", 1), ("gain", 0), ("stack", 1), ("stack", 2),
                                 ("w_out", 0)}
     layers = _group_with(groups, "stack", 0)[0]
     assert not layers.prunable and "scanned" in layers.reason
+    # Prunable means pruned consistently inside the bodies: the masked and the pruned model
+    # both equal the same function on hand-narrowed parameters.
+    kept = np.array([0, 2, 4, 5])
+    narrow = {"w_in": p["w_in"][:, kept], "gain": p["gain"][kept],
+              "stack": p["stack"][:, kept][:, :, kept], "w_out": p["w_out"][kept]}
+    want = fn(narrow, x)
+    assert float(jnp.min(jnp.abs(want))) > 1e-2
+    keep = {hidden.id: kept}
+    np.testing.assert_allclose(masked(fn, groups)(p, keep_to_masks(groups, keep), x), want,
+                               rtol=1e-5, atol=1e-6)
+    pruned = prune(fn, p, x, keep=keep)
+    np.testing.assert_allclose(pruned.fn(pruned.variables, x), want, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------- unsupported ops, model outputs
