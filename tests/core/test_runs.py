@@ -157,7 +157,7 @@ def test_training_checks_its_settings_against_the_data(tmp_path):
     {"steps": 2, "validation": {"accuracy": 0.1, "loss": math.nan},
      "test": {"accuracy": 0.1, "loss": math.inf}},
 ], ids=["no-step", "diverged"])
-def test_an_untrained_teacher_is_not_cached(cache, monkeypatch, result):
+def test_an_untrained_teacher_is_not_cached(cache, small_teacher, monkeypatch, result):
     config = config_lib.load("train_teacher_tiny", TINY)
     monkeypatch.setattr(teacher.train_lib, "train",
                         lambda model, *a, **k: dict(result, variables=model.variables))
