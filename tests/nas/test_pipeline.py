@@ -2,9 +2,11 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from core import config as config_lib
+from data import pipeline as data_pipeline
 
 
 @pytest.mark.slow
@@ -16,7 +18,19 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path):
     assert len(results["students"]) == 6
     assert set(results["predictors"]) == {"accuracy", "latency_ms", "peak_activation_bytes"}
     assert results["front"] and all(r["parity_max_rel_error"] < 1e-4 for r in results["front"])
-    assert 0.0 <= results["claim_check"]["finetuned_test_accuracy"] <= 1.0
+    # The accuracies are meaningless (untrained teacher) but must agree with recomputations.
+    claim, chosen = results["claim_check"], results["chosen"]
+    assert claim["arch"] == chosen["arch"]
+    assert claim["gain"] == pytest.approx(claim["finetuned_test_accuracy"]
+                                          - claim["assembled_test_accuracy"], abs=1e-12)
+    fn, variables, dataset, _ = pipeline.load_teacher(cfg)
+    n_test = len(dataset.test[1])
+    # Two evaluation paths (the search's and the training loop's) on the same assembly.
+    assert abs(claim["assembled_test_accuracy"] - chosen["test_accuracy"]) <= 1.5 / n_test
+    # The all-teacher assembly of distilled-block options is the teacher itself.
+    logits = fn(variables, data_pipeline.normalize(dataset.test[0], dataset.mean, dataset.std))
+    teacher_accuracy = float(np.mean(np.argmax(np.asarray(logits), -1) == dataset.test[1]))
+    assert abs(results["teacher_measured"]["test_accuracy"] - teacher_accuracy) <= 1.5 / n_test
     # int8 friendliness (third objective): one lint penalty per option, additive per arch.
     assert results["int8_profile"] and len(results["int8_penalties"]) == 3 * 3
     for row in results["front"]:
