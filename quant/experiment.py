@@ -22,7 +22,7 @@ import numpy as np
 from core import teacher as teacher_lib, train as train_lib
 from data import pipeline
 from quant import bias_correction, calibration, equalization, fakequant, qat, qdq_export
-from quant import sensitivity
+from quant import sensitivity, target_cpu
 from quant.batchnorm_folding import fold_batchnorm
 from quant.profile import load_profile
 
@@ -86,8 +86,11 @@ def expand_scalar_gemm_bias(model):
     return model
 
 
-def ort_quantize_static(float_path: str, out_path: str, batches, per_channel=True):
-    """onnxruntime's own QDQ quantizer on the same float model and calibration images."""
+def ort_quantize_static(float_path: str, out_path: str, batches, per_channel=True,
+                        reduce_range=None):
+    """onnxruntime's own QDQ quantizer on the same float model and calibration images, at
+    its recommended settings for the target CPU: ``reduce_range`` (7-bit weights) where its
+    u8s8 kernels saturate (x86 without VNNI), full range elsewhere."""
     import onnx
     from onnxruntime import quantization as ortq
     fixed_path = out_path.replace(".onnx", "_input.onnx")
@@ -99,8 +102,10 @@ def ort_quantize_static(float_path: str, out_path: str, batches, per_channel=Tru
 
         def get_next(self):
             return next(self.items, None)
+    if reduce_range is None:
+        reduce_range = target_cpu.u8s8_saturates(target_cpu.target_kind(), 8)
     ortq.quantize_static(fixed_path, out_path, Reader(), quant_format=ortq.QuantFormat.QDQ,
-                         per_channel=per_channel, activation_type=ortq.QuantType.QUInt8,
+                         per_channel=per_channel, reduce_range=reduce_range, activation_type=ortq.QuantType.QUInt8,
                          weight_type=ortq.QuantType.QInt8,
                          calibrate_method=ortq.CalibrationMethod.MinMax)
     return onnx.load(out_path)
@@ -153,6 +158,10 @@ def main(config, workdir):
     print(f"float: {acc['float']:.4f}")
 
     base = load_profile(config.profile)
+    result["profile"] = dict(name=base.name, target_cpu=base.target_cpu,
+                             adjustment=base.adjustment, weight_bits=base.weights.bits)
+    if base.adjustment:
+        print(f"profile {base.name} adjusted for this CPU: {base.adjustment}")
     profiles = {"per_tensor": base.with_weights(per_channel=False),
                 "per_channel": base.with_weights(per_channel=True)}
     runs = {}
@@ -199,6 +208,8 @@ def main(config, workdir):
         check = qdq_export.check(qdq.model, run["model"], run["variables"], run["qparams"],
                                  example[:64])
         parity[name] = dict(top1_agreement=check.top1_agreement,
+                            decided_agreement=check.decided_agreement,
+                            decided_rows=check.decided_rows,
                             max_abs_error=check.max_abs_error, output_scale=check.output_scale,
                             integer_ops=check.integer_ops, float_ops=check.float_ops,
                             float_weights=qdq.float_weights)

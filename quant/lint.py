@@ -16,7 +16,10 @@ Each finding names the model line it comes from and suggests a fix:
   its 99.9th percentile (the grid is wasted on rare values), the latter when an unbounded
   activation (ReLU, GELU, identity) made it and a bounded one (ReLU6) would serve;
 - ``concat_range_mismatch``: a concatenation of tensors whose ranges differ a lot (they
-  share one scale after it).
+  share one scale after it);
+- ``int8_saturation``: full-range int8 weights with uint8 activations for onnxruntime on an
+  x86 CPU without VNNI, whose u8s8 kernels saturate (quant/target_cpu.py): the int8 model
+  would be silently wrong there.
 """
 import dataclasses
 from typing import Dict, List, Optional
@@ -27,6 +30,7 @@ from jax.extend import core as jcore
 from quant import dataflow
 from quant.batchnorm_folding import fold_batchnorm
 from quant.fakequant import WEIGHT_PRIMITIVES, _weight_channel_axes, find_sites
+from quant import target_cpu
 from quant.profile import load_profile
 
 # What an unsupported primitive usually is in a model, and what to do about it.
@@ -242,6 +246,26 @@ def _concat_findings(flat, values) -> List[Finding]:
     return out
 
 
+def _saturation_findings(profile) -> List[Finding]:
+    """The profile's weight range against the CPUs it is meant for and this host."""
+    if not profile.cpu_dependent:
+        return []
+    kinds = {profile.target_cpu, target_cpu.host_kind()} - {None}
+    bad = sorted(k for k in kinds if target_cpu.u8s8_saturates(
+        k, profile.weights.bits, not profile.weights.unsigned, profile.activations.unsigned,
+        profile.activations.bits))
+    if not bad:
+        return []
+    return [Finding(
+        "int8_saturation", "error",
+        f"{profile.weights.bits}-bit signed weights with {profile.activations.bits}-bit "
+        f"unsigned activations overflow the int16 pair sums of {profile.name}'s u8s8 kernels "
+        f"on {', '.join(target_cpu.KINDS[k] for k in bad)}: int8 outputs will be wrong there",
+        profile.name, "load the profile for that CPU (quant.load_profile(name, "
+        "target_cpu='x86_without_vnni') gives 7-bit weights), or run on a VNNI CPU",
+        float(profile.weights.bits))]
+
+
 def lint(fn, variables, *inputs, profile="npu_int8_per_tensor", fold: bool = True
          ) -> LintReport:
     """Lints ``fn(variables, *inputs)`` for an NPU profile; ``inputs`` drive one forward
@@ -260,5 +284,5 @@ def lint(fn, variables, *inputs, profile="npu_int8_per_tensor", fold: bool = Tru
     findings = (_unsupported_ops(flat, profile) + _constraints(flat, profile)
                 + _weight_spread(flat, profile)
                 + _activation_findings(flat, sites, values, profile)
-                + _concat_findings(flat, values))
+                + _concat_findings(flat, values) + _saturation_findings(profile))
     return LintReport(profile.name, findings)

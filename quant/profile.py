@@ -6,12 +6,19 @@ per-channel or per-tensor, symmetric), the activation quantizer (bits, unsigned 
 the primitives whose activation operands are (re)quantized, the primitives the target
 supports ("all" for a runtime that falls back to float), and constraints checked by the
 linter. Add a target by adding a file; ``load_profile("name")`` or a path.
+
+A runtime whose integer kernels behave differently per CPU (onnxruntime's u8s8 kernels
+saturate on x86 without VNNI, see quant/target_cpu.py) lists the changes per CPU kind in
+``host_cpu_adjustments``; the loaded profile applies the one for the target CPU and
+records it in ``target_cpu`` and ``adjustment`` (written into every experiment's result).
 """
 import dataclasses
 import glob
 import json
 import os
 from typing import Any, Dict, FrozenSet, Optional, Union
+
+from quant import target_cpu as target_cpu_lib
 
 PROFILE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiles")
 
@@ -46,6 +53,9 @@ class Profile:
     supported: Optional[FrozenSet[str]]          # None: every primitive runs
     supported_if_constant_operand: FrozenSet[str]
     constraints: Dict[str, Any]
+    target_cpu: Optional[str] = None    # quant.target_cpu kind the profile was loaded for
+    adjustment: str = ""                # what host_cpu_adjustments changed for it, and why
+    cpu_dependent: bool = False         # whether the JSON has host_cpu_adjustments
 
     def supports(self, primitive: str, has_activation_operands_only: bool = False) -> bool:
         if self.supported is None:
@@ -67,8 +77,22 @@ def available_profiles():
                   for p in glob.glob(os.path.join(PROFILE_DIR, "*.json")))
 
 
-def load_profile(name_or_path: Union[str, Profile]) -> Profile:
-    """A profile by name (``quant/profiles/<name>.json``) or by file path."""
+def _adjust_for_cpu(data: dict, kind: str) -> str:
+    """Applies ``host_cpu_adjustments[kind]`` to the raw JSON; returns what it did."""
+    change = data.get("host_cpu_adjustments", {}).get(kind)
+    if not change:
+        return ""
+    for part in ("weights", "activations"):
+        data[part] = {**data[part], **change.get(part, {})}
+    done = ", ".join(f"{part} {key}={value}" for part in ("weights", "activations")
+                     for key, value in change.get(part, {}).items())
+    return f"{kind}: {done} ({change.get('why', '')})"
+
+
+def load_profile(name_or_path: Union[str, Profile], target_cpu: Optional[str] = None
+                 ) -> Profile:
+    """A profile by name (``quant/profiles/<name>.json``) or by file path, adjusted for the
+    CPU the int8 model will run on (``quant.target_cpu.target_kind(target_cpu)``)."""
     if isinstance(name_or_path, Profile):
         return name_or_path
     path = name_or_path if name_or_path.endswith(".json") else os.path.join(
@@ -77,6 +101,8 @@ def load_profile(name_or_path: Union[str, Profile]) -> Profile:
         raise KeyError(f"no NPU profile {name_or_path!r}; available: {available_profiles()}")
     with open(path) as f:
         data = json.load(f)
+    kind = target_cpu_lib.target_kind(target_cpu)
+    adjustment = _adjust_for_cpu(data, kind)
     weights = data["weights"]
     acts = data["activations"]
     supported = data.get("supported", "all")
@@ -89,4 +115,5 @@ def load_profile(name_or_path: Union[str, Profile]) -> Profile:
         quantize_inputs_of=frozenset(data["quantize_inputs_of"]),
         supported=None if supported == "all" else frozenset(supported),
         supported_if_constant_operand=frozenset(data.get("supported_if_constant_operand", ())),
-        constraints=dict(data.get("constraints", {})))
+        constraints=dict(data.get("constraints", {})), target_cpu=kind,
+        adjustment=adjustment, cpu_dependent="host_cpu_adjustments" in data)

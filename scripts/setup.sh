@@ -20,11 +20,21 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "$WANT" > "$STAMP"
 fi
 
+# Debian packages: the real Fashion-MNIST data, and qemu-user on x86, with which the int8
+# tests run onnxruntime on an emulated AVX2 CPU without VNNI (tests/quant/test_target_cpu.py).
 DATA_DIR="${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}"
+PACKAGES=()
 if [ ! -f "$DATA_DIR/t10k-labels-idx1-ubyte.gz" ]; then
   echo "[setup] Fashion-MNIST not in $DATA_DIR: installing Debian package dataset-fashion-mnist"
+  PACKAGES+=(dataset-fashion-mnist)
+fi
+if [ "$(uname -m)" = x86_64 ] && ! command -v qemu-x86_64 >/dev/null; then
+  echo "[setup] installing qemu-user (emulates a CPU without VNNI for the int8 tests)"
+  PACKAGES+=(qemu-user)
+fi
+if [ "${#PACKAGES[@]}" -gt 0 ]; then
   SUDO=""
   if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${PACKAGES[@]}"
 fi

@@ -4,6 +4,7 @@ import os
 import pytest
 
 from core import config as config_lib
+from quant import target_cpu
 
 
 @pytest.mark.slow
@@ -21,7 +22,13 @@ def test_quant_experiment_tiny(tmp_path, monkeypatch):
         "ptq_per_channel_cle_bc", "qat"}
     assert set(result["onnx_accuracy"]) == {"float", f"ours_{result['best_ptq']}", "ours_qat",
                                             "ort_quantize_static"}
+    assert result["profile"]["target_cpu"] == target_cpu.target_kind()
     for parity in result["parity"].values():
         assert parity["integer_ops"].get("QLinearConv", 0) > 0
-        assert parity["top1_agreement"] >= 0.9
+        # Fidelity that holds on CPUs with and without VNNI (7-bit weights on the latter):
+        # onnxruntime's int8 outputs within 5% of the output scale of the fake-quant model
+        # (without the adjustment an AVX2 CPU gave 0.164 on a scale of 0.28), and top-1
+        # agreement on the rows that are not near-ties of this briefly trained teacher.
+        assert parity["max_abs_error"] <= 0.05 * parity["output_scale"], parity
+        assert parity["decided_rows"] >= 16 and parity["decided_agreement"] >= 0.95, parity
     assert os.path.exists(tmp_path / "result.json")

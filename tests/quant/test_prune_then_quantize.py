@@ -8,6 +8,7 @@ import pytest
 
 import run
 from core import config as config_lib, train as train_lib
+from quant import target_cpu
 
 
 @pytest.mark.slow
@@ -43,6 +44,12 @@ def test_prune_then_quantize_tiny(tmp_path, monkeypatch):
     images = train_lib.pipeline.normalize(dataset.test[0][:128], dataset.mean, dataset.std)
     expected = float(np.mean(np.argmax(fn(variables, images), -1) == dataset.test[1][:128]))
     assert quantized["accuracy"]["float"] == pytest.approx(expected, abs=1e-6)  # BN folded
+    assert quantized["profile"]["target_cpu"] == target_cpu.target_kind()
     for parity in quantized["parity"].values():
         assert parity["integer_ops"].get("QLinearConv", 0) > 0
-        assert parity["top1_agreement"] >= 0.9
+        # Fidelity that holds on CPUs with and without VNNI (7-bit weights on the latter):
+        # onnxruntime's int8 outputs within 5% of the output scale of the fake-quant model
+        # (without the adjustment an AVX2 CPU gave 0.164 on a scale of 0.28), and top-1
+        # agreement on the rows that are not near-ties of this briefly trained teacher.
+        assert parity["max_abs_error"] <= 0.05 * parity["output_scale"], parity
+        assert parity["decided_rows"] >= 16 and parity["decided_agreement"] >= 0.95, parity
