@@ -10,7 +10,9 @@ XLA reads ``XLA_FLAGS`` once, when the first backend is created (the first compu
 ``jax.devices()``), not at ``import jax``; so every package of the project imports this
 module first, and any program that imports one of them before computing gets the fix.
 A flag XLA does not know aborts the process, so each workaround names the jaxlib versions
-that have it. A user who sets the flag themselves keeps their value.
+that have it. A user who sets the flag themselves keeps their value, and
+``COMPRESS_XLA_WORKAROUNDS=0`` leaves XLA's defaults alone (for measuring them only:
+benchmarks/xla_ynn_fusion.py).
 """
 import importlib.metadata
 import os
@@ -61,6 +63,8 @@ def flags_needed(release: Tuple[int, int] = None) -> Tuple[str, ...]:
 
 def apply() -> Tuple[str, ...]:
     """Appends the needed flags to XLA_FLAGS (unless the user set that flag); returns them."""
+    if os.environ.get("COMPRESS_XLA_WORKAROUNDS", "1") == "0":
+        return ()
     current = os.environ.get("XLA_FLAGS", "")
     added = tuple(flag for flag in flags_needed()
                   if flag.split("=")[0] + "=" not in current)

@@ -5,6 +5,7 @@ ONNX model on a device; ``LatencyTable`` and ``LatencyModel`` predict latency fr
 """
 from core import xla_workarounds  # noqa: F401  (before any JAX backend exists)
 from export.onnx_export import ExportResult, to_onnx, trace
+from export.preflight import HardCodedBatchError, SymbolicBatchError, UnsupportedPrimitiveError
 from export.parity import ExportParityError, ParityReport, check_parity, compare
 from export.latency_model import Calibration, LatencyModel, extract_ops
 from export.latency_table import LatencyTable, OpSignature
