@@ -22,17 +22,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from core import rewrite, trace as trace_lib
+from core import primitives, rewrite, trace as trace_lib
 
 # Kernels with more taps than this stay convolutions (the unrolled sum would be long).
 MAX_TAPS = 49
 # Calls whose derivative rules must survive the re-evaluation (relu's, gelu's...).
-KEEP_CALLS = ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")
+KEEP_CALLS = primitives.CUSTOM_DERIVATIVE_CALLS
 
 
 def is_depthwise(eqn) -> bool:
     """A convolution with one input channel per group and no input dilation."""
-    if eqn.primitive.name != "conv_general_dilated":
+    if eqn.primitive is not primitives.conv_general_dilated_p:
         return False
     p = eqn.params
     lhs, rhs = eqn.invars[0].aval, eqn.invars[1].aval
@@ -82,7 +82,7 @@ def depthwise_conv(x, w, params):
 
 
 def _hook(eqn, invals, path):
-    if eqn.primitive.name in KEEP_CALLS:
+    if eqn.primitive in KEEP_CALLS:
         return rewrite.bind_equation(eqn, invals)
     if is_depthwise(eqn):
         return [depthwise_conv(invals[0], invals[1], eqn.params)]

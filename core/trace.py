@@ -23,19 +23,10 @@ from jax import export as jax_export
 from jax._src import source_info_util
 from jax.extend import core as jcore
 
-# Primitives that simply call a sub-jaxpr with their operands (operand i -> invar i) and
-# return its outputs, mapped to the name of the parameter holding that jaxpr.
-CALL_JAXPR_PARAM = {
-    "jit": "jaxpr",
-    "pjit": "jaxpr",
-    "closed_call": "call_jaxpr",
-    "core_call": "call_jaxpr",
-    "custom_jvp_call": "call_jaxpr",
-    "custom_vjp_call": "call_jaxpr",
-    "custom_vjp_call_jaxpr": "fun_jaxpr",
-    "remat2": "jaxpr",
-    "checkpoint": "jaxpr",
-}
+from core import primitives
+
+# Call-like primitive -> the parameter holding its jaxpr (``core.primitives``).
+CALL_JAXPR_PARAM = primitives.CALL_JAXPR_PARAM
 
 
 def path_to_str(path) -> str:
@@ -112,7 +103,7 @@ def as_closed(jaxpr) -> jcore.ClosedJaxpr:
 
 def call_jaxpr(eqn) -> Optional[jcore.ClosedJaxpr]:
     """The sub-jaxpr of a call-like equation (operands map 1:1 to its invars), else None."""
-    param = CALL_JAXPR_PARAM.get(eqn.primitive.name)
+    param = CALL_JAXPR_PARAM.get(eqn.primitive)
     if param is None or param not in eqn.params:
         return None
     return as_closed(eqn.params[param])
