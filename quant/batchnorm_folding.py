@@ -22,10 +22,29 @@ import numpy as np
 from jax._src import source_info_util
 from jax.extend import core as jcore
 
-from core import rewrite
+from core import primitives as P, rewrite
 from quant import dataflow
 
-AFFINE = ("add", "sub", "mul", "div")
+
+# One step of the chain, ``y -> y op c`` with ``y`` at ``operand``, applied to the running
+# ``y * scale + shift``: the new (scale, shift), or None where the step is not affine in y.
+def _add(scale, shift, c, operand):
+    return scale, shift + c
+
+
+def _sub(scale, shift, c, operand):
+    return (scale, shift - c) if operand == 0 else (-scale, c - shift)
+
+
+def _mul(scale, shift, c, operand):
+    return scale * c, shift * c
+
+
+def _div(scale, shift, c, operand):
+    return (scale / c, shift / c) if operand == 0 else None
+
+
+AFFINE = {P.add_p: _add, P.sub_p: _sub, P.mul_p: _mul, P.div_p: _div}
 
 
 @dataclasses.dataclass
@@ -43,12 +62,13 @@ class FoldedOp:
     source: str = ""
 
 
-def output_channel_axis(eqn, weight_operand: int) -> Optional[Tuple[int, int]]:
-    """(output axis, weight axis) of a conv/dot's single output-channel axis, or None."""
-    if eqn.primitive.name == "conv_general_dilated":
-        dims = eqn.params["dimension_numbers"]
-        return (dims.out_spec[1], dims.rhs_spec[0]) if weight_operand == 1 else None
-    if eqn.primitive.name != "dot_general" or weight_operand != 1:
+def _conv_channel_axis(eqn, weight_operand: int) -> Optional[Tuple[int, int]]:
+    dims = eqn.params["dimension_numbers"]
+    return (dims.out_spec[1], dims.rhs_spec[0]) if weight_operand == 1 else None
+
+
+def _dot_channel_axis(eqn, weight_operand: int) -> Optional[Tuple[int, int]]:
+    if weight_operand != 1:
         return None
     (contracting, batch) = eqn.params["dimension_numbers"]
     rhs_free = [a for a in range(len(eqn.invars[1].aval.shape))
@@ -56,6 +76,16 @@ def output_channel_axis(eqn, weight_operand: int) -> Optional[Tuple[int, int]]:
     if len(rhs_free) != 1:
         return None
     return len(eqn.outvars[0].aval.shape) - 1, rhs_free[0]
+
+
+OUTPUT_CHANNEL_AXIS = {P.conv_general_dilated_p: _conv_channel_axis,
+                       P.dot_general_p: _dot_channel_axis}
+
+
+def output_channel_axis(eqn, weight_operand: int) -> Optional[Tuple[int, int]]:
+    """(output axis, weight axis) of a conv/dot's single output-channel axis, or None."""
+    rule = OUTPUT_CHANNEL_AXIS.get(eqn.primitive)
+    return rule(eqn, weight_operand) if rule is not None else None
 
 
 def _per_channel(value: np.ndarray, out_ndim: int, axis: int, channels: int):
@@ -73,7 +103,7 @@ def _per_channel(value: np.ndarray, out_ndim: int, axis: int, channels: int):
 def find_foldable(flat: dataflow.FlatModel) -> List[FoldedOp]:
     found = []
     for i, eqn in enumerate(flat.eqns):
-        if eqn.primitive.name not in ("conv_general_dilated", "dot_general"):
+        if eqn.primitive not in P.LINEAR:
             continue
         operands = [k for k, a in enumerate(eqn.invars)
                     if not isinstance(a, jcore.Literal) and flat.is_const(a)]
@@ -94,7 +124,8 @@ def find_foldable(flat: dataflow.FlatModel) -> List[FoldedOp]:
                 break
             j, operand = uses[0]
             nxt = flat.eqns[j]
-            if nxt.primitive.name not in AFFINE or len(nxt.invars) != 2:
+            step = AFFINE.get(nxt.primitive)
+            if step is None or len(nxt.invars) != 2:
                 break
             other = nxt.invars[1 - operand]
             if not flat.is_const(other) or nxt.outvars[0].aval.shape != var.aval.shape:
@@ -102,17 +133,10 @@ def find_foldable(flat: dataflow.FlatModel) -> List[FoldedOp]:
             c = _per_channel(flat.value(other), len(out.aval.shape), out_axis, channels)
             if c is None:
                 break
-            name = nxt.primitive.name
-            if name == "add":
-                shift = shift + c
-            elif name == "sub":
-                scale, shift = (scale, shift - c) if operand == 0 else (-scale, c - shift)
-            elif name == "mul":
-                scale, shift = scale * c, shift * c
-            elif name == "div" and operand == 0:
-                scale, shift = scale / c, shift / c
-            else:
+            stepped = step(scale, shift, c, operand)
+            if stepped is None:
                 break
+            scale, shift = stepped
             chain.append((j, operand))
             var = nxt.outvars[0]
         found.append(FoldedOp(i, operands[0], out_axis, kernel_axis, chain, scale, shift,

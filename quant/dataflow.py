@@ -22,7 +22,7 @@ from jax.extend import core as jcore
 
 from jax._src import source_info_util
 
-from core import rewrite, trace as trace_lib
+from core import primitives as P, rewrite, trace as trace_lib
 from core.trace import source_line
 
 # Frames from these places are library or tool code, not the model's: a finding points at
@@ -133,7 +133,7 @@ class FlatModel:
             if atom in self.param_path:
                 return self.param_path[atom]
             index = self.producer.get(atom)
-            if index is None or self.eqns[index].primitive.name not in LAYOUT_ONLY:
+            if index is None or self.eqns[index].primitive not in LAYOUT_ONLY:
                 return None
             atom = self.eqns[index].invars[0]
         return None
@@ -150,8 +150,8 @@ class Retraced:
         return index if self.analysed is None else self.analysed.get(index)
 
 
-LAYOUT_ONLY = {"reshape", "broadcast_in_dim", "convert_element_type", "transpose",
-               "squeeze", "expand_dims", "copy", "copy_p"}
+# What keeps a parameter "the same parameter" for ``root_param``.
+LAYOUT_ONLY = P.LAYOUT | P.COPY | {P.convert_element_type_p}
 
 
 def flat_function(fn, variables, *inputs):

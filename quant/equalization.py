@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
+from core import primitives as P
 from quant import dataflow
 from quant.batchnorm_folding import _get_path, _set_path, output_channel_axis
 
@@ -43,7 +44,7 @@ def _bias_after(flat, var, axis) -> Optional[tuple]:
         return None
     j, operand = uses[0]
     eqn = flat.eqns[j]
-    if eqn.primitive.name != "add":
+    if eqn.primitive is not P.add_p:
         return None
     other = eqn.invars[1 - operand]
     path = flat.root_param(other) if not isinstance(other, jcore.Literal) else None
@@ -59,7 +60,7 @@ def _through_relu(flat, var):
         return None
     j, operand = uses[0]
     eqn = flat.eqns[j]
-    if eqn.primitive.name == "max":
+    if eqn.primitive is P.max_p:
         other = eqn.invars[1 - operand]
         if isinstance(other, jcore.Literal) and float(other.val) == 0.0:
             return eqn.outvars[0]
@@ -67,7 +68,7 @@ def _through_relu(flat, var):
     return var
 
 
-LINEAR = ("conv_general_dilated", "dot_general")
+LINEAR = P.LINEAR
 
 
 def _is_param(flat: dataflow.FlatModel, atom) -> bool:
@@ -77,7 +78,7 @@ def _is_param(flat: dataflow.FlatModel, atom) -> bool:
 def find_pairs(flat: dataflow.FlatModel) -> List[EqualizationPair]:
     pairs = []
     for i, eqn in enumerate(flat.eqns):
-        if eqn.primitive.name not in LINEAR:
+        if eqn.primitive not in LINEAR:
             continue
         kernel = eqn.invars[1]
         if not _is_param(flat, kernel) or flat.is_const(eqn.invars[0]):
@@ -94,7 +95,7 @@ def find_pairs(flat: dataflow.FlatModel) -> List[EqualizationPair]:
             continue
         j, operand = flat.uses(act)[0]
         nxt = flat.eqns[j]
-        if (operand != 0 or nxt.primitive.name not in LINEAR
+        if (operand != 0 or nxt.primitive not in LINEAR
                 or not _is_param(flat, nxt.invars[1])):
             continue
         second = _second_axis(nxt, eqn.outvars[0].aval.shape[out_axis])
@@ -106,21 +107,31 @@ def find_pairs(flat: dataflow.FlatModel) -> List[EqualizationPair]:
     return pairs
 
 
-def _second_axis(eqn, channels: int):
-    if eqn.primitive.name == "conv_general_dilated":
-        dims = eqn.params["dimension_numbers"]
-        if eqn.params["batch_group_count"] != 1:
-            return None
-        groups = eqn.params["feature_group_count"]
-        if groups == 1:
-            return dims.rhs_spec[1], 0
-        if groups == channels and eqn.invars[1].aval.shape[dims.rhs_spec[1]] == 1:
-            return dims.rhs_spec[0], eqn.invars[1].aval.shape[dims.rhs_spec[0]] // channels
+def _conv_second_axis(eqn, channels: int):
+    dims = eqn.params["dimension_numbers"]
+    if eqn.params["batch_group_count"] != 1:
         return None
+    groups = eqn.params["feature_group_count"]
+    if groups == 1:
+        return dims.rhs_spec[1], 0
+    if groups == channels and eqn.invars[1].aval.shape[dims.rhs_spec[1]] == 1:
+        return dims.rhs_spec[0], eqn.invars[1].aval.shape[dims.rhs_spec[0]] // channels
+    return None
+
+
+def _dot_second_axis(eqn, channels: int):
     (contracting, batch), _ = eqn.params["dimension_numbers"], None
     if batch[1] or len(contracting[1]) != 1 or len(eqn.invars[1].aval.shape) != 2:
         return None
     return contracting[1][0], 0
+
+
+# (axis of the second kernel carrying channel i, depthwise multiplier), or None.
+SECOND_AXIS = {P.conv_general_dilated_p: _conv_second_axis, P.dot_general_p: _dot_second_axis}
+
+
+def _second_axis(eqn, channels: int):
+    return SECOND_AXIS[eqn.primitive](eqn, channels)
 
 
 def _channel_range(w: np.ndarray, axis: int, multiplier: int) -> np.ndarray:

@@ -24,12 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from core import fast_depthwise, rewrite
+from core import fast_depthwise, primitives as P, rewrite
 from quant import dataflow
 from quant.profile import Profile, QuantSpec, load_profile
 from quant.quantizers import fake_quant, lsq_scale
 
-WEIGHT_PRIMITIVES = ("conv_general_dilated", "dot_general")
+WEIGHT_PRIMITIVES = P.LINEAR
 
 
 @dataclasses.dataclass
@@ -51,30 +51,52 @@ class Site:
             if self.scale_shape else ()
 
 
-def _weight_channel_axes(eqn, operand: int) -> Tuple[int, ...]:
-    """Output-channel axes of a conv/dot weight operand (empty: no channel axis)."""
-    if eqn.primitive.name == "conv_general_dilated":
-        return (eqn.params["dimension_numbers"].rhs_spec[0],) if operand == 1 else ()
+def _conv_weight_axes(eqn, operand: int) -> Tuple[int, ...]:
+    return (eqn.params["dimension_numbers"].rhs_spec[0],) if operand == 1 else ()
+
+
+def _dot_weight_axes(eqn, operand: int) -> Tuple[int, ...]:
     (contracting, batch) = eqn.params["dimension_numbers"]
     used = set(contracting[operand]) | set(batch[operand])
     ndim = len(eqn.invars[operand].aval.shape)
     return tuple(a for a in range(ndim) if a not in used)
 
 
+WEIGHT_CHANNEL_AXES = {P.conv_general_dilated_p: _conv_weight_axes,
+                       P.dot_general_p: _dot_weight_axes}
+
+
+def _weight_channel_axes(eqn, operand: int) -> Tuple[int, ...]:
+    """Output-channel axes of a conv/dot weight operand (empty: no channel axis)."""
+    return WEIGHT_CHANNEL_AXES[eqn.primitive](eqn, operand)
+
+
 # Primitives that keep a tensor in the "layer domain" (what an integer runtime stores as
 # int8 between layers) when their other operands are constants or literals.
-DOMAIN_PRESERVING = {"max", "min", "clamp", "mul", "div", "neg", "reshape", "transpose",
-                     "broadcast_in_dim", "convert_element_type", "squeeze", "expand_dims",
-                     "slice", "dynamic_slice", "pad", "reduce_window_max",
-                     "reduce_window_sum", "copy", "copy_p", "select_n"}
-REDUCTIONS = {"reduce_sum", "reduce_max", "reduce_min"}
+DOMAIN_PRESERVING = P.LAYOUT | P.COPY | {
+    P.max_p, P.min_p, P.clamp_p, P.mul_p, P.div_p, P.neg_p, P.convert_element_type_p,
+    P.slice_p, P.dynamic_slice_p, P.pad_p, P.reduce_window_max_p, P.reduce_window_sum_p,
+    P.select_n_p}
+REDUCTIONS = frozenset({P.reduce_sum_p, P.reduce_max_p, P.reduce_min_p})
+# Where an integer runtime requantizes the sum or the join of two activations.
+JOINS = frozenset({P.add_p, P.sub_p, P.concatenate_p})
 
 
 def _is_pooling(eqn) -> bool:
     """A reduction over leading (spatial / token) axes, not over the channel (last) axis
     as in LayerNorm statistics or a softmax."""
     ndim = len(eqn.invars[0].aval.shape)
-    return eqn.primitive.name not in REDUCTIONS or (ndim - 1) not in eqn.params["axes"]
+    return eqn.primitive not in REDUCTIONS or (ndim - 1) not in eqn.params["axes"]
+
+
+# Primitive -> (eqn, all activation operands in the domain, number of them) -> whether its
+# output is in the layer domain; a primitive not in the table takes the output out of it.
+DOMAIN_RULES = P.rule_table({
+    WEIGHT_PRIMITIVES: lambda eqn, inside, n_acts: True,
+    JOINS: lambda eqn, inside, n_acts: inside,
+    REDUCTIONS: lambda eqn, inside, n_acts: inside and _is_pooling(eqn),
+    DOMAIN_PRESERVING: lambda eqn, inside, n_acts: inside and n_acts == 1,
+})
 
 
 def layer_domain(flat) -> Dict[Any, bool]:
@@ -89,18 +111,9 @@ def layer_domain(flat) -> Dict[Any, bool]:
                 and not flat.is_const(a)]
         if not acts:
             continue
-        name = eqn.primitive.name
         inside = all(domain.get(a, False) for a in acts)
-        if name in WEIGHT_PRIMITIVES:
-            value = True
-        elif name in ("add", "sub", "concatenate"):
-            value = inside
-        elif name in REDUCTIONS:
-            value = inside and _is_pooling(eqn)
-        elif name in DOMAIN_PRESERVING:
-            value = inside and len(acts) == 1
-        else:
-            value = False
+        rule = DOMAIN_RULES.get(eqn.primitive)
+        value = rule is not None and rule(eqn, inside, len(acts))
         for v in eqn.outvars:
             domain[v] = value
     return domain
@@ -110,14 +123,14 @@ def _activation_operands(flat, eqn, domain) -> List[int]:
     """Operands of a requantizing primitive that get an activation quantizer: activations
     in the layer domain; adds and subtractions only when both operands are such (an add
     of a constant is a bias, fused into the op before it)."""
-    if eqn.primitive.name in REDUCTIONS and not _is_pooling(eqn):
+    if eqn.primitive in REDUCTIONS and not _is_pooling(eqn):
         return []
     floats = [k for k, a in enumerate(eqn.invars)
               if not isinstance(a, jcore.Literal) and jnp.issubdtype(a.aval.dtype, jnp.floating)]
     activations = [k for k in floats if not flat.is_const(eqn.invars[k])]
     if not all(domain.get(eqn.invars[k], False) for k in activations):
         return []
-    if eqn.primitive.name in ("add", "sub") and len(activations) != len(eqn.invars):
+    if eqn.primitive in (P.add_p, P.sub_p) and len(activations) != len(eqn.invars):
         return []
     return activations
 
@@ -130,7 +143,7 @@ def find_sites(flat: dataflow.FlatModel, profile: Profile) -> Dict[str, Site]:
     domain = layer_domain(flat)
     for i, eqn in enumerate(flat.eqns):
         name = eqn.primitive.name
-        is_weight_op = name in WEIGHT_PRIMITIVES
+        is_weight_op = eqn.primitive in WEIGHT_PRIMITIVES
         if not is_weight_op and name not in profile.quantize_inputs_of:
             continue
         layer = f"{name}#{i}"

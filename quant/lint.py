@@ -27,41 +27,43 @@ from typing import Dict, List, Optional
 import numpy as np
 from jax.extend import core as jcore
 
+from core import primitives as P
 from quant import dataflow
 from quant.batchnorm_folding import fold_batchnorm
 from quant.fakequant import WEIGHT_PRIMITIVES, _weight_channel_axes, find_sites
 from quant import target_cpu
 from quant.profile import load_profile
 
-# What an unsupported primitive usually is in a model, and what to do about it.
+# What an unsupported primitive usually is in a model, and what to do about it (keyed by
+# primitive; the profile lists the supported ones by name, as data).
 UNSUPPORTED_HINTS = {
-    "erf": ("GELU (exact, erf)", "replace GELU by ReLU / ReLU6 or hard-swish and fine-tune "
-            "(QAT), or run it on the host"),
-    "erfc": ("GELU (exact, erfc)", "replace GELU by ReLU / ReLU6 or hard-swish and fine-tune "
-             "(QAT), or run it on the host"),
-    "tanh": ("tanh (GELU's tanh approximation?)", "replace GELU by ReLU / ReLU6 or "
-             "hard-swish and fine-tune, or use a lookup-table activation if the NPU has one"),
-    "integer_pow": ("x**n on activations (GELU's tanh approximation computes x**3)",
-                    "replace the activation by ReLU / hard-swish"),
-    "rsqrt": ("normalization computed at run time (LayerNorm / RMSNorm / GroupNorm)",
-              "use BatchNorm (folded into the conv at export), or run the norm on the host"),
-    "sqrt": ("normalization computed at run time", "use BatchNorm, foldable at export"),
-    "square": ("a variance computed at run time (LayerNorm / RMSNorm)",
-               "use BatchNorm (folded at export), or run the norm on the host"),
-    "exp": ("softmax or an exponential activation", "run softmax on the host / DSP; for "
-            "SiLU/swish use hard-swish"),
-    "logistic": ("sigmoid / SiLU", "use hard-sigmoid / hard-swish"),
-    "div": ("division by an activation (softmax or normalization)", "run the normalization "
-            "on the host, or use BatchNorm"),
-    "mul": ("a product of two activations (gating, SE, normalization)", "check the NPU "
-            "multiplies two int8 tensors; else use additive / hard gates"),
-    "reduce_max": ("a max over channels (softmax stabilization)", "run softmax on the host"),
+    P.erf_p: ("GELU (exact, erf)", "replace GELU by ReLU / ReLU6 or hard-swish and fine-tune "
+              "(QAT), or run it on the host"),
+    P.erfc_p: ("GELU (exact, erfc)", "replace GELU by ReLU / ReLU6 or hard-swish and fine-tune "
+               "(QAT), or run it on the host"),
+    P.tanh_p: ("tanh (GELU's tanh approximation?)", "replace GELU by ReLU / ReLU6 or "
+               "hard-swish and fine-tune, or use a lookup-table activation if the NPU has one"),
+    P.integer_pow_p: ("x**n on activations (GELU's tanh approximation computes x**3)",
+                      "replace the activation by ReLU / hard-swish"),
+    P.rsqrt_p: ("normalization computed at run time (LayerNorm / RMSNorm / GroupNorm)",
+                "use BatchNorm (folded into the conv at export), or run the norm on the host"),
+    P.sqrt_p: ("normalization computed at run time", "use BatchNorm, foldable at export"),
+    P.square_p: ("a variance computed at run time (LayerNorm / RMSNorm)",
+                 "use BatchNorm (folded at export), or run the norm on the host"),
+    P.exp_p: ("softmax or an exponential activation", "run softmax on the host / DSP; for "
+              "SiLU/swish use hard-swish"),
+    P.logistic_p: ("sigmoid / SiLU", "use hard-sigmoid / hard-swish"),
+    P.div_p: ("division by an activation (softmax or normalization)", "run the normalization "
+              "on the host, or use BatchNorm"),
+    P.mul_p: ("a product of two activations (gating, SE, normalization)", "check the NPU "
+              "multiplies two int8 tensors; else use additive / hard gates"),
+    P.reduce_max_p: ("a max over channels (softmax stabilization)", "run softmax on the host"),
 }
 DEFAULT_HINT = ("an op without an integer kernel on this target",
                 "run it on the host, or rewrite it with supported ops")
 
 # Activation functions with no upper bound: their outputs reach whatever the data gives.
-UNBOUNDED = {"max", "tanh", "erf", "integer_pow", "mul", "add"}
+UNBOUNDED = frozenset({P.max_p, P.tanh_p, P.erf_p, P.integer_pow_p, P.mul_p, P.add_p})
 
 THRESHOLDS = dict(weight_spread=20.0, channel_spread=20.0, outlier_ratio=8.0,
                   concat_ratio=10.0, min_values=1000)
@@ -112,7 +114,7 @@ def _unsupported_ops(flat, profile) -> List[Finding]:
         name = eqn.primitive.name
         if profile.supports(name, has_activation_operands_only=len(acts) == len(eqn.invars)):
             continue
-        what, fix = UNSUPPORTED_HINTS.get(name, DEFAULT_HINT)
+        what, fix = UNSUPPORTED_HINTS.get(eqn.primitive, DEFAULT_HINT)
         key = (name, flat.source(i))
         if key not in found:
             found[key] = Finding("unsupported_op", "error",
@@ -125,7 +127,7 @@ def _constraints(flat, profile) -> List[Finding]:
     limits = profile.constraints
     out = []
     for i, eqn in enumerate(flat.eqns):
-        if eqn.primitive.name != "conv_general_dilated":
+        if eqn.primitive is not P.conv_general_dilated_p:
             continue
         dims = eqn.params["dimension_numbers"]
         kernel_shape = eqn.invars[1].aval.shape
@@ -159,7 +161,7 @@ def _weight_spread(flat, profile) -> List[Finding]:
         return []
     out = []
     for i, eqn in enumerate(flat.eqns):
-        if eqn.primitive.name not in WEIGHT_PRIMITIVES:
+        if eqn.primitive not in WEIGHT_PRIMITIVES:
             continue
         for k, atom in enumerate(eqn.invars):
             if isinstance(atom, jcore.Literal) or not flat.is_const(atom):
@@ -188,9 +190,9 @@ def _producer_chain_unbounded(flat, var) -> bool:
     if index is None:
         return False
     eqn = flat.eqns[index]
-    if eqn.primitive.name == "min" or eqn.primitive.name == "clamp":
+    if eqn.primitive in (P.min_p, P.clamp_p):
         return False
-    return eqn.primitive.name in UNBOUNDED or eqn.primitive.name in WEIGHT_PRIMITIVES
+    return eqn.primitive in UNBOUNDED or eqn.primitive in WEIGHT_PRIMITIVES
 
 
 def _activation_findings(flat, sites, values, profile) -> List[Finding]:
@@ -229,7 +231,7 @@ def _activation_findings(flat, sites, values, profile) -> List[Finding]:
 def _concat_findings(flat, values) -> List[Finding]:
     out = []
     for i, eqn in enumerate(flat.eqns):
-        if eqn.primitive.name != "concatenate":
+        if eqn.primitive is not P.concatenate_p:
             continue
         ranges = [float(np.max(np.abs(values[a]))) for a in eqn.invars
                   if not isinstance(a, jcore.Literal) and a in values and np.size(values[a])]
@@ -277,7 +279,7 @@ def lint(fn, variables, *inputs, profile="npu_int8_per_tensor", fold: bool = Tru
     sites = find_sites(flat, profile)
     wanted = [s.var for s in sites.values() if s.kind == "activation"]
     for eqn in flat.eqns:
-        if eqn.primitive.name == "concatenate":
+        if eqn.primitive is P.concatenate_p:
             wanted += [a for a in eqn.invars if not isinstance(a, jcore.Literal)
                        and not flat.is_const(a)]
     values = dataflow.record_values(flat, variables, *inputs, wanted=wanted)
