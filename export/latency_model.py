@@ -29,17 +29,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from core.rules_compute import NARY, UNARY
+from jax.extend.core import Primitive
+
+from core import primitives as P
 from core.trace import trace
 from export.latency_table import LatencyTable, OpSignature, conv_signature
 
 LINEAR_KINDS = ("conv", "dense", "matmul", "attention")
-_FREE = {"reshape", "squeeze", "expand_dims", "broadcast_in_dim", "convert_element_type",
-         "copy", "copy_p", "stop_gradient", "reduce_precision", "sharding_constraint", "pvary",
-         "mesh_cast", "reshard"}
-_ELEMENTWISE = (set(UNARY) | set(NARY)) - _FREE
-_CALLS = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
-          "custom_vjp_call_jaxpr", "remat", "checkpoint", "custom_lin"}
+# Ops a runtime does not run: reshapes without a transpose, casts, copies, annotations.
+FREE = P.RESHAPES | P.CASTS | P.COPY | P.ANNOTATIONS
+ELEMENTWISE = P.ELEMENTWISE - FREE
+# Entered like calls (``custom_lin`` appears in linearized jaxprs).
+CALLS = P.CALLS | {P.custom_lin_p}
+POOL_MODE = {P.reduce_window_max_p: "max"}      # any other window reduction: "avg"
 CONST, ACT, EPILOGUE = "const", "act", "epilogue"
 
 
@@ -48,7 +50,7 @@ class OpRecord:
     """One op the device runs; ``channel_axes`` names the signature parameters that are
     channel counts (varied by pruning and interpolated in grid mode)."""
     sig: OpSignature
-    primitive: str
+    primitive: Primitive
     channel_axes: Tuple[str, ...] = ()
 
     @property
@@ -84,7 +86,7 @@ def _conv_op(eqn, states):
                          (pads[0][0], pads[1][0], pads[0][1], pads[1][1]), groups,
                          tuple(rhs_dil[:2]))
     depthwise = groups == cin and groups > 1
-    return [OpRecord(sig, "conv_general_dilated", ("cin", "cout") if not depthwise else
+    return [OpRecord(sig, eqn.primitive, ("cin", "cout") if not depthwise else
                      ("cin", "cout", "groups"))], EPILOGUE
 
 
@@ -99,13 +101,13 @@ def _dot_op(eqn, states):
             (b, a, rc, lc, lb)
         m = prod(act.shape, rest(act.shape, act_c))
         n = prod(weight.shape, rest(weight.shape, list(w_c) + list(w_b)))
-        return [OpRecord(OpSignature.make("dense", m=m, k=k, n=n), "dot_general",
+        return [OpRecord(OpSignature.make("dense", m=m, k=k, n=n), eqn.primitive,
                          ("k", "n"))], EPILOGUE
     batch = prod(a.shape, lb)
     m = prod(a.shape, rest(a.shape, list(lc) + list(lb)))
     n = prod(b.shape, rest(b.shape, list(rc) + list(rb)))
     return [OpRecord(OpSignature.make("matmul", batch=batch, m=m, k=k, n=n),
-                     "dot_general", ())], ACT
+                     eqn.primitive, ())], ACT
 
 
 def _pool_op(eqn, states):
@@ -126,10 +128,10 @@ def _pool_op(eqn, states):
          else 1)
     pad = (pads[axes[0]][0], pads[axes[1]][0] if axes[1] != axes[0] else 0,
            pads[axes[0]][1], pads[axes[1]][1] if axes[1] != axes[0] else 0)
-    mode = "max" if "max" in eqn.primitive.name else "avg"
+    mode = POOL_MODE.get(eqn.primitive, "avg")
     sig = OpSignature.make("pool", mode=mode, n=n, c=channels, h=h, w=w, kernel=k, strides=s,
                            pads=pad)
-    return [OpRecord(sig, eqn.primitive.name, ("c",))], ACT
+    return [OpRecord(sig, eqn.primitive, ("c",))], ACT
 
 
 def _elementwise_op(eqn, states):
@@ -139,7 +141,7 @@ def _elementwise_op(eqn, states):
     ch = largest[-1] if largest else 1
     rows = int(np.prod(largest, dtype=np.int64)) // max(ch, 1)
     sig = OpSignature.make("elementwise", rows=rows, ch=ch, arity=min(len(live), 2))
-    return [OpRecord(sig, eqn.primitive.name, ("ch",))], ACT
+    return [OpRecord(sig, eqn.primitive, ("ch",))], ACT
 
 
 def _arithmetic(eqn, states):
@@ -151,10 +153,8 @@ def _arithmetic(eqn, states):
     return _elementwise_op(eqn, states)
 
 
-OP_RULES = {"conv_general_dilated": _conv_op, "dot_general": _dot_op,
-            **{p: _pool_op for p in ("reduce_window_max", "reduce_window_sum",
-                                     "reduce_window_min", "reduce_window")},
-            **{p: _arithmetic for p in _ELEMENTWISE}}
+OP_RULES = P.rule_table({P.conv_general_dilated_p: _conv_op, P.dot_general_p: _dot_op,
+                         P.POOLING: _pool_op, ELEMENTWISE: _arithmetic})
 
 
 def _sub_jaxprs(eqn):
@@ -173,16 +173,16 @@ def _walk(jaxpr, in_states, ops: List[OpRecord]):
         else CONST
     for eqn in jaxpr.eqns:
         states = [read(v) for v in eqn.invars]
-        name = eqn.primitive.name
-        sub = _sub_jaxprs(eqn) if name in _CALLS or name not in OP_RULES else None
+        prim = eqn.primitive
+        sub = _sub_jaxprs(eqn) if prim in CALLS or prim not in OP_RULES else None
         if all(s == CONST for s in states):
             outs = [CONST] * len(eqn.outvars)
         elif sub is not None and len(sub.invars) == len(states):
             outs = _walk(sub, states, ops)
-        elif name in _FREE:
+        elif prim in FREE:
             outs = [EPILOGUE if EPILOGUE in states else ACT] * len(eqn.outvars)
         else:
-            rule = OP_RULES.get(name, _elementwise_op)
+            rule = OP_RULES.get(prim, _elementwise_op)
             new_ops, out_state = rule(eqn, states)
             ops.extend(new_ops)
             outs = [out_state] * len(eqn.outvars)
@@ -312,7 +312,7 @@ class LatencyModel:
         full = np.array([g.size for g in model.groups], np.float64)
         ops = extract_ops(fn, variables, *inputs)
         matmuls = report.matmuls()
-        linear_ops = [op for op in ops if op.primitive in ("conv_general_dilated", "dot_general")]
+        linear_ops = [op for op in ops if op.primitive in P.LINEAR]
         if len(matmuls) != len(linear_ops):
             raise ValueError(f"{len(matmuls)} matmul equations in core.cost but "
                              f"{len(linear_ops)} linear ops found")

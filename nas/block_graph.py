@@ -20,7 +20,7 @@ import jraph
 import numpy as np
 from jax.extend import core as jcore
 
-from core import trace as trace_lib
+from core import primitives as P, trace as trace_lib
 
 NAMED_ACTIVATIONS = {"relu": "relu", "relu6": "relu6", "silu": "silu", "hard_silu": "hardswish",
                      "hard_swish": "hardswish", "hard_sigmoid": "sigmoid", "gelu": "gelu",
@@ -28,37 +28,39 @@ NAMED_ACTIVATIONS = {"relu": "relu", "relu6": "relu6", "silu": "silu", "hard_sil
 OP_KINDS = ("input", "conv", "dwconv", "dense", "matmul", "add", "mul", "sub", "div", "max",
             "min", "reduce", "pool", "layout", "concat", "relu", "relu6", "hardswish", "silu",
             "gelu", "sigmoid", "tanh", "norm", "other")
-_KIND_OF_PRIMITIVE = {
-    "add": "add", "add_any": "add", "mul": "mul", "sub": "sub", "div": "div", "max": "max",
-    "min": "min", "reduce_sum": "reduce", "reduce_max": "reduce", "reduce_min": "reduce",
-    "argmax": "reduce", "reduce_window_sum": "pool", "reduce_window_max": "pool",
-    "reduce_window": "pool", "reshape": "layout", "transpose": "layout", "squeeze": "layout",
-    "expand_dims": "layout", "broadcast_in_dim": "layout", "slice": "layout",
-    "dynamic_slice": "layout", "pad": "layout", "concatenate": "concat", "logistic": "sigmoid",
-    "tanh": "tanh", "erf": "tanh", "rsqrt": "norm", "sqrt": "norm", "integer_pow": "mul",
-    "square": "mul", "exp": "other", "convert_element_type": "layout",
-    "clamp": "relu6",
-}
+
+
+def _conv_kind(eqn) -> str:
+    return "dwconv" if eqn.params.get("feature_group_count", 1) > 1 else "conv"
+
+
+# Primitive (or category) -> op kind, or a function of the equation giving it. A dot is
+# "dense", refined to "matmul" by the walk when both operands are activations.
+KIND_OF_PRIMITIVE = P.rule_table({
+    P.conv_general_dilated_p: _conv_kind, P.dot_general_p: "dense",
+    frozenset({P.add_p, P.add_jaxvals_p}): "add", P.sub_p: "sub", P.div_p: "div",
+    frozenset({P.mul_p, P.integer_pow_p, P.square_p}): "mul", P.max_p: "max", P.min_p: "min",
+    frozenset({P.reduce_sum_p, P.reduce_max_p, P.reduce_min_p, P.argmax_p}): "reduce",
+    frozenset({P.reduce_window_sum_p, P.reduce_window_max_p, P.reduce_window_p}): "pool",
+    P.LAYOUT | {P.slice_p, P.dynamic_slice_p, P.pad_p, P.convert_element_type_p}: "layout",
+    P.concatenate_p: "concat", P.logistic_p: "sigmoid", frozenset({P.tanh_p, P.erf_p}): "tanh",
+    frozenset({P.rsqrt_p, P.sqrt_p}): "norm", P.clamp_p: "relu6", P.exp_p: "other",
+})
 NUM_NUMERIC = 6
 NODE_FEATURES = len(OP_KINDS) + NUM_NUMERIC
 
 
 def kind_of(eqn) -> str:
-    name = eqn.primitive.name
-    if name == "conv_general_dilated":
-        groups = eqn.params.get("feature_group_count", 1)
-        return "dwconv" if groups > 1 else "conv"
-    if name == "dot_general":
-        return "dense"          # refined to "matmul" when both operands are activations
-    return _KIND_OF_PRIMITIVE.get(name, "other")
+    kind = KIND_OF_PRIMITIVE.get(eqn.primitive, "other")
+    return kind(eqn) if callable(kind) else kind
 
 
 def _activation_name(eqn) -> Optional[str]:
     name = eqn.params.get("name")
-    if eqn.primitive.name == "jit" and name in NAMED_ACTIVATIONS:
+    if eqn.primitive is P.jit_p and name in NAMED_ACTIVATIONS:
         return NAMED_ACTIVATIONS[name]
     sub = trace_lib.call_jaxpr(eqn)
-    if eqn.primitive.name == "custom_jvp_call" and sub is not None and len(sub.jaxpr.eqns) == 1:
+    if eqn.primitive is P.custom_jvp_call_p and sub is not None and len(sub.jaxpr.eqns) == 1:
         return _activation_name(sub.jaxpr.eqns[0])
     return None
 
@@ -69,7 +71,7 @@ def _numeric(eqn, kind: str) -> List[float]:
     cin = in_shape[-1] if in_shape else 1
     cout = out_shape[-1] if out_shape else 1
     kernel, stride, depthwise = 1, 1, 0.0
-    if eqn.primitive.name == "conv_general_dilated":
+    if eqn.primitive is P.conv_general_dilated_p:
         rhs = trace_lib.shape_of(eqn.invars[1])
         rhs_spec = eqn.params["dimension_numbers"][1]
         kernel = rhs[rhs_spec[2]]

@@ -27,9 +27,9 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
-from core import rewrite, trace as trace_lib
+from core import primitives, rewrite, trace as trace_lib
 
-MATMUL_PRIMITIVES = ("conv_general_dilated", "dot_general")
+MATMUL_PRIMITIVES = primitives.LINEAR
 
 
 @dataclasses.dataclass
@@ -51,7 +51,7 @@ class TeacherBlock:
 
     @property
     def num_matmuls(self) -> int:
-        return sum(e.primitive.name in MATMUL_PRIMITIVES for e in self.closed_jaxpr.jaxpr.eqns)
+        return sum(e.primitive in MATMUL_PRIMITIVES for e in self.closed_jaxpr.jaxpr.eqns)
 
 
 @dataclasses.dataclass
@@ -176,7 +176,7 @@ def split_at_cut_points(fn: Callable, variables, x) -> List[TeacherBlock]:
     analysis = _analyze(trace_lib.trace(fn, variables, x))
     eqns = analysis.jaxpr.eqns
     n = len(analysis.activation_eqns)
-    is_matmul = [eqns[i].primitive.name in MATMUL_PRIMITIVES for i in analysis.activation_eqns]
+    is_matmul = [eqns[i].primitive in MATMUL_PRIMITIVES for i in analysis.activation_eqns]
     cuts = [p for p, live in enumerate(analysis.crossing) if len(live) == 1]
     bounds = [0]
     run: List[int] = []
