@@ -28,12 +28,12 @@ from jax import lax
 from jax._src import source_info_util
 from jax.extend import core as jcore
 
-from core import rewrite
+from core import primitives as P, rewrite
 from core.trace import call_jaxpr, path_to_str, shape_of, source_line, trace
 from pruning.plan import aval_key, input_specs, spec_tree
 from pruning.prune import _nest
 
-WEIGHTED = ("conv_general_dilated", "dot_general")   # what makes a branch worth a block
+WEIGHTED = P.LINEAR   # what makes a branch worth a block
 
 
 # ----------------------------------------------------------------------------- flattening
@@ -48,7 +48,7 @@ def _full_name_stacks(jaxpr, prefix=(), outer="", out=None) -> Dict[Tuple[int, .
         sub = call_jaxpr(eqn)
         if sub is not None:
             _full_name_stacks(sub.jaxpr, path + (0,), name, out)
-        elif eqn.primitive.name == "cond":
+        elif eqn.primitive is P.cond_p:
             for k, branch in enumerate(eqn.params["branches"]):
                 _full_name_stacks(branch.jaxpr, path + (k,), name, out)
     return out
@@ -62,7 +62,7 @@ def flatten(fn: Callable, variables_spec, *input_specs_) -> Tuple[jcore.ClosedJa
     stacks = _full_name_stacks(traced.jaxpr)
 
     def bind_named(eqn, invals, path):
-        if call_jaxpr(eqn) is not None or eqn.primitive.name == "cond":
+        if call_jaxpr(eqn) is not None or eqn.primitive is P.cond_p:
             return None                              # inlined by core.rewrite.evaluate
         stack = source_info_util.new_name_stack(stacks.get(path, ""))
         params = eqn.primitive.get_bind_params(eqn.params)
@@ -242,7 +242,7 @@ class BlockAnalysis:
             if block.id in done or block.anchor not in base.live:
                 continue
             after = self.graph(list(removed) + [block])
-            if any(self.jaxpr.eqns[i].primitive.name in WEIGHTED for i in base.live - after.live):
+            if any(self.jaxpr.eqns[i].primitive in WEIGHTED for i in base.live - after.live):
                 out.append(block)
         return out
 
@@ -321,7 +321,7 @@ class _Finder:
         return (kind,) + like + (rank, detail)
 
     def weighted(self, eqns: Sequence[int]) -> bool:
-        return any(self.jaxpr.eqns[i].primitive.name in WEIGHTED for i in eqns)
+        return any(self.jaxpr.eqns[i].primitive in WEIGHTED for i in eqns)
 
     def frontier(self, eqns: Sequence[int]) -> Set[jcore.Var]:
         """Activations the deleted equations read from outside themselves."""
@@ -344,11 +344,11 @@ class _Finder:
                                  anchor, edit, tuple(eqns), self.key(kind, anchor, detail)))
 
     def find_adds_and_concats(self):
+        candidates = {P.add_p: self._add_candidates, P.concatenate_p: self._concat_candidates}
         for i, eqn in enumerate(self.jaxpr.eqns):
-            if eqn.primitive.name == "add":
-                self._add_candidates(i, eqn)
-            elif eqn.primitive.name == "concatenate":
-                self._concat_candidates(i, eqn)
+            rule = candidates.get(eqn.primitive)
+            if rule is not None:
+                rule(i, eqn)
 
     def _add_candidates(self, i, eqn):
         operands = eqn.invars
