@@ -14,21 +14,16 @@ compute the same function:
 Module names follow the Flax parameter names (``stem``, ``stage1_block0.conv1`` ...), so a
 pruned PyTorch model still reads like the Flax one. Only basic blocks are mirrored.
 """
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from benchmarks.xla_same_padding import same_padding
+
 FLAX_BN_EPSILON = 1e-5
 FLAX_BN_MOMENTUM = 0.9
-
-
-def same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
-    """(low, high) padding of XLA's 'SAME' for one spatial axis."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
 
 
 class SameConv(nn.Module):
