@@ -48,7 +48,7 @@ def collect(ff: FactoredFunction, variables, batches: Iterable,
         def observe(path, eqn, k, invals, outs):
             if path not in wanted:
                 return
-            x = RULES[eqn.primitive.name].input_matrix(eqn, k, invals[1 - k])
+            x = RULES[eqn.primitive].input_matrix(eqn, k, invals[1 - k])
             x = x.astype(jnp.float32)
             grams[path] = jnp.einsum("grm,grk->gmk", x, x, precision=lax.Precision.HIGHEST)
             rows[path] = x.shape[1]

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 
 import jax
 
-from core import rewrite, trace as trace_lib
+from core import primitives, rewrite, trace as trace_lib
 from lowrank.kernels import RULES
 
 
@@ -98,11 +98,11 @@ def _make_hook(observe: Optional[Observer]):
             return None
         if trace_lib.call_jaxpr(eqn) is not None:
             return None                      # evaluate inlines it; the marker goes inside
-        rule = RULES.get(eqn.primitive.name)
+        rule = RULES.get(eqn.primitive)
         if rule is None or len(bound) != 1:
             raise SiteError(f"kernel {invals[bound[0]].path!r} reaches "
                             f"{eqn.primitive.name} at {trace_lib.source_line(eqn)}; only "
-                            f"{sorted(RULES)} take a factorized kernel")
+                            f"{primitives.names(RULES)} take a factorized kernel")
         k = bound[0]
         site = invals[k]
         invals = list(invals)

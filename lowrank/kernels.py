@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from core import primitives as P
 from core.rewrite import bind_equation
 
 
@@ -186,13 +187,13 @@ class ConvRule:
         return bind_equation(eqn.replace(params=p), [h, w1])
 
 
-# Primitive name -> rule; a new linear primitive is supported by adding a rule here.
-RULES = {"dot_general": DotRule(), "conv_general_dilated": ConvRule()}
+# Primitive -> rule; a new linear primitive is supported by adding a rule here.
+RULES = {P.dot_general_p: DotRule(), P.conv_general_dilated_p: ConvRule()}
 
 
 def factor_shapes(eqn, k: int, rank_per_group: int):
     """Shapes of (w0, w1) for a rank, without computing them."""
-    rule = RULES[eqn.primitive.name]
+    rule = RULES[eqn.primitive]
     geo, _ = rule.geometry(eqn, k)
     a = np.zeros((geo.groups, geo.m, rank_per_group), np.float32)
     b = np.zeros((geo.groups, rank_per_group, geo.n), np.float32)

@@ -78,7 +78,7 @@ def isolated_errors(factorized, original_variables, batches: Iterable) -> Dict[s
             low = factors.get(path)
             if not is_factor(low):
                 return
-            y = RULES[eqn.primitive.name].apply(eqn, k, invals, low.w0, low.w1)[0]
+            y = RULES[eqn.primitive].apply(eqn, k, invals, low.w0, low.w1)[0]
             num[path] = jnp.sum(jnp.square(y - outs[0]))
             den[path] = jnp.sum(jnp.square(outs[0]))
         ff.run(v0, *inputs, observe=observe)

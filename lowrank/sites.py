@@ -31,7 +31,7 @@ class Site:
 
     @property
     def rule(self):
-        return RULES[self.primitive]
+        return RULES[self.eqn.primitive]
 
     @property
     def source(self) -> str:
@@ -69,7 +69,7 @@ def find_sites(traced: trace_lib.Traced) -> Tuple[List[Site], Dict[str, str]]:
     sites, refused = [], {}
     param_vars = {v for _, v in traced.param_invars()}
     for path, uses in _uses(traced).items():
-        linear = [u for u in uses if u is not None and u[1].primitive.name in RULES]
+        linear = [u for u in uses if u is not None and u[1].primitive in RULES]
         if not linear:
             continue
         if len(uses) != 1:
@@ -82,7 +82,7 @@ def find_sites(traced: trace_lib.Traced) -> Tuple[List[Site], Dict[str, str]]:
         if len(eqn.invars[k].aval.shape) < 2:
             refused[path] = "kernel has fewer than two dimensions"
             continue
-        geometry, reason = RULES[eqn.primitive.name].geometry(eqn, k)
+        geometry, reason = RULES[eqn.primitive].geometry(eqn, k)
         if geometry is None:
             refused[path] = reason
             continue
