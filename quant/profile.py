@@ -18,6 +18,7 @@ import json
 import os
 from typing import Any, Dict, FrozenSet, Optional, Union
 
+from core import primitives
 from quant import target_cpu as target_cpu_lib
 
 PROFILE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiles")
@@ -77,6 +78,18 @@ def available_profiles():
                   for p in glob.glob(os.path.join(PROFILE_DIR, "*.json")))
 
 
+def _check_primitive_names(data: dict, path: str) -> None:
+    """Every op name must be one JAX uses, or the profile would silently never match it."""
+    for key in ("quantize_inputs_of", "supported", "supported_if_constant_operand"):
+        names = data.get(key) or []
+        for name in ([] if isinstance(names, str) else names):
+            try:
+                primitives.by_name(name)
+            except KeyError as error:
+                raise ValueError(f"profile {path}: {key} lists {name!r}: {error.args[0]}") \
+                    from None
+
+
 def _adjust_for_cpu(data: dict, kind: str) -> str:
     """Applies ``host_cpu_adjustments[kind]`` to the raw JSON; returns what it did."""
     change = data.get("host_cpu_adjustments", {}).get(kind)
@@ -101,6 +114,7 @@ def load_profile(name_or_path: Union[str, Profile], target_cpu: Optional[str] = 
         raise KeyError(f"no NPU profile {name_or_path!r}; available: {available_profiles()}")
     with open(path) as f:
         data = json.load(f)
+    _check_primitive_names(data, path)
     kind = target_cpu_lib.target_kind(target_cpu)
     adjustment = _adjust_for_cpu(data, kind)
     weights = data["weights"]

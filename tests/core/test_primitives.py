@@ -319,8 +319,6 @@ def test_no_string_lists_of_primitive_names_outside_core_primitives():
                            f"P.LINEAR), not on names: {offenders}")
 
 
-@pytest.mark.xfail(strict=True, reason="quant/profiles/*.json list 'copy_p' and "
-                   "'expand_dims', which no primitive is named (the lead's files)")
 def test_profile_op_lists_name_real_primitives():
     unknown = {}
     for path in glob.glob(os.path.join(ROOT, "quant", "profiles", "*.json")):

@@ -111,3 +111,4 @@ def test_int8_model_is_exact_on_an_emulated_cpu_without_vnni(tmp_path):
     # The emulation does reproduce the failure it guards against: full-range weights
     # made for a VNNI CPU are far off on the AVX2 one.
     assert float(np.abs(full_got - full_want).max()) > 0.05 * float(np.abs(full_want).max())
+
