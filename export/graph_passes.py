@@ -1,18 +1,34 @@
-"""Clean-up passes on the ONNX graph that jax2onnx emits, so onnxruntime sees a tidy model.
+"""Clean-up of the ONNX graph that jax2onnx emits, so a runtime sees Conv+bias+activation in NCHW.
 
 JAX convolutions are NHWC; ONNX's are NCHW. jax2onnx wraps every Conv in a Transpose pair,
-folds no constants (BatchNorm stays as Sub/Sqrt/Div/Mul/Add on parameters), writes ReLU as
-``Max(x, 0)`` and lowers NHWC pooling to 4-D pooling over unsqueezed tensors. Each of these
-costs time on a device and hides the Conv+BN+ReLU pattern that runtimes fuse. The passes:
+folds no constants (BatchNorm stays Sub/Div/Mul/Add on parameters, never a BatchNormalization
+node), writes ReLU as ``Max(x, 0)`` and lowers NHWC pooling to 4-D pooling over unsqueezed 6-D
+tensors, which onnxruntime cannot run. ``optimize`` runs:
 
-- ``fold_constants``: evaluate nodes whose inputs are all constants (weight transposes, BN
-  scale arithmetic) with onnx's reference evaluator;
-- ``canonicalize``: ``Sub``/``Div`` by a constant become ``Add``/``Mul``, ``Max(x, 0)``
-  becomes ``Relu``, ``Min(Relu, 6)`` becomes ``Clip``, chained constant ``Mul``s merge;
-- ``pools_to_nchw``: NHWC pooling becomes Transpose, 2-D MaxPool/AveragePool, Transpose;
-- ``sink_transposes``: push Transposes down through elementwise ops and reductions and cancel
-  inverse pairs, leaving one Transpose at the input of a conv net;
-- ``fold_conv_affine``: merge per-channel ``Mul``/``Add`` after a Conv into its weights.
+1. ``fold_constants``: weight transposes, BN scale arithmetic, masks built from constants;
+2. ``pools_to_nchw``: NHWC pooling becomes Transpose, 2-D MaxPool/AveragePool, Transpose;
+3. ``canonicalize``: ``Sub``/``Div`` by a constant become ``Add``/``Mul``, ``Max(x, 0)``
+   becomes ``Relu`` and ``Min(Relu, 6)`` ``Clip`` (activations onnxruntime fuses into the
+   Conv), chained constant ``Mul``s merge;
+4. ``sink_transposes`` alternating with onnxoptimizer (``fuse_consecutive_transposes``,
+   ``eliminate_nop_transpose``, ``eliminate_identity``): ours pushes Transposes down through
+   elementwise ops, reductions, Concat and Gather until they meet, the library composes those
+   that met and drops the identities, until one Transpose is left at the input;
+5. ``fold_conv_affine``: the per-channel ``Mul``/``Add`` after a Conv (BN, NCHW now) into its
+   weights and bias.
+
+Measured in onnxruntime (``benchmarks/export_latency.py --ablate``): 1 and 2 are needed to run
+at all on some models, 3 is worth 1.3-5.6x at batch 1; 4 and 5 change onnxruntime's latency
+little, its own transpose optimizer and Conv+Add/Mul fusions doing the same, but leave the plain
+NCHW graph that the QDQ writer (``quant.qdq_export``) and other runtimes get.
+
+No library does 1-5 correctly on this graph. onnxoptimizer's ``fuse_bn_into_conv`` needs a
+BatchNormalization node, and its transpose passes (used in 4) only meet adjacent Transposes.
+onnxslim 0.1.98 is not used: its constant folding runs through onnxruntime and leaves what
+onnxruntime has no kernel for (transformer_lm's causal mask, a Where on bool, so the export does
+not run); its FusionConvMul folds a Mul that broadcasts along W into the output channels when
+W equals Cout (error 3.05 on a 4x4 conv); what it adds besides (CSE, weight tying) changed no
+latency measured and took 2-3x the time of these passes.
 
 Every rule is keyed by op type in a table; the passes never look at what model made the graph.
 """
@@ -20,6 +36,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
+import onnxoptimizer
 from onnx import helper, numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 
@@ -32,6 +49,10 @@ ELEMENTWISE = {
 # Inputs of these ops that are parameters, not data, and keep their shape when sinking.
 SCALAR_PARAMETER_INPUTS = {"Clip": {1, 2}}
 REDUCTIONS = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd"}
+# onnxoptimizer passes run between sinking rounds: compose Transposes that met, drop no-ops.
+TRANSPOSE_PASSES = ["fuse_consecutive_transposes", "eliminate_nop_transpose",
+                    "eliminate_identity"]
+MAX_SINK_ROUNDS = 8
 MAX_FOLDED_ELEMENTS = 1 << 24
 
 
@@ -143,6 +164,10 @@ def _set_attr(node, name, value):
 # ---------------------------------------------------------------- constant folding
 
 def fold_constants(graph: Graph) -> bool:
+    """Evaluate nodes whose inputs are all constants with onnx's reference evaluator, which
+    runs every ONNX type; onnxslim folds through onnxruntime and leaves whatever onnxruntime
+    has no kernel for (the causal mask's Where on bool in transformer_lm, which then fails to
+    run at all)."""
     changed = False
     opsets = list(graph.model.opset_import)
     for node in list(graph.nodes):
@@ -287,36 +312,57 @@ CANONICAL_RULES = {"Sub": _sub_to_add, "Div": _div_to_mul, "Max": _max_to_relu,
 
 # ---------------------------------------------------------------- NHWC pooling
 
+def _unsqueezed_twice(graph, name, producers) -> Optional[str]:
+    """The 4-D tensor that ``name`` is with two leading unit axes added: jax2onnx writes
+    Unsqueeze(axes=[0]) then Unsqueeze(axes=[1]); onnxslim merges them into axes=[0, 1]."""
+    axes, source = [], name
+    while len(axes) < 2:
+        node = producers.get(source)
+        if node is None or node.op_type != "Unsqueeze" or len(node.input) != 2 or \
+                node.input[1] not in graph.consts:
+            return None
+        axes = [int(a) for a in graph.consts[node.input[1]].reshape(-1)] + axes
+        source = node.input[0]
+    return source if axes == [0, 1] else None
+
+
+def _pool_window(graph, node) -> Optional[list]:
+    """The 4-D window (1, kh, kw, 1) of an NHWC MaxPool, or of a Conv with an all-ones 6-D
+    kernel (jax2onnx's window sum for average pooling); None for anything else."""
+    if node.op_type == "MaxPool":
+        kernel = _attr(node, "kernel_shape")
+    else:
+        weight = graph.consts.get(node.input[1]) if len(node.input) == 2 else None
+        if weight is None or weight.ndim != 6 or weight.shape[:2] != (1, 1) or \
+                not np.all(weight == 1):
+            return None
+        kernel = list(weight.shape[2:])
+    if kernel is None or len(kernel) != 4 or kernel[0] != 1 or kernel[3] != 1:
+        return None
+    strides = list(_attr(node, "strides", [1] * 4))
+    pads = list(_attr(node, "pads", [0] * 8))
+    if strides[0] != 1 or strides[3] != 1 or pads[0] or pads[3] or pads[4] or pads[7] or \
+            any(d != 1 for d in _attr(node, "dilations", [1] * 4)) or _attr(node, "group", 1) != 1:
+        return None
+    return kernel
+
+
 def pools_to_nchw(graph: Graph) -> bool:
     """jax2onnx pools NHWC by unsqueezing to 6-D and pooling 4 "spatial" axes; undo that."""
     changed = False
-    producers = graph.producer()
+    producers, uses = graph.producer(), graph.consumers()
     for node in list(graph.nodes):
         if node.op_type not in ("MaxPool", "Conv") or len(node.input) < 1:
             continue
-        kernel = _attr(node, "kernel_shape")
-        if node.op_type == "Conv":
-            weight = graph.consts.get(node.input[1])
-            if weight is None or weight.ndim != 6 or weight.shape[:2] != (1, 1) or \
-                    not np.all(weight == 1) or len(node.input) > 2:
-                continue
-            kernel = list(weight.shape[2:])
-        if kernel is None or len(kernel) != 4 or kernel[0] != 1 or kernel[3] != 1:
+        kernel = _pool_window(graph, node)
+        x = _unsqueezed_twice(graph, node.input[0], producers) if kernel else None
+        squeeze = uses.get(node.output[0], [])
+        if x is None or len(squeeze) != 1 or squeeze[0].op_type != "Squeeze" or \
+                len(squeeze[0].input) != 2 or squeeze[0].input[1] not in graph.consts or \
+                graph.consts[squeeze[0].input[1]].reshape(-1).tolist() != [0, 1]:
             continue
-        strides = list(_attr(node, "strides", [1] * 4))
-        pads = list(_attr(node, "pads", [0] * 8))
-        dilations = list(_attr(node, "dilations", [1] * 4))
-        if strides[0] != 1 or strides[3] != 1 or any(d != 1 for d in dilations) or \
-                pads[0] or pads[3] or pads[4] or pads[7] or _attr(node, "group", 1) != 1:
-            continue
-        unsq1 = producers.get(node.input[0])
-        unsq0 = producers.get(unsq1.input[0]) if unsq1 is not None else None
-        squeeze = [n for n in graph.nodes if node.output[0] in n.input]
-        if unsq1 is None or unsq0 is None or unsq1.op_type != "Unsqueeze" or \
-                unsq0.op_type != "Unsqueeze" or len(squeeze) != 1 or \
-                squeeze[0].op_type != "Squeeze":
-            continue
-        x, out = unsq0.input[0], squeeze[0].output[0]
+        strides, pads = list(_attr(node, "strides", [1] * 4)), list(_attr(node, "pads", [0] * 8))
+        out = squeeze[0].output[0]
         to_nchw, pooled = graph.fresh("pool_in"), graph.fresh("pool_out")
         attrs = dict(kernel_shape=kernel[1:3], strides=strides[1:3],
                      pads=[pads[1], pads[2], pads[5], pads[6]])
@@ -348,7 +394,8 @@ def _inverse(perm):
 
 
 def sink_transposes(graph: Graph) -> bool:
-    """Move Transposes towards the outputs; compose consecutive ones; drop identities."""
+    """Move Transposes towards the outputs, through elementwise ops, reductions, Concat and
+    Gather; the Transposes that meet are composed and dropped by onnxoptimizer."""
     changed = False
     progress = True
     while progress:
@@ -445,30 +492,6 @@ def _sink_through_reduction(graph, node, producers):
     return True
 
 
-def _compose_transposes(graph, node, producers):
-    perm = list(_attr(node, "perm"))
-    source = _transposed_input(graph, node.input[0], producers)
-    if source is not None:
-        x, first = source
-        node.input[0] = x
-        perm = [first[p] for p in perm]
-        _set_attr(node, "perm", perm)
-        return True
-    if perm == sorted(perm):
-        graph.nodes.remove(node)
-        graph.rename_uses(node.output[0], node.input[0])
-        return True
-    return False
-
-
-def _drop_identity(graph, node, producers):
-    if node.output[0] in graph.outputs:
-        return False
-    graph.nodes.remove(node)
-    graph.rename_uses(node.output[0], node.input[0])
-    return True
-
-
 def _sink_through_concat(graph, node, producers):
     sources = [_transposed_input(graph, name, producers) for name in node.input]
     if not sources or any(s is None for s in sources) or \
@@ -504,44 +527,7 @@ def _sink_through_gather(graph, node, producers):
 
 SINK_RULES = {**{op: _sink_through_elementwise for op in ELEMENTWISE - {"Identity"}},
               **{op: _sink_through_reduction for op in REDUCTIONS},
-              "Concat": _sink_through_concat, "Gather": _sink_through_gather,
-              "Transpose": _compose_transposes, "Identity": _drop_identity}
-
-
-def singleton_transposes_to_reshape(graph: Graph) -> bool:
-    """A Transpose that only moves size-1 axes (an SE gate of shape (B,1,1,C)) is a Reshape."""
-    shapes = _static_shapes(graph)
-    changed = False
-    for node in list(graph.nodes):
-        if node.op_type != "Transpose" or node.input[0] not in shapes:
-            continue
-        shape, perm = shapes[node.input[0]], list(_attr(node, "perm"))
-        moved = [p for p in perm if shape[p] != 1]
-        unknown = [d for d in shape if d is None]
-        if moved != sorted(moved) or len(unknown) > 1:
-            continue
-        target = [-1 if shape[p] is None else shape[p] for p in perm]
-        new_shape = graph.add_const("reshape", np.array(target, np.int64))
-        index = graph.nodes.index(node)
-        graph.nodes[index] = helper.make_node("Reshape", [node.input[0], new_shape],
-                                              list(node.output))
-        changed = True
-    return changed
-
-
-def _static_shapes(graph: Graph) -> Dict[str, list]:
-    try:
-        model = graph.to_model()
-        inferred = shape_inference.infer_shapes(model).graph
-    except Exception:
-        return {}
-    shapes = {}
-    for value in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
-        tensor = value.type.tensor_type
-        if tensor.HasField("shape"):
-            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None
-                                  for d in tensor.shape.dim]
-    return shapes
+              "Concat": _sink_through_concat, "Gather": _sink_through_gather}
 
 
 # ---------------------------------------------------------------- Conv + affine folding
@@ -589,22 +575,47 @@ def fold_conv_affine(graph: Graph) -> bool:
     return changed
 
 
-PIPELINE = (fold_constants, pools_to_nchw, canonicalize, sink_transposes, fold_constants,
-            canonicalize, fold_conv_affine, canonicalize, sink_transposes,
-            singleton_transposes_to_reshape)
+OUR_PASSES = {step.__name__: step for step in
+              (fold_constants, pools_to_nchw, canonicalize, sink_transposes, fold_conv_affine)}
 
 
-def optimize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Runs the clean-up pipeline until nothing changes; returns a new, checked model."""
+def _run(model: onnx.ModelProto, steps, skip) -> onnx.ModelProto:
+    """Our passes in order on one Graph, repeated until nothing changes."""
     graph = Graph(model)
     for _ in range(4):
-        changed = [step(graph) for step in PIPELINE]
+        changed = [step(graph) for step in steps if step.__name__ not in skip]
         graph.remove_dead()
         if not any(changed):
             break
-    optimized = graph.to_model()
-    onnx.checker.check_model(optimized)
-    return optimized
+    return graph.to_model()
+
+
+def _sink_and_cancel(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Sink Transposes (ours), then let onnxoptimizer compose and drop those that met; again
+    until no Transpose moves (two rounds on the zoo)."""
+    for _ in range(MAX_SINK_ROUNDS):
+        graph = Graph(model)
+        moved = sink_transposes(graph)
+        model = onnxoptimizer.optimize(graph.to_model(), TRANSPOSE_PASSES)
+        if not moved:
+            break
+    return model
+
+
+def optimize(model: onnx.ModelProto, skip=()) -> onnx.ModelProto:
+    """The clean-up pipeline of the module docstring; returns a new, checked model.
+
+    ``skip`` names passes of ``OUR_PASSES`` to leave out (for measuring what each is worth)."""
+    unknown = set(skip) - set(OUR_PASSES)
+    if unknown:
+        raise ValueError(f"graph_passes.optimize: unknown passes to skip {sorted(unknown)}; "
+                         f"known: {sorted(OUR_PASSES)}")
+    model = _run(model, (fold_constants, pools_to_nchw, canonicalize), skip)
+    if "sink_transposes" not in skip:
+        model = _sink_and_cancel(model)
+    model = _run(model, (canonicalize, fold_conv_affine), skip)
+    onnx.checker.check_model(model)
+    return model
 
 
 def count_ops(model: onnx.ModelProto) -> Dict[str, int]:
