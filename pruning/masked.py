@@ -12,6 +12,13 @@ activation), without ever scaling a BatchNorm shift or a bias into a wrong place
 a masked axis divide by the sum of the masks there (``pruning.counts``), so LayerNorm,
 RMSNorm and GroupNorm normalize over the kept channels. With 0/1 masks the result equals the
 physically pruned model (``pruning.prune``): the exactness invariant.
+
+A mask of exactly 0 selects rather than multiplies: a NaN or inf in a removed channel
+cannot reach the output (the pruned model has no such channel), while its gradient with
+respect to the mask is still the channel's value. Loop and branch bodies (``cond``,
+``scan``, ``while``) are masked like the rest, and a ``custom_jvp``/``custom_vjp`` function
+(a straight-through estimator) keeps its derivative rule unless masked channels meet
+inside it (then it is differentiated as rewritten, with a ``CustomRuleDroppedWarning``).
 """
 import copy
 import warnings
@@ -56,7 +63,27 @@ def gate(x, pm):
     ``x`` is NaN or inf there (0 * NaN would be NaN). ``d/d pm`` stays ``x`` wherever ``x``
     is finite, so gates behind hard 0/1 masks (``pruning.gates``: a channel that is off now
     must be able to come back) still learn; soft masks in (0, 1) simply scale."""
-    return finite_where_removed(x, pm) * pm.astype(jnp.result_type(x))
+    pm = pm.astype(jnp.result_type(x))
+    if not jnp.issubdtype(pm.dtype, jnp.inexact):
+        return jnp.where(pm != 0, x * pm, jnp.zeros_like(x))
+    return _gate(x, pm)
+
+
+@jax.custom_jvp
+def _gate(x, pm):
+    """A custom rule, so that only the derivative sanitizes ``x``: doing it in the forward
+    pass too cost a quarter of a masked ResNet-20's training step on the CPU."""
+    return jnp.where(pm != 0, x * pm, jnp.zeros_like(x))
+
+
+@_gate.defjvp
+def _gate_jvp(primals, tangents):
+    x, pm = primals
+    tx, tpm = tangents
+    zero = jnp.zeros_like(x)
+    finite_x = jnp.where(jnp.isfinite(x), x, zero)
+    return (jnp.where(pm != 0, x * pm, zero),
+            jnp.where(pm != 0, tx * pm, zero) + finite_x * tpm)
 
 
 def warn_rule_dropped(eqn) -> None:

@@ -6,6 +6,10 @@ every group along its axes, and rewrites the model by re-evaluating its jaxpr
 operands: shape parameters come from ``pruning.shape_rules``, means over a pruned axis divide
 by the kept count (``pruning.counts``), and groups that lose every channel make whole
 branches vanish with their constant contributions folded (``pruning.branch_removal``).
+Loop and branch bodies are rewritten the same way (``core.rewrite.rebind_control_flow``: a
+scan's stacked weights and its carry, e.g. a state-space layer's state, shrink together),
+and a ``custom_jvp``/``custom_vjp`` function keeps its derivative rule
+(``core.rewrite.rebind_custom_rule``) when its body works channel by channel.
 
 ``Pruned.fn`` is a plain JAX function: for each input signature it traces the original
 model at those shapes (so another batch size, a symbolic batch for export or ``vmap``
@@ -187,12 +191,14 @@ class PruneHook:
             kept = self.kept(spec) if spec is not None else None
             if kept is None:
                 continue
+            # A gather from [value, 0] (not a scatter into zeros: about twice as fast on
+            # CPU, and unlike a multiply by 0/1 it never turns an inf into NaN).
+            source = np.full(spec.size, len(kept), np.int32)
+            source[kept] = np.arange(len(kept))
             shape = list(jnp.shape(value))
-            shape[d] = spec.size
-            index = [slice(None)] * len(shape)
-            index[d] = jnp.asarray(kept)
-            value = jnp.zeros(shape, jnp.result_type(value)).at[tuple(index)].set(
-                value, indices_are_sorted=True, unique_indices=True)
+            shape[d] = 1
+            padded = jnp.concatenate([value, jnp.zeros(shape, jnp.result_type(value))], d)
+            value = jnp.take(padded, jnp.asarray(source), axis=d)
         return value
 
     def _unmatched(self, eqn, invals):
