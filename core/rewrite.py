@@ -27,6 +27,7 @@ from jax import numpy as jnp
 from jax._src import source_info_util
 from jax.extend import core as jcore
 
+from core import primitives as P
 from core import trace as trace_lib
 
 # hook(eqn, invals, path) -> list of output values, or None to evaluate the equation as is.
@@ -164,7 +165,7 @@ def _while(eqn, invals, hook, path, finish):
     return list(lax.while_loop(cond_fun, body_fun, init))
 
 
-CONTROL_FLOW = {"cond": _cond, "scan": _scan, "while": _while}
+CONTROL_FLOW = P.rule_table({P.cond_p: _cond, P.scan_p: _scan, P.while_p: _while})
 
 
 def rebind_control_flow(eqn, invals, hook: Hook, path: Tuple[int, ...],
@@ -173,11 +174,11 @@ def rebind_control_flow(eqn, invals, hook: Hook, path: Tuple[int, ...],
     bodies (``lax.switch`` / ``lax.scan`` / ``lax.while_loop`` of the rewritten bodies), so
     operands may have other shapes than in ``eqn``. ``finish`` turns a body's results into
     arrays (a hook's placeholders must become real values before they leave a body)."""
-    return CONTROL_FLOW[eqn.primitive.name](eqn, invals, hook, path, finish)
+    return CONTROL_FLOW[eqn.primitive](eqn, invals, hook, path, finish)
 
 
 # ------------------------------------------------------------ custom derivative rules
-CUSTOM_RULES = ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")
+CUSTOM_RULES = P.CUSTOM_DERIVATIVE_CALLS
 
 
 def _resized(resize, side: str, values, like) -> list:
@@ -203,7 +204,7 @@ def rebind_custom_rule(eqn, invals, body: Callable, widen: Callable,
     def widened(side, values):
         return [widen(side, k, v) for k, v in enumerate(values)]
 
-    if eqn.primitive.name == "custom_jvp_call":
+    if eqn.primitive is P.custom_jvp_call_p:
         @jax.custom_jvp
         def f(*args):
             return body(*args)

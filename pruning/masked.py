@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from core import primitives as P
 from core.channel_groups import ChannelGroup, GroupAnalysis
 from core.rewrite import (CONTROL_FLOW, CUSTOM_RULES, bind_equation, evaluate,
                           rebind_control_flow)
@@ -132,7 +133,7 @@ class MaskHook:
         """Scale one operand of a dot/conv on its contracted axes and keep NaN and inf of
         removed channels out of the other, so neither side's removed channels reach the
         result."""
-        if eqn.primitive.name == "dot_general":
+        if eqn.primitive is P.dot_general_p:
             (lc, rc), _ = eqn.params["dimension_numbers"]
         else:
             lhs_spec, rhs_spec, _ = eqn.params["dimension_numbers"]
@@ -147,9 +148,9 @@ class MaskHook:
     def _call(self, eqn, invals, path):
         """Control flow: the bodies are rewritten too. A custom-derivative function keeps
         its rule when its body works channel by channel (nothing to mask in there)."""
-        if eqn.primitive.name in CONTROL_FLOW:
+        if eqn.primitive in CONTROL_FLOW:
             return rebind_control_flow(eqn, invals, self, path)
-        if eqn.primitive.name in CUSTOM_RULES:
+        if eqn.primitive in CUSTOM_RULES:
             _, mixes = body_changes(self.plan.at, eqn, path, self._changed)
             if not mixes:
                 return bind_equation(eqn, invals)
@@ -159,10 +160,10 @@ class MaskHook:
     def __call__(self, eqn, invals, path):
         plan = self.plan.at(path, eqn)
         name = eqn.primitive.name
-        if call_jaxpr(eqn) is not None or name in CONTROL_FLOW:
+        if call_jaxpr(eqn) is not None or eqn.primitive in CONTROL_FLOW:
             return self._call(eqn, invals, path)
         invals = list(invals)
-        if name in ("dot_general", "conv_general_dilated"):
+        if eqn.primitive in P.LINEAR:
             invals = self._contraction(eqn, invals, plan)
         elif name == "reduce_sum":
             return self._reduce_sum(eqn, invals, plan)

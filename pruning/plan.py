@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from core import primitives as P
 from core.channel_groups import GroupAnalysis
 from core.channel_types import Concat
 from core.trace import is_literal, iter_eqns, matching_equations, source_line, sub_jaxprs
@@ -217,11 +218,8 @@ def _variadic_reduce_axes(eqn):
     return [(k, a) for k in range(n) for a in eqn.params["dimensions"]]
 
 
-MEETING_AXES = {"dot_general": _dot_axes, "conv_general_dilated": _conv_axes,
-                "reduce": _variadic_reduce_axes,
-                **{name: _reduced_axes for name in (
-                    "reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and",
-                    "reduce_or", "reduce_xor", "argmax", "argmin")}}
+MEETING_AXES = P.rule_table({P.dot_general_p: _dot_axes, P.conv_general_dilated_p: _conv_axes,
+                             P.reduce_p: _variadic_reduce_axes, P.REDUCTIONS: _reduced_axes})
 
 
 def body_changes(plan_at: Callable, eqn, path: Path,
@@ -236,7 +234,7 @@ def body_changes(plan_at: Callable, eqn, path: Path,
             for specs in plan.ins + plan.outs:
                 if specs is not None and any(a is not None and changed(a) for a in specs):
                     changes = True
-            for operand, axis in MEETING_AXES.get(inner.primitive.name, _none)(inner):
+            for operand, axis in MEETING_AXES.get(inner.primitive, _none)(inner):
                 specs = plan.ins[operand]
                 if specs is not None and specs[axis] is not None and changed(specs[axis]):
                     return True, True

@@ -127,13 +127,12 @@ class PruneHook:
 
     def __call__(self, eqn, invals, path):
         plan = self.plan.at(path, eqn)
-        name = eqn.primitive.name
         if not plan.matched:
             return self._unmatched(eqn, invals)
         ctx = Rebind(eqn, list(invals), plan, self.kept)
-        if name in CONTROL_FLOW:
+        if eqn.primitive in CONTROL_FLOW:
             return self._control_flow(ctx, path)
-        if name in CUSTOM_RULES and call_jaxpr(eqn) is not None:
+        if eqn.primitive in CUSTOM_RULES and call_jaxpr(eqn) is not None:
             return self._custom_rule(ctx, path)
         if call_jaxpr(eqn) is not None:
             return None                      # inlined by evaluate; the hook sees its body
