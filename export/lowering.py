@@ -24,7 +24,7 @@ import numpy as np
 from jax import lax
 from jax.extend.core import jaxpr_as_fun
 
-from core import rewrite, trace as trace_lib
+from core import primitives as P, rewrite, trace as trace_lib
 
 HALF_FLOATS = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 
@@ -62,7 +62,7 @@ def _float32_param(value):
 
 
 def _float32_hook(eqn, invals, path):
-    if trace_lib.call_jaxpr(eqn) is not None or eqn.primitive.name == "cond":
+    if trace_lib.call_jaxpr(eqn) is not None or eqn.primitive is P.cond_p:
         return None                   # inlined by rewrite.evaluate, this hook applied inside
     if trace_lib.sub_jaxprs(eqn) and any(uses_half_floats(s) for s in trace_lib.sub_jaxprs(eqn)):
         raise NotImplementedError(

@@ -23,15 +23,17 @@ from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from jax import lax
+from jax.extend.core import Primitive
 from jax._src import source_info_util
 
+from core import primitives as P
 from core import trace as trace_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Primitives jax2onnx has a plugin for whose ONNX graph onnxruntime still cannot run.
-UNSUPPORTED: Dict[str, str] = {
-    "fft": "jax2onnx emits DFT on complex64 tensors, which onnxruntime's DFT rejects",
+UNSUPPORTED: Dict[Primitive, str] = {
+    P.fft_p: "jax2onnx emits DFT on complex64 tensors, which onnxruntime's DFT rejects",
 }
 
 
@@ -84,10 +86,11 @@ def _caller_line() -> str:
     return "unknown source"
 
 
-def _why_unsupported(name: str, known: Optional[FrozenSet[str]]) -> Optional[str]:
-    if name in UNSUPPORTED:
-        return UNSUPPORTED[name]
-    if known is not None and name not in known:
+def _why_unsupported(primitive: Primitive, known: Optional[FrozenSet[str]]) -> Optional[str]:
+    """``known``: the names jax2onnx's plugin registry lowers (its registry is by name)."""
+    if primitive in UNSUPPORTED:
+        return UNSUPPORTED[primitive]
+    if known is not None and primitive.name not in known:
         return "jax2onnx has no lowering for it"
     return None
 
@@ -98,10 +101,9 @@ def check_primitives(closed) -> None:
     known = jax2onnx_primitives()
     problems: Dict[str, List[str]] = {}
     for eqn, where in located_eqns(closed.jaxpr):
-        name = eqn.primitive.name
-        why = _why_unsupported(name, known)
+        why = _why_unsupported(eqn.primitive, known)
         if why is not None:
-            problems.setdefault(f"{name}: {why}", []).append(where)
+            problems.setdefault(f"{eqn.primitive.name}: {why}", []).append(where)
     if problems:
         lines = [f"  {what}, at {', '.join(sorted(set(where)))}"
                  for what, where in problems.items()]

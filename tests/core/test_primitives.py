@@ -217,7 +217,6 @@ PENDING = {
     "core/cost.py", "core/rewrite.py", "core/rules_compute.py",
     "core/rules_layout.py", "pruning/masked.py", "pruning/prune.py", "pruning/plan.py",
     "pruning/counts.py", "pruning/branch_removal.py", "pruning/shape_rules.py",
-    "export/preflight.py", "export/lowering.py",
 }
 SCANNED = ("core", "pruning", "quant", "lowrank", "nas", "export", "models", "benchmarks")
 # Names that string lists used but no primitive of this JAX has (kept so they are caught).
