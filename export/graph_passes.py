@@ -15,20 +15,21 @@ tensors, which onnxruntime cannot run. ``optimize`` runs:
    elementwise ops, reductions, Concat and Gather until they meet, the library composes those
    that met and drops the identities, until one Transpose is left at the input;
 5. ``fold_conv_affine``: the per-channel ``Mul``/``Add`` after a Conv (BN, NCHW now) into its
-   weights and bias.
+   weights and bias;
+6. ``singleton_transposes_to_reshape``: a Transpose that only moves size-1 axes (the input of
+   a 1-channel image, an SE gate) becomes a Reshape.
 
-Measured in onnxruntime (``benchmarks/export_latency.py --ablate``): 1 and 2 are needed to run
-at all on some models, 3 is worth 1.3-5.6x at batch 1; 4 and 5 change onnxruntime's latency
-little, its own transpose optimizer and Conv+Add/Mul fusions doing the same, but leave the plain
-NCHW graph that the QDQ writer (``quant.qdq_export``) and other runtimes get.
+Measured in onnxruntime (``benchmarks/export_latency.py --ablate``): without 1 or 2 some models
+do not run, 3 is worth 1.2-5x; 4 to 6 matter less there (its own transpose optimizer and
+Conv+Add/Mul fusions do much the same) but give the QDQ writer and other runtimes plain NCHW.
+4 and 6 live in ``export.transpose_sinking``, the graph view in ``export.onnx_graph``.
 
-No library does 1-5 correctly on this graph. onnxoptimizer's ``fuse_bn_into_conv`` needs a
-BatchNormalization node, and its transpose passes (used in 4) only meet adjacent Transposes.
-onnxslim 0.1.98 is not used: its constant folding runs through onnxruntime and leaves what
-onnxruntime has no kernel for (transformer_lm's causal mask, a Where on bool, so the export does
-not run); its FusionConvMul folds a Mul that broadcasts along W into the output channels when
-W equals Cout (error 3.05 on a 4x4 conv); what it adds besides (CSE, weight tying) changed no
-latency measured and took 2-3x the time of these passes.
+No library does 1-6 correctly here. onnxoptimizer's ``fuse_bn_into_conv`` needs a
+BatchNormalization node; its transpose passes (used in 4) only meet adjacent Transposes.
+onnxslim 0.1.98's constant folding runs through onnxruntime and leaves what that has no kernel
+for (transformer_lm's causal mask, a Where on bool: the export does not run), its FusionConvMul
+folds a Mul along W into the output channels when W == Cout (error 3.05), and the rest (CSE,
+weight tying) changed no latency measured at 2-3x the pass time.
 
 Every rule is keyed by op type in a table; the passes never look at what model made the graph.
 """
@@ -36,138 +37,21 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
-import onnxoptimizer
-from onnx import helper, numpy_helper, shape_inference
+from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
-ELEMENTWISE = {
-    "Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Relu", "Clip", "Sigmoid", "Tanh", "Erf",
-    "Sqrt", "Exp", "Log", "Neg", "Abs", "Reciprocal", "Cast", "Identity", "Where", "Not",
-    "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "LeakyRelu",
-    "HardSigmoid", "HardSwish", "Softplus", "Gelu", "Sign", "Floor", "Ceil", "Round", "IsNaN",
-    "Mod", "PRelu"}
-# Inputs of these ops that are parameters, not data, and keep their shape when sinking.
-SCALAR_PARAMETER_INPUTS = {"Clip": {1, 2}}
-REDUCTIONS = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd"}
-# onnxoptimizer passes run between sinking rounds: compose Transposes that met, drop no-ops.
-TRANSPOSE_PASSES = ["fuse_consecutive_transposes", "eliminate_nop_transpose",
-                    "eliminate_identity"]
-MAX_SINK_ROUNDS = 8
+from export.onnx_graph import Graph, attr as _attr
+from export.transpose_sinking import (sink_and_cancel, sink_transposes,
+                                      singleton_transposes_to_reshape)
+
 MAX_FOLDED_ELEMENTS = 1 << 24
-
-
-class Graph:
-    """A mutable view of an ONNX graph: node list, constants as numpy, ranks of values."""
-
-    def __init__(self, model: onnx.ModelProto):
-        self.model = model
-        graph = model.graph
-        self.nodes: List[onnx.NodeProto] = list(graph.node)
-        self.consts: Dict[str, np.ndarray] = {
-            init.name: numpy_helper.to_array(init) for init in graph.initializer}
-        self.outputs = [o.name for o in graph.output]
-        self.ranks: Dict[str, int] = {}
-        try:
-            inferred = shape_inference.infer_shapes(model).graph
-            values = list(inferred.value_info) + list(inferred.input) + list(inferred.output)
-        except Exception:  # shape inference is a help, not a requirement
-            values = list(graph.value_info) + list(graph.input) + list(graph.output)
-        for value in values:
-            if value.type.tensor_type.HasField("shape"):
-                self.ranks[value.name] = len(value.type.tensor_type.shape.dim)
-        for name, array in self.consts.items():
-            self.ranks[name] = array.ndim
-        self._counter = 0
-
-    def fresh(self, stem: str) -> str:
-        self._counter += 1
-        return f"{stem}__opt{self._counter}"
-
-    def add_const(self, stem: str, array: np.ndarray) -> str:
-        name = self.fresh(stem)
-        self.consts[name] = np.asarray(array)
-        self.ranks[name] = np.ndim(array)
-        return name
-
-    def consumers(self) -> Dict[str, List[onnx.NodeProto]]:
-        uses: Dict[str, List[onnx.NodeProto]] = {}
-        for node in self.nodes:
-            for name in node.input:
-                uses.setdefault(name, []).append(node)
-        return uses
-
-    def producer(self) -> Dict[str, onnx.NodeProto]:
-        return {out: node for node in self.nodes for out in node.output}
-
-    def rename_uses(self, old: str, new: str):
-        """Make every consumer of ``old`` read ``new``; graph outputs keep their name."""
-        for node in self.nodes:
-            for i, name in enumerate(node.input):
-                if name == old:
-                    node.input[i] = new
-        if old in self.outputs:
-            self.nodes.append(helper.make_node("Identity", [new], [old]))
-
-    def remove_dead(self):
-        while True:
-            used = set(self.outputs)
-            for node in self.nodes:
-                used.update(node.input)
-            alive = [n for n in self.nodes if any(o in used for o in n.output)]
-            if len(alive) == len(self.nodes):
-                break
-            self.nodes = alive
-        self.consts = {k: v for k, v in self.consts.items() if k in used}
-
-    def toposort(self):
-        known = set(self.consts) | {i.name for i in self.model.graph.input} | {""}
-        ordered, pending = [], list(self.nodes)
-        while pending:
-            ready = [n for n in pending if all(i in known for i in n.input)]
-            if not ready:
-                raise ValueError("graph has a cycle or an undefined input")
-            for node in ready:
-                known.update(node.output)
-            ordered.extend(ready)
-            ready_ids = {id(n) for n in ready}
-            pending = [n for n in pending if id(n) not in ready_ids]
-        self.nodes = ordered
-
-    def to_model(self) -> onnx.ModelProto:
-        self.remove_dead()
-        self.toposort()
-        graph = self.model.graph
-        new_graph = helper.make_graph(
-            self.nodes, graph.name, list(graph.input), list(graph.output),
-            [numpy_helper.from_array(np.asarray(v), k) for k, v in self.consts.items()])
-        model = helper.make_model(new_graph, opset_imports=list(self.model.opset_import),
-                                  producer_name=self.model.producer_name)
-        model.ir_version = self.model.ir_version
-        return model
-
-
-def _attr(node, name, default=None):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
-
-
-def _set_attr(node, name, value):
-    for i, attribute in enumerate(node.attribute):
-        if attribute.name == name:
-            del node.attribute[i]
-            break
-    node.attribute.append(helper.make_attribute(name, value))
 
 
 # ---------------------------------------------------------------- constant folding
 
 def fold_constants(graph: Graph) -> bool:
     """Evaluate nodes whose inputs are all constants with onnx's reference evaluator, which
-    runs every ONNX type; onnxslim folds through onnxruntime and leaves whatever onnxruntime
-    has no kernel for (the causal mask's Where on bool in transformer_lm, which then fails to
-    run at all)."""
+    runs every ONNX type (onnxruntime, which onnxslim folds with, has no bool Where)."""
     changed = False
     opsets = list(graph.model.opset_import)
     for node in list(graph.nodes):
@@ -384,152 +268,6 @@ def pools_to_nchw(graph: Graph) -> bool:
     return changed
 
 
-# ---------------------------------------------------------------- transpose sinking
-
-def _inverse(perm):
-    inv = [0] * len(perm)
-    for i, p in enumerate(perm):
-        inv[p] = i
-    return inv
-
-
-def sink_transposes(graph: Graph) -> bool:
-    """Move Transposes towards the outputs, through elementwise ops, reductions, Concat and
-    Gather; the Transposes that meet are composed and dropped by onnxoptimizer."""
-    changed = False
-    progress = True
-    while progress:
-        progress = False
-        producers = graph.producer()
-        for node in list(graph.nodes):
-            rule = SINK_RULES.get(node.op_type)
-            if rule is not None and rule(graph, node, producers):
-                progress = changed = True
-                producers = graph.producer()
-    return changed
-
-
-def _transposed_input(graph, name, producers):
-    node = producers.get(name)
-    if node is not None and node.op_type == "Transpose" and node.input[0] not in graph.consts:
-        return node.input[0], list(_attr(node, "perm"))
-    return None
-
-
-def _sink_through_elementwise(graph, node, producers):
-    fixed = SCALAR_PARAMETER_INPUTS.get(node.op_type, set())
-    rank = graph.ranks.get(node.output[0])
-    if rank is None or rank < 2 or len(node.output) != 1:
-        return False
-    perm, new_inputs = None, []
-    for i, name in enumerate(node.input):
-        if not name or i in fixed:
-            continue
-        source = _transposed_input(graph, name, producers)
-        if source is not None and graph.ranks.get(name) == rank:
-            if perm is not None and source[1] != perm:
-                return False
-            perm = source[1]
-        elif name not in graph.consts:
-            return False
-    if perm is None:
-        return False
-    inverse = _inverse(perm)
-    for i, name in enumerate(node.input):
-        if not name or i in fixed:
-            new_inputs.append(name)
-        elif name in graph.consts:
-            value = graph.consts[name]
-            if value.ndim == 0:
-                new_inputs.append(name)
-            else:
-                full = value.reshape((1,) * (rank - value.ndim) + value.shape)
-                new_inputs.append(graph.add_const(name, np.transpose(full, inverse)))
-        else:
-            new_inputs.append(producers[name].input[0])
-    inner = graph.fresh(node.output[0])
-    graph.ranks[inner] = rank
-    index = graph.nodes.index(node)
-    moved = helper.make_node(node.op_type, new_inputs, [inner], domain=node.domain)
-    moved.attribute.extend(node.attribute)
-    graph.nodes[index:index + 1] = [
-        moved, helper.make_node("Transpose", [inner], [node.output[0]], perm=perm)]
-    return True
-
-
-def _sink_through_reduction(graph, node, producers):
-    source = _transposed_input(graph, node.input[0], producers)
-    if source is None:
-        return False
-    x, perm = source
-    rank = len(perm)
-    if len(node.input) > 1 and node.input[1]:
-        if node.input[1] not in graph.consts:
-            return False
-        axes = [int(a) % rank for a in graph.consts[node.input[1]].reshape(-1)]
-    else:
-        axes = [int(a) % rank for a in (_attr(node, "axes") or range(rank))]
-    new_axes = sorted(perm[a] for a in axes)
-    keep = _attr(node, "keepdims", 1)
-    inner = graph.fresh(node.output[0])
-    reduced = helper.make_node(node.op_type, [x], [inner])
-    reduced.attribute.extend(a for a in node.attribute if a.name != "axes")
-    if len(node.input) > 1 and node.input[1]:
-        reduced.input.append(graph.add_const("axes", np.array(new_axes, np.int64)))
-    else:
-        _set_attr(reduced, "axes", new_axes)
-    if keep:
-        post = perm
-        graph.ranks[inner] = rank
-    else:
-        remaining = [perm[i] for i in range(rank) if i not in axes]
-        post = [sorted(remaining).index(r) for r in remaining]
-        graph.ranks[inner] = len(remaining)
-    index = graph.nodes.index(node)
-    tail = (helper.make_node("Transpose", [inner], [node.output[0]], perm=post)
-            if post != sorted(post) else helper.make_node("Identity", [inner], [node.output[0]]))
-    graph.nodes[index:index + 1] = [reduced, tail]
-    return True
-
-
-def _sink_through_concat(graph, node, producers):
-    sources = [_transposed_input(graph, name, producers) for name in node.input]
-    if not sources or any(s is None for s in sources) or \
-            any(s[1] != sources[0][1] for s in sources):
-        return False
-    perm = sources[0][1]
-    axis = _attr(node, "axis") % len(perm)
-    inner = graph.fresh(node.output[0])
-    graph.ranks[inner] = len(perm)
-    index = graph.nodes.index(node)
-    graph.nodes[index:index + 1] = [
-        helper.make_node("Concat", [s[0] for s in sources], [inner], axis=perm[axis]),
-        helper.make_node("Transpose", [inner], [node.output[0]], perm=perm)]
-    return True
-
-
-def _sink_through_gather(graph, node, producers):
-    """Gather of a transposed tensor along one axis with 1-D constant indices keeps the rank."""
-    source = _transposed_input(graph, node.input[0], producers)
-    indices = graph.consts.get(node.input[1])
-    if source is None or indices is None or indices.ndim != 1:
-        return False
-    x, perm = source
-    axis = _attr(node, "axis", 0) % len(perm)
-    inner = graph.fresh(node.output[0])
-    graph.ranks[inner] = len(perm)
-    index = graph.nodes.index(node)
-    graph.nodes[index:index + 1] = [
-        helper.make_node("Gather", [x, node.input[1]], [inner], axis=perm[axis]),
-        helper.make_node("Transpose", [inner], [node.output[0]], perm=perm)]
-    return True
-
-
-SINK_RULES = {**{op: _sink_through_elementwise for op in ELEMENTWISE - {"Identity"}},
-              **{op: _sink_through_reduction for op in REDUCTIONS},
-              "Concat": _sink_through_concat, "Gather": _sink_through_gather}
-
-
 # ---------------------------------------------------------------- Conv + affine folding
 
 def fold_conv_affine(graph: Graph) -> bool:
@@ -576,7 +314,8 @@ def fold_conv_affine(graph: Graph) -> bool:
 
 
 OUR_PASSES = {step.__name__: step for step in
-              (fold_constants, pools_to_nchw, canonicalize, sink_transposes, fold_conv_affine)}
+              (fold_constants, pools_to_nchw, canonicalize, sink_transposes, fold_conv_affine,
+               singleton_transposes_to_reshape)}
 
 
 def _run(model: onnx.ModelProto, steps, skip) -> onnx.ModelProto:
@@ -590,18 +329,6 @@ def _run(model: onnx.ModelProto, steps, skip) -> onnx.ModelProto:
     return graph.to_model()
 
 
-def _sink_and_cancel(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Sink Transposes (ours), then let onnxoptimizer compose and drop those that met; again
-    until no Transpose moves (two rounds on the zoo)."""
-    for _ in range(MAX_SINK_ROUNDS):
-        graph = Graph(model)
-        moved = sink_transposes(graph)
-        model = onnxoptimizer.optimize(graph.to_model(), TRANSPOSE_PASSES)
-        if not moved:
-            break
-    return model
-
-
 def optimize(model: onnx.ModelProto, skip=()) -> onnx.ModelProto:
     """The clean-up pipeline of the module docstring; returns a new, checked model.
 
@@ -612,8 +339,8 @@ def optimize(model: onnx.ModelProto, skip=()) -> onnx.ModelProto:
                          f"known: {sorted(OUR_PASSES)}")
     model = _run(model, (fold_constants, pools_to_nchw, canonicalize), skip)
     if "sink_transposes" not in skip:
-        model = _sink_and_cancel(model)
-    model = _run(model, (canonicalize, fold_conv_affine), skip)
+        model = sink_and_cancel(model)
+    model = _run(model, (canonicalize, fold_conv_affine, singleton_transposes_to_reshape), skip)
     onnx.checker.check_model(model)
     return model
 

@@ -5,7 +5,6 @@ around a Conv, BatchNorm as Sub/Div/Mul/Add, ReLU as Max(x, 0)); the cleaned gra
 compute the same numbers in onnxruntime and have the ops the passes promise.
 """
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
