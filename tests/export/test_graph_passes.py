@@ -159,3 +159,21 @@ def test_constant_bool_where_is_folded_so_onnxruntime_can_run_the_model():
     assert graph_passes.count_ops(clean) == {"Where": 1}
     x = RNG.standard_normal((2, 4, 4)).astype(np.float32)
     np.testing.assert_array_equal(_run(clean, x), np.where(rows, x, np.float32(-1e9)))
+
+
+@pytest.mark.parametrize("shape", [("B", 4, 4, 1), ("B", 1, 1, 5)])
+def test_transpose_of_size_one_axes_becomes_reshape(shape):
+    """A 1-channel image or an SE gate (B,1,1,C) moved to NCHW moves no data: a Reshape."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Abs", ["t"], ["y"])]
+    out = [shape[0], shape[3], shape[1], shape[2]]
+    clean = graph_passes.optimize(_model(nodes, [("x", list(shape))], {}, out))
+    assert graph_passes.count_ops(clean) == {"Reshape": 1, "Abs": 1}
+    x = RNG.standard_normal((3,) + shape[1:]).astype(np.float32)
+    np.testing.assert_array_equal(_run(clean, x), np.abs(x.transpose(0, 3, 1, 2)))
+
+
+def test_transpose_that_moves_data_stays():
+    nodes = [helper.make_node("Transpose", ["x"], ["y"], perm=[0, 3, 1, 2])]
+    clean = graph_passes.optimize(_model(nodes, [("x", ["B", 4, 4, 2])], {}, ["B", 2, 4, 4]))
+    assert graph_passes.count_ops(clean) == {"Transpose": 1}
