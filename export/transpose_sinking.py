@@ -3,8 +3,10 @@ Transposes down through elementwise ops, reductions, Concat and Gather until the
 letting onnxoptimizer compose those that met and drop the identities, leaves one Transpose at
 the input of a conv net. No library does the pushing: onnxoptimizer's and onnxslim's transpose
 passes only meet Transposes that are already adjacent. A Transpose that only moves size-1 axes
-(a 1-channel image, an SE gate) then becomes a Reshape (4% at batch 1 on MobileNetV2 in
-onnxruntime). Rules are keyed by op type in ``SINK_RULES``.
+(a 1-channel image, an SE gate) then becomes a Reshape: without it onnxruntime took 0.92-1.22x
+the time on four models (not separable from noise here; 1.04x at batch 1 on MobileNetV2 over
+12 rounds), with it the graphs equal those of the hand-written passes this module replaced.
+Rules are keyed by op type in ``SINK_RULES``.
 """
 from typing import Dict
 
