@@ -62,10 +62,28 @@ def _reshape_blocks(in_shape, out_shape):
         blocks.append((bi, bj))
 
 
+def _unit_pairs(in_shape, out_shape, blocks):
+    """Unit axes outside the blocks, paired in order between the same two blocks of the
+    input and of the output: ``(H, 1) -> (1, 1, H, 1)`` pairs input axis 1 with output
+    axis 3, ``(N, 6, 6, 1) -> (N, 36, 1)`` axis 3 with axis 2. A paired axis keeps its
+    channel (a channel axis of size one, e.g. a head_dim or an input with one feature)."""
+    def units_by_gap(shape, side):
+        inside = {d for block in blocks for d in block[side]}
+        gaps = {}
+        for d, n in enumerate(shape):
+            if n == 1 and d not in inside:
+                gap = sum(1 for block in blocks if max(block[side]) < d)
+                gaps.setdefault(gap, []).append(d)
+        return gaps
+    ins, outs = units_by_gap(in_shape, 0), units_by_gap(out_shape, 1)
+    return [pair for gap in ins for pair in zip(ins[gap], outs.get(gap, ()))]
+
+
 @register("reshape")
 def reshape(interp, eqn, ins):
     """Merging axes makes a Product of their layouts; splitting an axis unifies it with a
-    Product of fresh axes, so an axis of heads times head_dim gains that structure."""
+    Product of fresh axes, so an axis of heads times head_dim gains that structure. Unit
+    axes that merely move keep their channel (``_unit_pairs``); others are fixed."""
     in_shape = shape_of(eqn.invars[0])
     out_shape = tuple(eqn.params["new_sizes"])
     blocks = None
@@ -75,10 +93,14 @@ def reshape(interp, eqn, ins):
         return interp.default_rule(eqn, ins)
     types = interp.types
     src = ins[0]
-    for d, n in enumerate(in_shape):
-        if n == 1:
-            interp.fix(src[d], "unit", "unit axis removed by reshape", eqn)
     out = [None] * len(out_shape)
+    pairs = _unit_pairs(in_shape, out_shape, blocks)
+    for d_in, d_out in pairs:
+        out[d_out] = src[d_in]
+    paired = {d_in for d_in, _ in pairs}
+    for d, n in enumerate(in_shape):
+        if n == 1 and d not in paired:
+            interp.fix(src[d], "unit", "unit axis removed by reshape", eqn)
     for bi, bj in blocks:
         merged = types.product([src[d] for d in bi])
         if len(bj) == 1:
