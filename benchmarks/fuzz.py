@@ -1,0 +1,178 @@
+"""How often do the compression tools fail on random architectures?
+
+Run:  python benchmarks/fuzz.py --n 2000      (hours on 2 shared cores; --n 100 in minutes)
+
+Draws ``--n`` distinct random models with the Hypothesis strategies of ``tests/fuzz``
+(convs of every kind, norms, residuals, concatenations, splits, attention, SE gates,
+pooling, upsampling, scan / cond / while bodies, images, sequences, token ids, pytree
+inputs and outputs, float32 and bfloat16, plain jax.numpy and Flax linen) and runs every
+check of ``tests.fuzz.checks`` on each: channel groups against the architecture, identity,
+masked == pruned == independently built narrow model, cost, jit == eager, low-rank at full
+rank, 16-bit fake-quant, and ONNX export parity on every ``--export-every``-th model.
+
+A model counts once, by its worst finding: ``crashes`` (an exception that is not a clear
+"not supported"), ``mismatches`` (numbers or shapes differ), ``unsupported`` (the library
+said plainly it does not handle something, or kept a group unprunable), else ok. Known
+issues (with xfail regression tests in tests/fuzz/test_regressions.py) are counted like
+any other finding and flagged ``known``.
+
+Writes benchmarks/results/fuzz.json (counts, failure classes with an example each, every
+failure) and benchmarks/results/fuzz.md; both are rewritten every 25 models, so a long
+run can be watched.
+"""
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import warnings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from benchmarks import machine  # noqa: E402  (sets the XLA workarounds first)
+from hypothesis import HealthCheck, Phase, assume, given, seed, settings  # noqa: E402
+
+from tests.fuzz import checks  # noqa: E402
+from tests.fuzz.architectures import architectures  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def lscpu() -> dict:
+    """Model name and core count as lscpu reports them."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {"model_name": fields.get("Model name", "").strip(),
+            "cpus": fields.get("CPU(s)", "").strip()}
+
+
+def failure_class(finding: checks.Finding) -> str:
+    """The finding's first line with numbers, group ids and symbols blanked out."""
+    first = finding.message.strip().splitlines()[0] if finding.message.strip() else ""
+    first = re.sub(r"\{[^}]*\}", "{...}", first)
+    first = re.sub(r"\b[sn]?\d+(\.\d+)?(e[-+]?\d+)?\b", "N", first)
+    return f"{finding.status} / {finding.check}: {first[:160]}"
+
+
+class Tally:
+    def __init__(self):
+        self.models = 0
+        self.status = collections.Counter()
+        self.classes = collections.Counter()
+        self.examples = {}
+        self.failures = []
+        self.exported = 0
+        self.passed = collections.Counter()
+        self.tags = collections.Counter()
+
+    def add(self, index: int, outcome: checks.Outcome) -> None:
+        self.models += 1
+        self.status[outcome.status] += 1
+        self.exported += outcome.exported
+        self.passed.update(outcome.passed)
+        self.tags.update(outcome.arch.tags)
+        for f in outcome.findings:
+            key = failure_class(f)
+            self.classes[key] += 1
+            self.examples.setdefault(key, {"model": index, "message": f.message[:2000],
+                                           "known": f.known,
+                                           "architecture": outcome.arch.summary()})
+            if f.status != "unsupported":
+                self.failures.append({"model": index, "status": f.status, "check": f.check,
+                                      "message": f.message.strip().splitlines()[0][:400],
+                                      "known": f.known, "tags": list(outcome.arch.tags)})
+
+    def as_dict(self, args, seconds: float) -> dict:
+        return {
+            "models": self.models, "mismatches": self.status["mismatch"],
+            "crashes": self.status["crash"], "unsupported": self.status["unsupported"],
+            "ok": self.status["ok"], "exported": self.exported,
+            "known_failures": sum(1 for f in self.failures if f["known"]),
+            "seconds": round(seconds, 1), "seed": args.seed,
+            "checks_passed": dict(self.passed), "features": dict(self.tags),
+            "classes": [{"class": k, "findings": n, "example": self.examples[k]}
+                        for k, n in self.classes.most_common()],
+            "failures": self.failures,
+            "machine": dict(machine.describe("hypothesis", "jax2onnx"), lscpu=lscpu()),
+        }
+
+
+def markdown(result: dict) -> str:
+    cpu = result["machine"].get("lscpu") or {}
+    lines = [
+        "# Fuzzing the compression tools with random architectures",
+        "",
+        f"`python benchmarks/fuzz.py --n {result['models']}` (seed {result['seed']}), "
+        f"{result['seconds'] / 60:.0f} min on {cpu.get('model_name') or result['machine']['cpu']}"
+        f" ({cpu.get('cpus') or result['machine']['cores']} CPUs), jax "
+        f"{result['machine']['jax']}, hypothesis {result['machine']['hypothesis']}.",
+        "",
+        "| models | ok | unsupported | mismatches | crashes | of which known | exported |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {result['models']} | {result['ok']} | {result['unsupported']} | "
+        f"{result['mismatches']} | {result['crashes']} | {result['known_failures']} | "
+        f"{result['exported']} |",
+        "",
+        "A model counts once, by its worst finding (crash > mismatch > unsupported).",
+        "",
+        "| findings | class |",
+        "| ---: | --- |",
+    ]
+    lines += [f"| {c['findings']} | {c['class'].replace('|', '/')} |" for c in result["classes"]]
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict, out: str) -> None:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    with open(os.path.splitext(out)[0] + ".md", "w") as f:
+        f.write(markdown(result))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000, help="distinct models to check")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--export-every", type=int, default=10)
+    parser.add_argument("--out", default=os.path.join(RESULTS, "fuzz.json"))
+    args = parser.parse_args(argv)
+    tally, seen, start = Tally(), set(), time.time()
+
+    @seed(args.seed)
+    @settings(max_examples=args.n, database=None, deadline=None, phases=(Phase.generate,),
+              suppress_health_check=list(HealthCheck))
+    @given(architectures())
+    def one(arch):
+        summary = arch.summary()
+        assume(summary not in seen)
+        seen.add(summary)
+        i = tally.models
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            outcome = checks.check(arch, export=i % args.export_every == 0,
+                                   eager=i % 4 == 0)
+        tally.add(i, outcome)
+        print(f"{i} {outcome.status} {time.time() - start:.0f}s "
+              + "; ".join(f.line()[:140] for f in outcome.failures()), flush=True)
+        if tally.models % 25 == 0:
+            write(tally.as_dict(args, time.time() - start), args.out)
+
+    one()
+    result = tally.as_dict(args, time.time() - start)
+    write(result, args.out)
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
