@@ -76,11 +76,17 @@ def test_two_devices_match_one_device(tmp_path):
     losses_one, losses_two = (
         [json.loads(line)["train_loss"] for line in open(tmp_path / name / "metrics.jsonl")
          if "train_loss" in line] for name in ("one", "two"))
-    np.testing.assert_allclose(losses_two, losses_one, rtol=1e-5)
+    # Summation order differs between one and two devices: 1.02e-5 relative was seen on a
+    # loss of 2.3 after 4 steps (float32); a sharding bug moves it by far more.
+    np.testing.assert_allclose(losses_two, losses_one, rtol=5e-5)
     np.testing.assert_allclose(two["test_loss"], one["test_loss"], rtol=1e-4)
     for key in one:
         if key not in ("devices", "test_loss"):
-            np.testing.assert_allclose(two[key], one[key], rtol=1e-3, atol=1e-4, err_msg=key)
+            # With XLA:CPU's YNNPACK fusion off (core.xla_workarounds) summation order
+            # differs more between 1 and 2 devices: a BatchNorm mean moved by 1.5e-4 and a
+            # conv weight by 5.6e-4 after 4 high-rate steps, while the losses above agree
+            # to 1e-5; per-device instead of global statistics would differ by ~1e-2.
+            np.testing.assert_allclose(two[key], one[key], rtol=1e-3, atol=2e-3, err_msg=key)
 
 
 def test_distillation_loss_is_zero_for_identical_logits_and_positive_otherwise():
