@@ -57,6 +57,8 @@ KNOWN_ISSUES: List[KnownIssue] = [
                "test_pruned_cond_model_costs_what_the_cost_model_says", _one_flop_per_cond),
     KnownIssue("export", r"requires arguments to have the same dtypes", "dtype:bfloat16",
                "test_pruned_bfloat16_model_exports"),
+    KnownIssue("export", r"^StructureMismatch: 'convert_element_type'", "dtype:bfloat16",
+               "test_pruned_bfloat16_model_with_a_scan_exports"),
     KnownIssue("quant", r"", "input:positional_pair", "test_calibration_of_a_two_input_model"),
     KnownIssue("identity|prune|masked|narrow|jit|lowrank|quant",
                r"Dot with multiple contracting dimensions is not implemented",
@@ -68,6 +70,9 @@ KNOWN_ISSUES: List[KnownIssue] = [
 # Relative to each output's scale. Masked, pruned and narrow models sum in different orders;
 # a wrong channel or count shows up as an error of order one.
 TOLERANCE = {"float32": 3e-4, "bfloat16": 4e-2}
+# Smallest output scale errors are measured against: a bfloat16 output of 0.01 is computed
+# through values of order one, whose rounding (3 digits) it cannot be judged by.
+SCALE_FLOOR = {"float32": 1e-3, "bfloat16": 0.1}
 QUANT_TOLERANCE = {"float32": 2e-2, "bfloat16": 8e-2}
 
 
@@ -123,7 +128,7 @@ def leaves(tree) -> List[np.ndarray]:
     return [np.asarray(jnp.asarray(x, jnp.float32)) for x in jax.tree_util.tree_leaves(tree)]
 
 
-def difference(got, want, reference, tol: float) -> Optional[str]:
+def difference(got, want, reference, tol: float, floor: float = 1e-3) -> Optional[str]:
     """None when ``got`` matches ``want`` (same tree, shapes; max error within ``tol`` of
     each output's scale in ``reference``), else what differs."""
     if jax.tree_util.tree_structure(got) != jax.tree_util.tree_structure(want):
@@ -135,7 +140,7 @@ def difference(got, want, reference, tol: float) -> Optional[str]:
         if not np.all(np.isfinite(g)) or not np.all(np.isfinite(w)):
             if not np.array_equal(np.isfinite(g), np.isfinite(w)):
                 return f"output {k}: non-finite values differ"
-        scale = max(float(np.max(np.abs(r), initial=0.0)), 1e-3)
+        scale = max(float(np.max(np.abs(r), initial=0.0)), floor)
         err = float(np.max(np.abs(np.nan_to_num(g) - np.nan_to_num(w)), initial=0.0))
         if err > tol * scale:
             return f"output {k}: max error {err:.3g} > {tol:g} x scale {scale:.3g}"
@@ -169,7 +174,8 @@ class Checker:
             return False, None
 
     def expect(self, check: str, got, want, reference, tol=None, context="") -> bool:
-        diff = difference(got, want, reference, self.tol if tol is None else tol)
+        diff = difference(got, want, reference, self.tol if tol is None else tol,
+                          SCALE_FLOOR[self.arch.dtype])
         if diff is not None:
             self.add(Finding(check, "mismatch", f"{diff} {context}"))
             return False
