@@ -211,7 +211,9 @@ def conv(interp, eqn, ins):
         interp.unify(c_in, types.product((g, k_in)), eqn)
         interp.unify(k_out, types.product((g, per_group_out)), eqn)
     k_in_size = shape_of(eqn.invars[1])[rhs_spec[1]]
-    if k_in_size == 1:
+    if k_in_size == 1 and groups > 1:
+        # Depthwise: one input per group, not a channel. (With one group, a kernel input
+        # axis of size one is a real channel, e.g. one piece of a split.)
         interp.fix(k_in, "unit", "unit input axis of a depthwise kernel", eqn)
     out[out_spec[1]] = k_out
     return [tuple(out)]

@@ -28,7 +28,9 @@ from tests.fuzz import build, groups_oracle
 KNOWN_UNSUPPORTED = [
     ("PruneError", r"enter a loop or branch body", "pruning channels inside scan/cond/while"),
     ("UnsupportedPrimitiveError", r"", "export: a primitive without a runnable ONNX lowering"),
-    ("SymbolicBatchError", r"", "export: the model does not trace with a symbolic batch"),
+    # (not when the cause it wraps is the pruned bfloat16 re-trace, a known crash)
+    ("SymbolicBatchError", r"^(?![\s\S]*StructureMismatch)",
+     "export: the model does not trace with a symbolic batch"),
     ("HardCodedBatchError", r"", "export: a reshape hard-codes the batch size"),
     ("NotImplementedError", r"for ONNX export: its body is half precision",
      "export: loop bodies in bfloat16"),
@@ -57,7 +59,7 @@ KNOWN_ISSUES: List[KnownIssue] = [
                "test_pruned_cond_model_costs_what_the_cost_model_says", _one_flop_per_cond),
     KnownIssue("export", r"requires arguments to have the same dtypes", "dtype:bfloat16",
                "test_pruned_bfloat16_model_exports"),
-    KnownIssue("export", r"^StructureMismatch: 'convert_element_type'", "dtype:bfloat16",
+    KnownIssue("export", r"StructureMismatch: 'convert_element_type'", "dtype:bfloat16",
                "test_pruned_bfloat16_model_with_a_scan_exports"),
     KnownIssue("quant", r"", "input:positional_pair", "test_calibration_of_a_two_input_model"),
     KnownIssue("identity|prune|masked|narrow|jit|lowrank|quant",

@@ -59,6 +59,34 @@ def test_single_channel_input_reshaped_to_tokens_is_not_prunable():
     assert not g.prunable and "input" in g.reason
 
 
+
+# ----------------------------------- fixed: one-channel conv input (rules_compute.conv)
+def test_one_channel_piece_of_a_split_feeding_a_conv_is_a_group():
+    """A split piece of one channel read by an ordinary conv: the conv's kernel input axis
+    has size one, which the conv rule treated as a depthwise kernel's unit axis and hid
+    (the channel could never be pruned). It is a group of one channel, and emptying it
+    removes the piece from the network, masked, pruned and by hand alike."""
+    def conv(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def fn(p, x):
+        h = jnp.tanh(conv(x, p["a"]))
+        return jnp.mean(conv(h[..., :1], p["b"]) + conv(h[..., 1:], p["c"]), axis=(1, 2))
+
+    p = {"a": _normal(0, (3, 3, 2, 3)), "b": _normal(1, (1, 1, 1, 2)),
+         "c": _normal(2, (1, 1, 2, 2))}
+    x = _normal(3, (2, 5, 5, 2))
+    analysis = analyze(fn, p, x)
+    (one,) = [g for g in analysis.prunable() if ("b", 2) in _members(g)]
+    assert one.size == 1 and _members(one) == {("a", 3), ("b", 2)}
+    pruned = prune(fn, p, x, keep={one.id: []}, analysis=analysis)
+    want = jnp.mean(conv(jnp.tanh(conv(x, p["a"]))[..., 1:], p["c"]), axis=(1, 2))
+    np.testing.assert_allclose(pruned.fn(pruned.variables, x), want, atol=1e-5)
+    np.testing.assert_allclose(masked(fn, analysis)(p, keep_to_masks(analysis.groups,
+                                                                     {one.id: []}), x),
+                               want, atol=1e-5)
+
 # ------------------------------------------------------------------ open: owners named
 @pytest.mark.xfail(strict=True, reason=(
     "core.rewrite evaluates cond through lax.switch, whose index clamp is one more "
