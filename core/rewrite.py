@@ -10,7 +10,8 @@ Call-like equations (``jit``, ``custom_jvp_call``, ``custom_vjp_call``, ``remat`
 inlined so the hook sees, and may reshape, the equations inside them; inlining drops a
 custom derivative rule (a straight-through estimator's gradient), so a hook that must keep
 one handles those equations itself with ``rebind_custom_rule``. ``cond`` branches are
-evaluated through ``lax.switch`` with the hook applied inside each branch. Other
+evaluated with the hook applied inside each branch and bound as one ``cond`` again (not
+through ``lax.switch``, whose index clamp would be an equation the model does not have). Other
 equations with sub-jaxprs (``scan``, ``while``) are bound unchanged unless the hook re-binds
 them with ``rebind_control_flow``, which enters loop and branch bodies (their carries may
 then change shape, consistently, as every iteration is rewritten the same way).
@@ -25,6 +26,7 @@ import numpy as np
 from jax import lax
 from jax import numpy as jnp
 from jax._src import source_info_util
+from jax._src.lax.control_flow.conditionals import _switch_internal
 from jax.extend import core as jcore
 
 from core import primitives as P
@@ -73,13 +75,25 @@ def _evaluate_default(eqn, invals, hook, path, inline_calls):
     sub = trace_lib.call_jaxpr(eqn) if inline_calls else None
     if sub is not None and len(sub.jaxpr.invars) == len(invals):
         return evaluate(sub, invals, hook, path + (0,), inline_calls)
-    if eqn.primitive.name == "cond" and inline_calls:
-        index, operands = invals[0], invals[1:]
+    if eqn.primitive is P.cond_p and inline_calls:
         branches = [
-            (lambda ops, b=branch, k=k: evaluate(b, list(ops), hook, path + (k,), inline_calls))
+            (lambda *ops, b=branch, k=k: evaluate(b, list(ops), hook, path + (k,),
+                                                  inline_calls))
             for k, branch in enumerate(eqn.params["branches"])]
-        return list(lax.switch(index, branches, operands))
+        return rebind_cond(eqn, invals, branches)
     return bind_equation(eqn, invals)
+
+
+def rebind_cond(eqn, invals, branches: Sequence[Callable]) -> list:
+    """Binds ``cond`` again with ``branches`` (functions of the operands) in place of the
+    equation's branch jaxprs, on ``eqn``'s index as it is. Not ``lax.switch``: its clamp
+    of the index (already in range: the traced model made it) is an equation the original
+    model does not have, and core.cost would count it in every rewritten model.
+    ``_switch_internal`` is what ``lax.switch`` calls after the clamp (it traces the
+    branches, shares their constants and binds ``cond_p``)."""
+    index, operands = invals[0], invals[1:]
+    return list(_switch_internal(index, list(branches), tuple(operands),
+                                 branches_platforms=eqn.params.get("branches_platforms")))
 
 
 def as_function(traced: trace_lib.Traced, hook: Optional[Hook] = None) -> Callable:
@@ -121,12 +135,11 @@ def _cast(values, like):
 
 
 def _cond(eqn, invals, hook, path, finish):
-    index, operands = invals[0], invals[1:]
     branches = [
         (lambda *ops, b=branch, k=k: finish(evaluate(b, list(ops), _body_hook(hook),
                                                      path + (k,))))
         for k, branch in enumerate(eqn.params["branches"])]
-    return list(lax.switch(index, branches, *operands))
+    return rebind_cond(eqn, invals, branches)
 
 
 def _scan(eqn, invals, hook, path, finish):
@@ -171,7 +184,7 @@ CONTROL_FLOW = P.rule_table({P.cond_p: _cond, P.scan_p: _scan, P.while_p: _while
 def rebind_control_flow(eqn, invals, hook: Hook, path: Tuple[int, ...],
                         finish: Callable[[list], list] = list) -> list:
     """Re-binds a ``cond``, ``scan`` or ``while`` equation with ``hook`` applied inside its
-    bodies (``lax.switch`` / ``lax.scan`` / ``lax.while_loop`` of the rewritten bodies), so
+    bodies (``cond`` re-bound / ``lax.scan`` / ``lax.while_loop`` of the rewritten bodies), so
     operands may have other shapes than in ``eqn``. ``finish`` turns a body's results into
     arrays (a hook's placeholders must become real values before they leave a body)."""
     return CONTROL_FLOW[eqn.primitive](eqn, invals, hook, path, finish)

@@ -49,14 +49,7 @@ class KnownIssue:
     applies: Callable[[build.Arch, "re.Match"], bool] = lambda arch, match: True
 
 
-def _one_flop_per_cond(arch: build.Arch, match) -> bool:
-    extra = float(match.group(2)) - float(match.group(1))
-    return 0 < extra <= sum(n.op == "cond" for n in arch.nodes)
-
-
 KNOWN_ISSUES: List[KnownIssue] = [
-    KnownIssue("cost", r"^flops: CostModel (\S+) vs count of the pruned model (\S+)", "cond",
-               "test_pruned_cond_model_costs_what_the_cost_model_says", _one_flop_per_cond),
     KnownIssue("export", r"requires arguments to have the same dtypes", "dtype:bfloat16",
                "test_pruned_bfloat16_model_exports"),
     KnownIssue("export", r"StructureMismatch: 'convert_element_type'", "dtype:bfloat16",

@@ -87,13 +87,10 @@ def test_one_channel_piece_of_a_split_feeding_a_conv_is_a_group():
                                                                      {one.id: []}), x),
                                want, atol=1e-5)
 
-# ------------------------------------------------------------------ open: owners named
-@pytest.mark.xfail(strict=True, reason=(
-    "core.rewrite evaluates cond through lax.switch, whose index clamp is one more "
-    "equation in every pruned model with a cond: core.cost.count of the pruned model is 1 "
-    "FLOP per cond above CostModel at the same sizes (owner: pruning-correctness, "
-    "core/rewrite.py)"))
+# --------------------------------------- fixed: cond re-bound without a clamp (core.rewrite)
 def test_pruned_cond_model_costs_what_the_cost_model_says():
+    """core.rewrite evaluated cond through lax.switch, whose index clamp was one more
+    equation (1 FLOP) in every pruned model with a cond than CostModel predicts."""
     from core.cost import CostModel, count
 
     def fn(p, x):
@@ -110,6 +107,7 @@ def test_pruned_cond_model_costs_what_the_cost_model_says():
         {hidden.id: 2.0}).flops
 
 
+# ------------------------------------------------------------------ open: owners named
 @pytest.mark.xfail(strict=True, reason=(
     "export.to_onnx exports a bfloat16 model in float32 by calling it with float32 "
     "variables and inputs, but pruning.Pruned.fn traces the original model at the "
