@@ -15,7 +15,10 @@ and a ``custom_jvp``/``custom_vjp`` function keeps its derivative rule
 model at those shapes (so another batch size, a symbolic batch for export or ``vmap``
 work), applies the rewrite once, removes dead code, and runs the resulting jaxpr. Parameters
 that disappear (a removed branch's kernels, arrays with no channel left) are not in
-``Pruned.variables``; ``Pruned.fn`` finds the others by their path.
+``Pruned.variables``; ``Pruned.fn`` finds the others by their path. It computes at the
+floating dtypes the model was analysed at (the rewrite is aligned to that trace's
+equations): floating variables and inputs of another dtype are cast on entry, so a float32
+call of a bfloat16 model (ONNX export makes one) runs the bfloat16 model.
 """
 import dataclasses
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -237,6 +240,15 @@ class _Compiled:
     notes: List[str]
 
 
+def _as_dtype(value, dtype):
+    """A floating ``value`` cast to the floating ``dtype`` the model was analysed at."""
+    have = jnp.result_type(value)
+    if have != dtype and jnp.issubdtype(have, jnp.floating) and jnp.issubdtype(
+            dtype, jnp.floating):
+        return jax.lax.convert_element_type(value, dtype)
+    return value
+
+
 class PrunedFunction:
     """``fn(variables, *inputs)`` of the pruned model (see the module docstring)."""
 
@@ -295,12 +307,22 @@ class PrunedFunction:
         used_params = [i for i, u in zip(live, used[:len(live)]) if u]
         return _Compiled(ClosedJaxpr(jaxpr, consts), out_tree, used_params, notes)
 
+    def _at_analysed_dtypes(self, inputs):
+        leaves, tree = jax.tree_util.tree_flatten(inputs)
+        dtypes = [v.aval.dtype for _, v in self.analysis.traced.input_invars()]
+        if len(dtypes) != len(leaves):
+            return inputs
+        return jax.tree_util.tree_unflatten(tree, [_as_dtype(x, d)
+                                                   for x, d in zip(leaves, dtypes)])
+
     def __call__(self, variables, *inputs):
+        inputs = self._at_analysed_dtypes(inputs)
         compiled = self.compiled(*inputs)
         by_path = {path_to_str(p): leaf for p, leaf in
                    jax.tree_util.tree_flatten_with_path(variables)[0]}
         try:
-            args = [by_path[self.param_paths[i]] for i in compiled.param_indices]
+            args = [_as_dtype(by_path[self.param_paths[i]], self.param_shapes[i][1])
+                    for i in compiled.param_indices]
         except KeyError as missing:
             raise KeyError(f"pruned model needs parameter {missing}") from None
         args += jax.tree_util.tree_leaves(inputs)
