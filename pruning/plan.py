@@ -250,8 +250,15 @@ def input_specs(inputs: Sequence) -> list:
     return [jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in inputs]
 
 
+def _dim_key(dim):
+    """A symbolic dimension with its scope object (two exports' 'B' print alike but do not
+    mix: a jaxpr traced in one scope fails with the other's; held, so never recycled)."""
+    return dim if isinstance(dim, (int, np.integer)) else (str(dim), getattr(dim, "scope", None))
+
+
 def aval_key(values: Sequence) -> Tuple:
-    return tuple((str(jnp.shape(v)), str(jnp.result_type(v))) for v in values)
+    return tuple((tuple(_dim_key(d) for d in jnp.shape(v)), str(jnp.result_type(v)))
+                 for v in values)
 
 
 def retrace(fn: Callable, variables_spec, inputs: Sequence, plan: Plan):
