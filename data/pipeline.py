@@ -28,6 +28,14 @@ class ImageDataset:
     def image_shape(self):
         return self.train[0].shape[1:]
 
+    # The batch-source protocol of ``core.train`` (which imports no data code).
+    def train_batch(self, step: int, batch_size: int, seed: int, augmentation: bool = True,
+                    shard: Tuple[int, int] = (0, 1)):
+        return train_batch(self, step, batch_size, seed, augmentation, shard)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator:
+        return eval_batches(self, split, batch_size)
+
 
 # Training examples of each offline data set (before the validation split is carved out),
 # so that settings can be checked before the data is read; tfds data sets: 'tfds:NAME'.
