@@ -35,15 +35,9 @@ from jax.extend import core as jcore
 
 from core.channel_groups import GroupAnalysis, analyze_traced
 from core.channel_types import Concat
+from core import primitives as P
 from core.interpreter import Scope
-from core.rules_compute import NARY, REDUCTIONS, UNARY, WINDOWED
 from core.trace import shape_of, source_line, trace
-
-MATMUL = ("conv_general_dilated", "dot_general")
-_NOT_ARITHMETIC = {"convert_element_type", "copy", "copy_p", "stop_gradient",
-                   "reduce_precision", "sharding_constraint", "mesh_cast", "reshard", "pvary",
-                   "real", "imag", "conj", "custom_jvp_call_jaxpr_stub"}
-ELEMENTWISE = tuple(p for p in UNARY + NARY if p not in _NOT_ARITHMETIC)
 
 Poly = Dict[Tuple[int, ...], int]   # sorted group ids -> coefficient
 
@@ -169,6 +163,56 @@ def _itemsize(atom) -> int:
         return 4
 
 
+# ------------------------------------------------------------ FLOPs per primitive
+def _conv_flops(walker: "_Walker", env, eqn, mult: int):
+    lhs_spec, rhs_spec, out_spec = eqn.params["dimension_numbers"]
+    rhs, out = env[eqn.invars[1]], env[eqn.outvars[0]]
+    geometry = _conv_geometry(eqn, walker.exclude_padding)
+    rhs_shape = shape_of(eqn.invars[1])
+    batch = shape_of(eqn.outvars[0])[out_spec[0]]
+    flops = 2 * mult * geometry * batch * rhs_shape[rhs_spec[0]] * rhs_shape[rhs_spec[1]]
+    polys = walker.polys
+    poly = (polys.prod((out[out_spec[0]], rhs[rhs_spec[0]], rhs[rhs_spec[1]]),
+                       2 * mult * geometry) if polys else None)
+    return "matmul", flops, poly, (rhs[rhs_spec[1]],), (rhs[rhs_spec[0]],)
+
+
+def _dot_flops(walker: "_Walker", env, eqn, mult: int):
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    lhs, rhs = env.get(eqn.invars[0]), env.get(eqn.invars[1])
+    lshape, rshape = shape_of(eqn.invars[0]), shape_of(eqn.invars[1])
+    free_r = [d for d in range(len(rshape)) if d not in set(rc) | set(rb)]
+    flops = 2 * mult * int(np.prod(lshape, dtype=np.int64)) * int(
+        np.prod([rshape[d] for d in free_r], dtype=np.int64))
+    poly = None
+    if walker.polys and lhs is not None and rhs is not None:
+        poly = walker.polys.prod(list(lhs) + [rhs[d] for d in free_r], 2 * mult)
+    ins = tuple(lhs[d] for d in lc) if lhs is not None else ()
+    outs = tuple(rhs[d] for d in free_r) if rhs is not None else ()
+    return "matmul", flops, poly, ins, outs
+
+
+def _per_element(kind: str, counted: str):
+    """1 FLOP per element of the output (``counted='out'``) or of the first operand."""
+    def rule(walker: "_Walker", env, eqn, mult: int):
+        atom = eqn.outvars[0] if counted == "out" else eqn.invars[0]
+        flops = mult * int(np.prod(shape_of(atom), dtype=np.int64))
+        axes = env.get(atom)
+        poly = walker.polys.prod(axes, mult) if walker.polys and axes is not None else None
+        return kind, flops, poly, (), ()
+    return rule
+
+
+# Primitives without a rule cost nothing ('other'): layout, casts, copies, control flow
+# (their bodies are walked), cumulative ops.
+FLOP_RULES = P.rule_table({
+    P.conv_general_dilated_p: _conv_flops,
+    P.dot_general_p: _dot_flops,
+    P.ARITHMETIC: _per_element("elementwise", "out"),
+    P.REDUCTIONS | P.WINDOW_REDUCTIONS: _per_element("reduction", "in"),
+})
+
+
 class _Walker:
     def __init__(self, analysis: GroupAnalysis, exclude_padding: bool, want_polys: bool):
         self.a = analysis
@@ -211,40 +255,9 @@ class _Walker:
 
     # equations ------------------------------------------------------------
     def _equation_flops(self, scope: Scope, eqn, mult: int):
-        name = eqn.primitive.name
-        env, polys = scope.env, self.polys
-        if name == "conv_general_dilated":
-            lhs_spec, rhs_spec, out_spec = eqn.params["dimension_numbers"]
-            rhs, out = env[eqn.invars[1]], env[eqn.outvars[0]]
-            geometry = _conv_geometry(eqn, self.exclude_padding)
-            rhs_shape = shape_of(eqn.invars[1])
-            batch = shape_of(eqn.outvars[0])[out_spec[0]]
-            flops = 2 * mult * geometry * batch * rhs_shape[rhs_spec[0]] * rhs_shape[rhs_spec[1]]
-            poly = (polys.prod((out[out_spec[0]], rhs[rhs_spec[0]], rhs[rhs_spec[1]]),
-                               2 * mult * geometry) if polys else None)
-            ins, outs = (rhs[rhs_spec[1]],), (rhs[rhs_spec[0]],)
-            return "matmul", flops, poly, ins, outs
-        if name == "dot_general":
-            (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
-            lhs, rhs = env.get(eqn.invars[0]), env.get(eqn.invars[1])
-            lshape, rshape = shape_of(eqn.invars[0]), shape_of(eqn.invars[1])
-            free_r = [d for d in range(len(rshape)) if d not in set(rc) | set(rb)]
-            flops = 2 * mult * int(np.prod(lshape, dtype=np.int64)) * int(
-                np.prod([rshape[d] for d in free_r], dtype=np.int64))
-            poly = None
-            if polys and lhs is not None and rhs is not None:
-                poly = polys.prod(list(lhs) + [rhs[d] for d in free_r], 2 * mult)
-            ins = tuple(lhs[d] for d in lc) if lhs is not None else ()
-            outs = tuple(rhs[d] for d in free_r) if rhs is not None else ()
-            return "matmul", flops, poly, ins, outs
-        if name in ELEMENTWISE or name in REDUCTIONS or name in WINDOWED:
-            atom = eqn.outvars[0] if name in ELEMENTWISE else eqn.invars[0]
-            flops = mult * int(np.prod(shape_of(atom), dtype=np.int64))
-            axes = env.get(atom)
-            poly = polys.prod(axes, mult) if polys and axes is not None else None
-            kind = "elementwise" if name in ELEMENTWISE else "reduction"
-            return kind, flops, poly, (), ()
-        return "other", 0, None, (), ()
+        """(kind, flops, polynomial, input groups, output groups) by ``FLOP_RULES``."""
+        rule = FLOP_RULES.get(eqn.primitive)
+        return rule(self, scope.env, eqn, mult) if rule else ("other", 0, None, (), ())
 
     def _groups(self, layouts) -> Tuple[int, ...]:
         found = []
@@ -310,22 +323,36 @@ class _Walker:
                     self._free(scope, atom)
 
     def _walk_children(self, eqn, children, mult, path, count_flops):
-        name = eqn.primitive.name
-        if name == "scan":
-            for k, child in enumerate(children):
-                self.walk(child, mult * eqn.params["length"], path + (k,), count_flops)
-        elif name == "cond" and count_flops:
-            costs = []
-            for child in children:
-                probe = _Walker(self.a, self.exclude_padding, False)
-                probe.walk(child, mult)
-                costs.append(probe.matmul_flops + probe.other_flops)
-            best = int(np.argmax(costs))
-            for k, child in enumerate(children):
-                self.walk(child, mult, path + (k,), count_flops and k == best)
-        else:
-            for k, child in enumerate(children):
-                self.walk(child, mult, path + (k,), count_flops)
+        rule = BODY_RULES.get(eqn.primitive, _walk_each)
+        rule(self, eqn, children, mult, path, count_flops)
+
+
+def _walk_each(walker: _Walker, eqn, children, mult, path, count_flops, times: int = 1):
+    """Bodies of calls and while loops count once (a while's trip count is unknown)."""
+    for k, child in enumerate(children):
+        walker.walk(child, mult * times, path + (k,), count_flops)
+
+
+def _walk_scan(walker: _Walker, eqn, children, mult, path, count_flops):
+    """A scan body counts ``length`` times."""
+    _walk_each(walker, eqn, children, mult, path, count_flops, eqn.params["length"])
+
+
+def _walk_cond(walker: _Walker, eqn, children, mult, path, count_flops):
+    """A cond counts its most expensive branch (memory is walked in every branch)."""
+    if not count_flops:
+        return _walk_each(walker, eqn, children, mult, path, count_flops)
+    costs = []
+    for child in children:
+        probe = _Walker(walker.a, walker.exclude_padding, False)
+        probe.walk(child, mult)
+        costs.append(probe.matmul_flops + probe.other_flops)
+    best = int(np.argmax(costs))
+    for k, child in enumerate(children):
+        walker.walk(child, mult, path + (k,), count_flops and k == best)
+
+
+BODY_RULES = P.rule_table({P.scan_p: _walk_scan, P.cond_p: _walk_cond})
 
 
 # --------------------------------------------------------------------- public

@@ -2,9 +2,11 @@
 
 Written the way JAX's own transforms are: a rule table keyed by primitive (``RULES``),
 filled by the rule modules (``core.rules_compute``, ``core.rules_layout``) with helpers
-that register whole categories at once. A rule receives the equation and the layouts of
-its operands (one ``core.channel_types`` layout per axis) and returns the layouts of its
-results, unifying whatever the primitive ties together.
+that register ``Primitive`` objects and whole ``core.primitives`` categories at once (never
+names: a renamed primitive is then an import error, not a rule that silently stops firing).
+A rule receives the equation and the layouts of its operands (one ``core.channel_types``
+layout per axis) and returns the layouts of its results, unifying whatever the primitive
+ties together.
 
 A primitive without a rule never crashes the analysis: every axis it touches is fixed
 (not prunable), its results get fresh fixed axes, and ONE ``UnsupportedPrimitiveWarning``
@@ -19,45 +21,49 @@ that walks the same jaxprs can ask for the type of any variable at any depth.
 """
 import dataclasses
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from jax.extend import core as jcore
+from jax.extend.core import Primitive
 
+from core import primitives as P
 from core.channel_types import ChannelTypes, Layout, Reason
 from core.trace import shape_of, sub_jaxprs
 
 AxisTypes = Tuple[Layout, ...]
 Rule = Callable[["ChannelInterpreter", object, List[AxisTypes]], List[AxisTypes]]
 
-RULES: Dict[str, Rule] = {}
+RULES: Dict[Primitive, Rule] = {}
 
 
 class UnsupportedPrimitiveWarning(UserWarning):
     """A primitive without a channel rule: the axes it touches were made non-prunable."""
 
 
-def _name(primitive) -> str:
-    return primitive if isinstance(primitive, str) else primitive.name
+def register_category(keys: Union[P.Key, Sequence[P.Key]], rule: Rule) -> None:
+    """Installs ``rule`` for primitives and whole ``core.primitives`` categories
+    (``P.ELEMENTWISE_UNARY``, ``P.SCATTERS``...). A primitive given a second rule is an
+    error, so the import order of the rule modules never decides which rule applies."""
+    keys = [keys] if isinstance(keys, (Primitive, frozenset)) else list(keys)
+    table = P.rule_table({key: rule for key in keys})
+    for prim in table:
+        if prim in RULES:
+            raise ValueError(f"channel rules: primitive '{prim.name}' registered twice "
+                             f"({RULES[prim].__name__} and {rule.__name__})")
+    RULES.update(table)
 
 
-def register(*primitives):
-    """Decorator: ``@register('add', lax.sub_p)`` installs a rule for primitives given by
-    name or by ``Primitive`` object."""
+def register(*keys: P.Key):
+    """Decorator: ``@register(P.reshape_p)`` or ``@register(P.SCATTERS)`` installs a rule for
+    primitives or categories given as ``Primitive`` objects (never names)."""
     def wrap(rule: Rule) -> Rule:
-        for p in primitives:
-            RULES[_name(p)] = rule
+        register_category(keys, rule)
         return rule
     return wrap
 
 
-def register_category(primitives: Sequence, rule: Rule) -> None:
-    """Installs one rule for a whole category of primitives (elementwise, reductions...)."""
-    for p in primitives:
-        RULES[_name(p)] = rule
-
-
-def rule_for(primitive) -> Optional[Rule]:
-    return RULES.get(_name(primitive))
+def rule_for(primitive: Primitive) -> Optional[Rule]:
+    return RULES.get(primitive)
 
 
 @dataclasses.dataclass
@@ -76,7 +82,7 @@ class Scope:
 class ChannelInterpreter:
     """Runs the rule table over a closed jaxpr; holds the union-find and the scopes."""
 
-    def __init__(self, types: Optional[ChannelTypes] = None, rules: Dict[str, Rule] = None):
+    def __init__(self, types: Optional[ChannelTypes] = None, rules: Dict[Primitive, Rule] = None):
         self.types = types or ChannelTypes()
         self.rules = RULES if rules is None else rules
         self.unsupported: Dict[str, List] = {}
@@ -135,7 +141,7 @@ class ChannelInterpreter:
         for i, eqn in enumerate(jaxpr.eqns):
             self.eqn_index = i
             ins = [read(env, x) for x in eqn.invars]
-            rule = rules.get(eqn.primitive.name)
+            rule = rules.get(eqn.primitive)
             outs = rule(self, eqn, ins) if rule is not None else self.default_rule(eqn, ins)
             for v, t in zip(eqn.outvars, outs):
                 env[v] = t

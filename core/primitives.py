@@ -162,7 +162,7 @@ def rule_table(entries: Mapping[Key, Any]) -> Dict[Primitive, Any]:
     two entries is an error naming it, so the order of entries never decides a rule."""
     table: Dict[Primitive, Any] = {}
     for key, rule in entries.items():
-        for prim in ([key] if isinstance(key, Primitive) else key):
+        for prim in ([key] if isinstance(key, (Primitive, str)) else key):
             if not isinstance(prim, Primitive):
                 raise TypeError(f"rule_table keys are primitives or categories, not {prim!r}")
             if prim in table:

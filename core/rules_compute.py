@@ -8,26 +8,11 @@ einsum, a depthwise or grouped conv are the same two rules with different parame
 """
 from typing import List
 
+from core import primitives as P
 from core.interpreter import AxisTypes, register, register_category
 from core.trace import call_jaxpr, shape_of
 
 # ------------------------------------------------------------------ elementwise
-UNARY = (
-    "neg", "sign", "floor", "ceil", "round", "is_finite", "exp", "exp2", "log", "log1p",
-    "expm1", "tanh", "logistic", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh",
-    "asinh", "acosh", "atanh", "sqrt", "rsqrt", "cbrt", "abs", "not", "erf", "erfc",
-    "erf_inv", "lgamma", "digamma", "bessel_i0e", "bessel_i1e", "real", "imag", "conj",
-    "integer_pow", "square", "convert_element_type", "reduce_precision", "copy", "copy_p",
-    "stop_gradient", "population_count", "clz", "sharding_constraint", "mesh_cast",
-    "reshard", "pvary", "custom_jvp_call_jaxpr_stub")
-NARY = (
-    "add", "sub", "mul", "div", "rem", "pow", "max", "min", "atan2", "nextafter", "and", "or",
-    "xor", "eq", "ne", "lt", "le", "gt", "ge", "shift_left", "shift_right_logical",
-    "shift_right_arithmetic", "add_any", "select_n", "clamp", "complex", "igamma",
-    "igammac", "igamma_grad_a", "polygamma", "zeta", "random_gamma_grad",
-    "regularized_incomplete_beta")
-
-
 def unary(interp, eqn, ins: List[AxisTypes]) -> List[AxisTypes]:
     """Same axes in and out (activations, casts, rsqrt, integer_pow...)."""
     if shape_of(eqn.outvars[0]) != shape_of(eqn.invars[0]):
@@ -69,16 +54,16 @@ def elementwise(interp, eqn, ins: List[AxisTypes]) -> List[AxisTypes]:
     return [result] * len(eqn.outvars)
 
 
-register_category(UNARY, unary)
-register_category(NARY, elementwise)
+register_category(P.ELEMENTWISE_UNARY, unary)
+register_category(P.ELEMENTWISE_NARY, elementwise)
 
 
-@register("optimization_barrier")
+@register(P.optimization_barrier_p)
 def identity_per_operand(interp, eqn, ins):
     return list(ins)
 
 
-@register("iota")
+@register(P.iota_p)
 def iota(interp, eqn, ins):
     """Fresh axes. A prunable group holding an iota axis (rotary frequencies) must be
     rewritten as ``iota`` then a take of the kept positions, not as a shorter iota."""
@@ -86,10 +71,6 @@ def iota(interp, eqn, ins):
 
 
 # ------------------------------------------------------------------- reductions
-REDUCTIONS = ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and",
-              "reduce_or", "reduce_xor", "argmax", "argmin")
-
-
 def reduction(interp, eqn, ins):
     """Reduced axes disappear; a pruned channel axis may be reduced over (mean pooling
     over space, LayerNorm statistics over channels: the pruned model reduces over the
@@ -98,10 +79,10 @@ def reduction(interp, eqn, ins):
     return [tuple(t for d, t in enumerate(ins[0]) if d not in axes)]
 
 
-register_category(REDUCTIONS, reduction)
+register_category(P.REDUCTIONS, reduction)
 
 
-@register("reduce")
+@register(P.reduce_p)
 def variadic_reduce(interp, eqn, ins):
     dims = set(eqn.params["dimensions"])
     n = len(ins) // 2  # operands then init values
@@ -111,9 +92,6 @@ def variadic_reduce(interp, eqn, ins):
     return [kept] * len(eqn.outvars)
 
 
-CUMULATIVE = ("cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp")
-
-
 def cumulative(interp, eqn, ins):
     """Channel ``i`` of the result mixes channels ``0..i``: the scanned axis is fixed."""
     axis = eqn.params["axis"]
@@ -121,10 +99,10 @@ def cumulative(interp, eqn, ins):
     return [ins[0]]
 
 
-register_category(CUMULATIVE, cumulative)
+register_category(P.CUMULATIVE, cumulative)
 
 
-@register("sort")
+@register(P.sort_p)
 def sort(interp, eqn, ins):
     dim = eqn.params["dimension"]
     for axes in ins[1:]:
@@ -133,7 +111,7 @@ def sort(interp, eqn, ins):
     return [ins[0]] * len(eqn.outvars)
 
 
-@register("top_k")
+@register(P.top_k_p)
 def top_k(interp, eqn, ins):
     interp.fix(ins[0][-1], "order", "top_k along the axis", eqn)
     axes = ins[0][:-1] + (interp.new(shape_of(eqn.outvars[0])[-1], interp.types.reason_of(
@@ -142,10 +120,6 @@ def top_k(interp, eqn, ins):
 
 
 # ------------------------------------------------------------------------ windows
-WINDOWED = ("reduce_window_sum", "reduce_window_max", "reduce_window_min", "reduce_window",
-            "reduce_window_and", "reduce_window_or", "select_and_gather_add")
-
-
 def reduce_window(interp, eqn, ins):
     """Pooling: an axis with a trivial window passes through; a windowed axis (space)
     mixes neighbours, so it is fixed and the result gets a fresh fixed axis."""
@@ -170,11 +144,11 @@ def reduce_window(interp, eqn, ins):
     return [tuple(out)] * n_operands
 
 
-register_category(WINDOWED, reduce_window)
+register_category(P.WINDOW_REDUCTIONS, reduce_window)
 
 
 # --------------------------------------------------------------------- linear ops
-@register("conv_general_dilated")
+@register(P.conv_general_dilated_p)
 def conv(interp, eqn, ins):
     """Conv: input features tie to the kernel's input axis, the kernel's output axis is
     the result's feature axis, space is fixed. ``feature_group_count`` G splits the input
@@ -219,7 +193,7 @@ def conv(interp, eqn, ins):
     return [tuple(out)]
 
 
-@register("dot_general")
+@register(P.dot_general_p)
 def dot_general(interp, eqn, ins):
     """Contracting axes tie pairwise, batch axes tie pairwise; the result is batch axes,
     then the free axes of each side (covers Dense, DenseGeneral with several kernel axes,
@@ -246,11 +220,10 @@ def call(interp, eqn, ins):
     return interp.call(sub, ins)
 
 
-register_category(("jit", "pjit", "closed_call", "core_call", "custom_jvp_call",
-                   "custom_vjp_call", "custom_vjp_call_jaxpr", "remat2", "checkpoint"), call)
+register_category(P.CALLS, call)
 
 
-@register("cond")
+@register(P.cond_p)
 def cond(interp, eqn, ins):
     """Every branch sees the operands; their results must agree axis by axis."""
     outs = None
@@ -264,7 +237,7 @@ def cond(interp, eqn, ins):
     return outs
 
 
-@register("while")
+@register(P.while_p)
 def while_loop(interp, eqn, ins):
     """The carry keeps its layout across iterations: body output unifies with input."""
     p = eqn.params
@@ -277,7 +250,7 @@ def while_loop(interp, eqn, ins):
     return list(carry)
 
 
-@register("scan")
+@register(P.scan_p)
 def scan(interp, eqn, ins):
     """Consts and carry pass as they are, xs lose their leading (scanned, fixed) axis, ys
     gain one. With weights stacked over layers (``nn.scan``) the groups of the body hold

@@ -8,6 +8,7 @@ qkv output refines it into ``Concat(q, k, v)``; ``jnp.repeat`` of key/value head
 key/value head removes its query heads. Axes that cannot be resized consistently (indexed
 vocabularies, strided or dynamic slices of channels, squeezed unit axes) are fixed.
 """
+from core import primitives as P
 from core.interpreter import register
 from core.trace import shape_of
 
@@ -17,7 +18,7 @@ def _kept_or_fixed(interp, layout, out_size, kind, message, eqn):
     return interp.new(out_size, interp.types.reason_of(layout))
 
 
-@register("broadcast_in_dim")
+@register(P.broadcast_in_dim_p)
 def broadcast_in_dim(interp, eqn, ins):
     """Operand axes map to ``broadcast_dimensions``; a size-1 axis stretched to n is fixed
     (it cannot shrink), new axes are fresh (``jnp.repeat``'s copies: prunable as such)."""
@@ -79,7 +80,7 @@ def _unit_pairs(in_shape, out_shape, blocks):
     return [pair for gap in ins for pair in zip(ins[gap], outs.get(gap, ()))]
 
 
-@register("reshape")
+@register(P.reshape_p)
 def reshape(interp, eqn, ins):
     """Merging axes makes a Product of their layouts; splitting an axis unifies it with a
     Product of fresh axes, so an axis of heads times head_dim gains that structure. Unit
@@ -114,12 +115,12 @@ def reshape(interp, eqn, ins):
     return [tuple(t if t is not None else new(1) for t in out)]
 
 
-@register("transpose")
+@register(P.transpose_p)
 def transpose(interp, eqn, ins):
     return [tuple(ins[0][p] for p in eqn.params["permutation"])]
 
 
-@register("squeeze")
+@register(P.squeeze_p)
 def squeeze(interp, eqn, ins):
     dims = set(d % len(ins[0]) for d in eqn.params["dimensions"])
     for d in dims:
@@ -127,15 +128,7 @@ def squeeze(interp, eqn, ins):
     return [tuple(t for d, t in enumerate(ins[0]) if d not in dims)]
 
 
-@register("expand_dims")
-def expand_dims(interp, eqn, ins):
-    out_shape = shape_of(eqn.outvars[0])
-    dims = set(d % len(out_shape) for d in eqn.params["dimensions"])
-    it = iter(ins[0])
-    return [tuple(interp.new(1) if d in dims else next(it) for d in range(len(out_shape)))]
-
-
-@register("concatenate")
+@register(P.concatenate_p)
 def concatenate(interp, eqn, ins):
     """The concatenated axis is the Concat of the operands' axes; the others are shared."""
     dim = eqn.params["dimension"]
@@ -148,7 +141,7 @@ def concatenate(interp, eqn, ins):
     return [first[:dim] + (joined,) + first[dim + 1:]]
 
 
-@register("split")
+@register(P.split_p)
 def split(interp, eqn, ins):
     """``jnp.split`` of a fused projection: the axis becomes the Concat of the pieces."""
     axis = eqn.params["axis"]
@@ -181,7 +174,7 @@ def _slice_axis(interp, layout, n, start, limit, stride, eqn):
     return _kept_or_fixed(interp, layout, count, "slice", "irregular strided slice", eqn)
 
 
-@register("slice")
+@register(P.slice_p)
 def slice_(interp, eqn, ins):
     p = eqn.params
     shape = shape_of(eqn.invars[0])
@@ -190,7 +183,7 @@ def slice_(interp, eqn, ins):
                   zip(ins[0], shape, p["start_indices"], p["limit_indices"], strides))]
 
 
-@register("dynamic_slice")
+@register(P.dynamic_slice_p)
 def dynamic_slice(interp, eqn, ins):
     """Full-size axes pass; a window at a run-time offset cannot follow pruning."""
     shape = shape_of(eqn.invars[0])
@@ -201,7 +194,7 @@ def dynamic_slice(interp, eqn, ins):
     return [tuple(out)]
 
 
-@register("dynamic_update_slice")
+@register(P.dynamic_update_slice_p)
 def dynamic_update_slice(interp, eqn, ins):
     operand, update = ins[0], ins[1]
     for a, b, n, m in zip(operand, update, shape_of(eqn.invars[0]), shape_of(eqn.invars[1])):
@@ -213,7 +206,7 @@ def dynamic_update_slice(interp, eqn, ins):
     return [operand]
 
 
-@register("pad")
+@register(P.pad_p)
 def pad(interp, eqn, ins):
     """Padding a channel axis (zero channels appended) makes ``Concat(lo, x, hi)``;
     negative padding crops like a slice; interior padding is fixed."""
@@ -235,7 +228,7 @@ def pad(interp, eqn, ins):
     return [tuple(out)]
 
 
-@register("rev")
+@register(P.rev_p)
 def rev(interp, eqn, ins):
     dims = set(eqn.params["dimensions"])
     out = [(_kept_or_fixed(interp, t, shape_of(eqn.invars[0])[d], "order", "reversed axis",
@@ -243,7 +236,7 @@ def rev(interp, eqn, ins):
     return [tuple(out)]
 
 
-@register("gather")
+@register(P.gather_p)
 def gather(interp, eqn, ins):
     """Embedding lookups and indexing: indexed operand axes (a vocabulary) are fixed;
     fully sliced operand axes pass to the offset dims of the result (the embedding width);
@@ -272,11 +265,7 @@ def gather(interp, eqn, ins):
     return [tuple(t if t is not None else interp.new(n) for t, n in zip(out, out_shape))]
 
 
-SCATTERS = ("scatter", "scatter-add", "scatter_add", "scatter-mul", "scatter_mul",
-            "scatter-min", "scatter_min", "scatter-max", "scatter_max", "scatter_sub",
-            "scatter-sub")
-
-
+@register(P.SCATTERS)
 def scatter(interp, eqn, ins):
     """Updates written into an operand: window axes of the updates tie to the operand's
     unscattered axes when full size; scattered axes are fixed."""
@@ -298,6 +287,3 @@ def scatter(interp, eqn, ins):
             interp.fix(t, "indexed", "scattered axis", eqn)
     return [operand]
 
-
-for _name in SCATTERS:
-    register(_name)(scatter)

@@ -23,10 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from core.rules_compute import NARY, UNARY
+from jax.extend.core import Primitive
+
+from core import primitives as P
 from pruning.shape_rules import Rebind
 
-ELEMENTWISE = set(UNARY) | set(NARY)
+Rule = Callable[[Rebind], Optional[list]]
 
 
 @dataclasses.dataclass(eq=False)
@@ -98,20 +100,19 @@ def _empty_concatenate(ctx: Rebind) -> Optional[list]:
     return ctx.bind([materialize(v) for v in rest])
 
 
-_REDUCTION_IDENTITY = {"reduce_sum": 0, "reduce_max": -np.inf, "reduce_min": np.inf,
-                       "reduce_prod": 1}
+def _empty_reduction(identity) -> Rule:
+    """A reduction over nothing is its identity."""
+    return lambda ctx: _constant(ctx, identity)
 
 
-def _empty_reduction(ctx: Rebind) -> Optional[list]:
-    return _constant(ctx, _REDUCTION_IDENTITY[ctx.eqn.primitive.name])
-
-
-VANISH_RULES: Dict[str, Callable[[Rebind], Optional[list]]] = {
-    "dot_general": _empty_contraction,
-    "conv_general_dilated": _empty_contraction,
-    "concatenate": _empty_concatenate,
-    **{name: _empty_reduction for name in _REDUCTION_IDENTITY},
-}
+VANISH_RULES: Dict[Primitive, Rule] = P.rule_table({
+    P.LINEAR: _empty_contraction,
+    P.concatenate_p: _empty_concatenate,
+    P.reduce_sum_p: _empty_reduction(0),
+    P.reduce_max_p: _empty_reduction(-np.inf),
+    P.reduce_min_p: _empty_reduction(np.inf),
+    P.reduce_prod_p: _empty_reduction(1),
+})
 
 
 # -------------------------------------------------------------------- folding
@@ -147,14 +148,15 @@ def _fold_transpose(ctx: Rebind) -> Optional[list]:
     return [wrap(jnp.transpose(ctx.invals[0].small, perm), ctx.out_shape(0))]
 
 
-def _fold_reduction(ctx: Rebind) -> Optional[list]:
+def _fold_reduction(ctx: Rebind, sums: bool) -> Optional[list]:
+    """Reduces the small array; a sum over a broadcast (size-1) axis is the value times the
+    axis length (``sums``), a max or min of it is the value."""
     value = ctx.invals[0]
     axes = tuple(ctx.eqn.params["axes"])
-    name = ctx.eqn.primitive.name
     factor = 1
     for d in axes:
         full = value.shape[d]
-        if value.small.shape[d] == 1 and name == "reduce_sum":
+        if value.small.shape[d] == 1 and sums:
             if not isinstance(full, (int, np.integer)):
                 return None
             factor *= int(full)
@@ -180,27 +182,26 @@ def _fold_dot_general(ctx: Rebind) -> Optional[list]:
     return [wrap(out, ctx.out_shape(0))]
 
 
-FOLD_RULES: Dict[str, Callable[[Rebind], Optional[list]]] = {
-    **{name: _fold_elementwise for name in ELEMENTWISE},
-    "broadcast_in_dim": _fold_broadcast_in_dim,
-    "reshape": _fold_reshape,
-    "transpose": _fold_transpose,
-    "reduce_sum": _fold_reduction,
-    "reduce_max": _fold_reduction,
-    "reduce_min": _fold_reduction,
-    "dot_general": _fold_dot_general,
-}
+FOLD_RULES: Dict[Primitive, Rule] = P.rule_table({
+    P.ELEMENTWISE: _fold_elementwise,
+    P.broadcast_in_dim_p: _fold_broadcast_in_dim,
+    P.reshape_p: _fold_reshape,
+    P.transpose_p: _fold_transpose,
+    P.reduce_sum_p: lambda ctx: _fold_reduction(ctx, sums=True),
+    (P.reduce_max_p, P.reduce_min_p): lambda ctx: _fold_reduction(ctx, sums=False),
+    P.dot_general_p: _fold_dot_general,
+})
 
 
 def fold(ctx: Rebind) -> Optional[list]:
     """Results of an equation with ``Bcast`` operands, or ``None`` to materialize them."""
-    rule = FOLD_RULES.get(ctx.eqn.primitive.name)
+    rule = FOLD_RULES.get(ctx.eqn.primitive)
     return rule(ctx) if rule is not None else None
 
 
 def vanish(ctx: Rebind) -> Optional[list]:
     """Results of an equation with empty operands but non-empty results, or ``None``."""
-    rule = VANISH_RULES.get(ctx.eqn.primitive.name)
+    rule = VANISH_RULES.get(ctx.eqn.primitive)
     return rule(ctx) if rule is not None else None
 
 

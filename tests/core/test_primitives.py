@@ -85,7 +85,23 @@ def test_rule_table_expands_categories_and_refuses_two_rules():
         P.rule_table({P.LINEAR: "linear", P.dot_general_p: "dot"})
     with pytest.raises(TypeError, match="not 'add'"):
         P.rule_table({("add",): "add"})
+    with pytest.raises(TypeError, match="not 'reshape'"):
+        P.rule_table({"reshape": "by name"})
     assert P.names(P.LINEAR) == ["conv_general_dilated", "dot_general"]
+
+
+def test_channel_rules_are_keyed_by_primitive_and_refuse_a_second_rule():
+    from core import interpreter, rules_compute, rules_layout
+    assert interpreter.RULES and all(isinstance(p, Primitive) for p in interpreter.RULES)
+    assert interpreter.rule_for(P.copy_p) is rules_compute.unary
+    assert interpreter.rule_for(P.remat_p) is rules_compute.call
+    assert interpreter.rule_for(P.scatter_add_p) is rules_layout.scatter
+    before = dict(interpreter.RULES)
+    with pytest.raises(ValueError, match="'reshape' registered twice"):
+        interpreter.register(P.fft_p, P.reshape_p)(lambda interp, eqn, ins: ins)
+    with pytest.raises(TypeError, match="not 'reshape'"):
+        interpreter.register("reshape")(lambda interp, eqn, ins: ins)
+    assert interpreter.RULES == before and P.fft_p not in before   # nothing half-registered
 
 
 # ------------------------------------------------------------ what JAX binds, by identity
@@ -214,9 +230,8 @@ def test_block_graph_is_the_same_through_remat2_and_copy():
 # Files still holding string lists of primitive names, owned by others at the time of
 # writing (issue 16 item 2); remove an entry once its file dispatches on core.primitives.
 PENDING = {
-    "core/cost.py", "core/rewrite.py", "core/rules_compute.py",
-    "core/rules_layout.py", "pruning/masked.py", "pruning/prune.py", "pruning/plan.py",
-    "pruning/counts.py", "pruning/branch_removal.py", "pruning/shape_rules.py",
+    "core/rewrite.py", "pruning/masked.py", "pruning/prune.py", "pruning/plan.py",
+    "pruning/counts.py", "pruning/shape_rules.py",
 }
 SCANNED = ("core", "pruning", "quant", "lowrank", "nas", "export", "models", "benchmarks")
 # Names that string lists used but no primitive of this JAX has (kept so they are caught).
