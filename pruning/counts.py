@@ -15,11 +15,26 @@ from typing import Any, Dict, Optional, Tuple
 import jax.numpy as jnp
 import numpy as np
 
+from core import primitives as P
 from core.trace import is_literal
 
 # Primitives that carry "a sum over n positions" from operand 0 to their result unchanged.
-PASS_THROUGH = ("convert_element_type", "reshape", "broadcast_in_dim", "squeeze",
-                "expand_dims", "transpose", "copy", "copy_p", "reduce_precision")
+PASS_THROUGH = P.LAYOUT | P.CASTS | P.COPY
+
+
+def _divisor(literal: float, n_old: float, n_new):
+    """``div(sum, n_old)`` -> ``div(sum, n_new)``."""
+    return n_new if _close(literal, n_old) else None
+
+
+def _reciprocal(literal: float, n_old: float, n_new):
+    """``mul(sum, 1/n_old)`` -> ``mul(sum, 1/n_new)``."""
+    return 1.0 / n_new if n_old and _close(literal, 1.0 / n_old) else None
+
+
+# Primitives that may apply a count to a marked sum: (operands that may hold the sum, the
+# new literal for the other operand, or None when the literal is not that count).
+COUNT_CONSUMERS = P.rule_table({P.div_p: ((0,), _divisor), P.mul_p: ((0, 1), _reciprocal)})
 
 
 class ReductionCounts:
@@ -39,7 +54,7 @@ class ReductionCounts:
 
     def follow(self, eqn, invals, outvals) -> None:
         """Carries a mark through a shape-only primitive."""
-        if eqn.primitive.name in PASS_THROUGH and invals and outvals:
+        if eqn.primitive in PASS_THROUGH and invals and outvals:
             found = self.get(invals[0])
             if found is not None:
                 self.mark(outvals[0], *found)
@@ -47,22 +62,17 @@ class ReductionCounts:
     def rewrite_division(self, eqn, invals):
         """``div(sum, n)`` / ``mul(sum, 1/n)`` with a marked ``sum``: the same op with the new
         count. Returns the new operands, or ``None`` when the equation is not such a division."""
-        name = eqn.primitive.name
-        if name not in ("div", "mul") or len(invals) != 2:
+        rule = COUNT_CONSUMERS.get(eqn.primitive)
+        if rule is None or len(invals) != 2:
             return None
-        candidates = (0,) if name == "div" else (0, 1)
+        candidates, replace = rule
         for k in candidates:
             found = self.get(invals[k])
             other = eqn.invars[1 - k]
             if found is None or not is_literal(other) or np.shape(other.val) != ():
                 continue
-            n_old, n_new = found
-            literal = float(other.val)
-            if name == "div" and _close(literal, n_old):
-                new = n_new
-            elif name == "mul" and n_old and _close(literal, 1.0 / n_old):
-                new = 1.0 / n_new
-            else:
+            new = replace(float(other.val), *found)
+            if new is None:
                 continue
             dtype = np.asarray(other.val).dtype
             new = jnp.asarray(new, dtype) if hasattr(new, "dtype") else np.asarray(new, dtype)

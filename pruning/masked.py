@@ -21,6 +21,7 @@ respect to the mask is still the channel's value. Loop and branch bodies (``cond
 inside it (then it is differentiated as rewritten, with a ``CustomRuleDroppedWarning``).
 """
 import copy
+import functools
 import warnings
 from typing import Any, Callable, Dict, Sequence, Union
 
@@ -36,10 +37,6 @@ from core.trace import call_jaxpr, source_line
 from pruning.counts import ReductionCounts
 from pruning.keep_sets import kept_indices
 from pruning.plan import AxisSpec, Plan, aval_key, body_changes, retrace, spec_tree
-
-_EXTREMA = {"reduce_max": -np.inf, "reduce_min": np.inf, "argmax": -np.inf,
-            "argmin": np.inf}
-
 
 class CustomRuleDroppedWarning(UserWarning):
     """A custom_jvp/custom_vjp body in which masked or pruned channels meet each other: its
@@ -129,6 +126,11 @@ class MaskHook:
     def _changed(self, spec: AxisSpec) -> bool:
         return any(gid in self.masks for gid, _, _ in spec.owners)
 
+    def _bind(self, eqn, invals):
+        outs = bind_equation(eqn, invals)
+        self.counts.follow(eqn, invals, outs)
+        return outs
+
     def _contraction(self, eqn, invals, plan):
         """Scale one operand of a dot/conv on its contracted axes and keep NaN and inf of
         removed channels out of the other, so neither side's removed channels reach the
@@ -143,7 +145,25 @@ class MaskHook:
             how = gate if k == side else finite_where_removed
             for a in axes:
                 invals[k] = self._apply(how, invals[k], plan.ins[k], a)
-        return invals
+        return self._bind(eqn, invals)
+
+    def _fill_removed(self, eqn, invals, plan, fill):
+        """max, min, argmax, argmin, prod: removed positions hold the reduction's identity
+        ``fill``, so they cannot win (or scale the product)."""
+        x = invals[0]
+        for d in eqn.params["axes"]:
+            pm = self.position_mask(plan.ins[0], d)
+            if pm is None:
+                continue
+            present = _along(pm, jnp.ndim(x), d) > 0
+            x = jnp.where(present, x, jnp.asarray(fill, x.dtype))
+        return self._bind(eqn, [x] + invals[1:])
+
+    def _channelwise(self, eqn, invals, plan):
+        """Everything else works channel by channel; a division by a reduced count is
+        rewritten to divide by the kept count (``pruning.counts``)."""
+        division = self.counts.rewrite_division(eqn, invals)
+        return self._bind(eqn, invals if division is None else division)
 
     def _call(self, eqn, invals, path):
         """Control flow: the bodies are rewritten too. A custom-derivative function keeps
@@ -159,31 +179,10 @@ class MaskHook:
 
     def __call__(self, eqn, invals, path):
         plan = self.plan.at(path, eqn)
-        name = eqn.primitive.name
         if call_jaxpr(eqn) is not None or eqn.primitive in CONTROL_FLOW:
             return self._call(eqn, invals, path)
-        invals = list(invals)
-        if eqn.primitive in P.LINEAR:
-            invals = self._contraction(eqn, invals, plan)
-        elif name == "reduce_sum":
-            return self._reduce_sum(eqn, invals, plan)
-        elif name in _EXTREMA or name == "reduce_prod":
-            x = invals[0]
-            for d in eqn.params["axes"]:
-                pm = self.position_mask(plan.ins[0], d)
-                if pm is None:
-                    continue
-                present = _along(pm, jnp.ndim(x), d) > 0
-                fill = 1 if name == "reduce_prod" else _EXTREMA[name]
-                x = jnp.where(present, x, jnp.asarray(fill, x.dtype))
-            invals[0] = x
-        else:
-            division = self.counts.rewrite_division(eqn, invals)
-            if division is not None:
-                invals = division
-        outs = bind_equation(eqn, invals)
-        self.counts.follow(eqn, invals, outs)
-        return outs
+        rule = MASK_RULES.get(eqn.primitive, MaskHook._channelwise)
+        return rule(self, eqn, list(invals), plan)
 
     def _reduce_sum(self, eqn, invals, plan):
         x = invals[0]
@@ -205,6 +204,16 @@ class MaskHook:
         if masked_any:
             self.counts.mark(outs[0], n_old, jnp.where(n_new > 0, n_new, 1.0))
         return outs
+
+
+# Where masked channels meet: each rule masks the operands and binds the equation.
+MASK_RULES = P.rule_table({
+    P.LINEAR: MaskHook._contraction,
+    P.reduce_sum_p: MaskHook._reduce_sum,
+    (P.reduce_max_p, P.argmax_p): functools.partial(MaskHook._fill_removed, fill=-np.inf),
+    (P.reduce_min_p, P.argmin_p): functools.partial(MaskHook._fill_removed, fill=np.inf),
+    P.reduce_prod_p: functools.partial(MaskHook._fill_removed, fill=1),
+})
 
 
 def _analysis_of(groups) -> GroupAnalysis:

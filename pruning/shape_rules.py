@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.extend.core import Primitive
 
+from core import primitives as P
 from core.rewrite import bind_equation
 from core.trace import source_line
 from pruning.plan import AxisSpec, EquationPlan
@@ -85,28 +87,14 @@ class Rebind:
         return PruneError(f"{self.eqn.primitive.name} at {source_line(self.eqn)}: {message}")
 
 
-RULES: Dict[str, Callable[[Rebind], list]] = {}
-
-
-def register(*names):
-    def wrap(rule):
-        for name in names:
-            RULES[name] = rule
-        return rule
-    return wrap
-
-
-@register("reshape")
 def reshape(ctx: Rebind) -> list:
     return ctx.bind(new_sizes=ctx.out_shape(0), dimensions=None)
 
 
-@register("broadcast_in_dim")
 def broadcast_in_dim(ctx: Rebind) -> list:
     return ctx.bind(shape=ctx.out_shape(0))
 
 
-@register("conv_general_dilated")
 def conv(ctx: Rebind) -> list:
     groups = ctx.eqn.params["feature_group_count"]
     if groups == 1:
@@ -119,13 +107,11 @@ def conv(ctx: Rebind) -> list:
     return ctx.bind(feature_group_count=features // per_group)
 
 
-@register("split")
 def split(ctx: Rebind) -> list:
     axis = ctx.eqn.params["axis"]
     return ctx.bind(sizes=tuple(ctx.out_shape(k)[axis] for k in range(len(ctx.eqn.outvars))))
 
 
-@register("slice")
 def slice_(ctx: Rebind) -> list:
     """Each kept result position reads input position ``start + j * stride``; find it among
     the kept input positions. A regular progression stays a slice, otherwise a take."""
@@ -160,7 +146,6 @@ def slice_(ctx: Rebind) -> list:
     return [out]
 
 
-@register("pad")
 def pad(ctx: Rebind) -> list:
     config = list(ctx.eqn.params["padding_config"])
     for d, (lo, hi, interior) in enumerate(config):
@@ -189,14 +174,25 @@ def _window_sizes(ctx: Rebind, sizes) -> tuple:
     return tuple(sizes)
 
 
-@register("dynamic_slice")
 def dynamic_slice(ctx: Rebind) -> list:
     return ctx.bind(slice_sizes=_window_sizes(ctx, ctx.eqn.params["slice_sizes"]))
 
 
-@register("gather")
 def gather(ctx: Rebind) -> list:
     return ctx.bind(slice_sizes=_window_sizes(ctx, ctx.eqn.params["slice_sizes"]))
+
+
+# Primitives whose parameters hold shapes or positions (see the module docstring).
+RULES: Dict[Primitive, Callable[[Rebind], list]] = P.rule_table({
+    P.reshape_p: reshape,
+    P.broadcast_in_dim_p: broadcast_in_dim,
+    P.conv_general_dilated_p: conv,
+    P.split_p: split,
+    P.slice_p: slice_,
+    P.pad_p: pad,
+    P.dynamic_slice_p: dynamic_slice,
+    P.gather_p: gather,
+})
 
 
 def generic(ctx: Rebind) -> list:
@@ -220,4 +216,4 @@ def generic(ctx: Rebind) -> list:
 
 
 def rebind(ctx: Rebind) -> list:
-    return RULES.get(ctx.eqn.primitive.name, generic)(ctx)
+    return RULES.get(ctx.eqn.primitive, generic)(ctx)

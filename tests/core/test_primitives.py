@@ -229,10 +229,7 @@ def test_block_graph_is_the_same_through_remat2_and_copy():
 # ----------------------------------------------------- no string lists of primitive names
 # Files still holding string lists of primitive names, owned by others at the time of
 # writing (issue 16 item 2); remove an entry once its file dispatches on core.primitives.
-PENDING = {
-    "core/rewrite.py", "pruning/masked.py", "pruning/prune.py", "pruning/plan.py",
-    "pruning/counts.py", "pruning/shape_rules.py",
-}
+PENDING = {"core/rewrite.py", "pruning/prune.py"}
 SCANNED = ("core", "pruning", "quant", "lowrank", "nas", "export", "models", "benchmarks")
 # Names that string lists used but no primitive of this JAX has (kept so they are caught).
 STALE = {"copy_p", "remat", "pjit", "core_call", "checkpoint", "custom_vjp_call_jaxpr",
