@@ -32,6 +32,10 @@ if [ "$(uname -m)" = x86_64 ] && ! command -v qemu-x86_64 >/dev/null; then
   echo "[setup] installing qemu-user (emulates a CPU without VNNI for the int8 tests)"
   PACKAGES+=(qemu-user)
 fi
+if [ ! -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ]; then
+  echo "[setup] installing opencv-doc (real stills and videos: data/real_images.py)"
+  PACKAGES+=(opencv-doc)
+fi
 if [ "${#PACKAGES[@]}" -gt 0 ]; then
   SUDO=""
   if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
