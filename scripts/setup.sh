@@ -42,3 +42,6 @@ if [ "${#PACKAGES[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${PACKAGES[@]}"
 fi
+
+# Real pretrained TFLite models (issue 17) into a cache outside git; sha256-checked.
+bash "$ROOT/scripts/fetch_tflite_models.sh"
