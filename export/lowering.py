@@ -61,9 +61,21 @@ def _float32_param(value):
     return value
 
 
+def _float32_operand(value, atom):
+    """An operand as float32 if it is half precision; literals as arrays first (a loop's
+    carry must have one type going in and coming out)."""
+    if not isinstance(value, jax.Array):
+        value = jnp.asarray(value, atom.aval.dtype)
+    return _up(value)
+
+
 def _float32_hook(eqn, invals, path):
     if trace_lib.call_jaxpr(eqn) is not None or eqn.primitive is P.cond_p:
         return None                   # inlined by rewrite.evaluate, this hook applied inside
+    if eqn.primitive in rewrite.CONTROL_FLOW:     # scan / while: bodies computed in float32
+        return rewrite.rebind_control_flow(
+            eqn, [_float32_operand(v, a) for v, a in zip(invals, eqn.invars)], _float32_hook,
+            path, finish=lambda outs: [_up(o) for o in outs])
     if trace_lib.sub_jaxprs(eqn) and any(uses_half_floats(s) for s in trace_lib.sub_jaxprs(eqn)):
         raise NotImplementedError(
             f"cannot compute {eqn.primitive.name} at {trace_lib.source_line(eqn)} in float32 "

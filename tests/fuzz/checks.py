@@ -50,10 +50,6 @@ class KnownIssue:
 
 
 KNOWN_ISSUES: List[KnownIssue] = [
-    KnownIssue("export", r"requires arguments to have the same dtypes", "dtype:bfloat16",
-               "test_pruned_bfloat16_model_exports"),
-    KnownIssue("export", r"StructureMismatch: 'convert_element_type'", "dtype:bfloat16",
-               "test_pruned_bfloat16_model_with_a_scan_exports"),
     KnownIssue("quant", r"", "input:positional_pair", "test_calibration_of_a_two_input_model"),
     KnownIssue("identity|prune|masked|narrow|jit|lowrank|quant",
                r"Dot with multiple contracting dimensions is not implemented",

@@ -107,14 +107,12 @@ def test_pruned_cond_model_costs_what_the_cost_model_says():
         {hidden.id: 2.0}).flops
 
 
-# ------------------------------------------------------------------ open: owners named
-@pytest.mark.xfail(strict=True, reason=(
-    "export.to_onnx exports a bfloat16 model in float32 by calling it with float32 "
-    "variables and inputs, but pruning.Pruned.fn traces the original model at the "
-    "parameter dtypes recorded when it was pruned (bfloat16): the conv gets a float32 "
-    "input and a bfloat16 kernel, TypeError (owners: export-lowrank-quant-input, "
-    "export/onnx_export.py, and pruning-correctness, pruning/prune.py)"))
+# ------------- fixed: pruned bfloat16 models export (pruning.prune, plan, export.lowering)
 def test_pruned_bfloat16_model_exports():
+    """export.to_onnx computes a bfloat16 model in float32 by calling it with float32
+    variables and inputs; Pruned.fn re-traced the original with the recorded bfloat16
+    parameter dtypes and a float32 input (conv TypeError). Pruned.fn now computes at the
+    analysed dtypes (casting on entry) and export lifts that trace to float32."""
     from export import to_onnx
 
     def conv(x, w):
@@ -133,6 +131,32 @@ def test_pruned_bfloat16_model_exports():
     assert result.parity.ok
 
 
+def test_pruned_bfloat16_model_with_a_scan_exports():
+    """The float32 re-trace of a pruned bfloat16 model with a scan had other
+    convert_element_type equations than the analysed trace (StructureMismatch); computing
+    at the analysed dtypes, export must also lift the scan's bfloat16 body to float32
+    (export.lowering enters loop bodies) and Pruned.fn must not reuse a jaxpr traced in
+    another export's symbolic scope (pruning.plan.aval_key)."""
+    from export import to_onnx
+
+    def fn(p, x):
+        def step(h, xt):
+            h = jnp.tanh(xt @ p["wx"] + h @ p["wh"])
+            return h, h
+        _, ys = lax.scan(step, jnp.zeros((x.shape[0], 3), x.dtype), jnp.swapaxes(x, 0, 1))
+        return jnp.mean(ys, axis=0) @ p["o"] + p["ob"]
+
+    shapes = {"wx": (2, 3), "wh": (3, 3), "o": (3, 4), "ob": (4,)}
+    p = {k: _normal(i, s).astype(jnp.bfloat16) for i, (k, s) in enumerate(shapes.items())}
+    x = _normal(9, (2, 5, 2)).astype(jnp.bfloat16)
+    (hidden,) = analyze(fn, p, x).prunable()
+    pruned = prune(fn, p, x, keep={hidden.id: [0, 2]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert to_onnx(pruned.fn, pruned.variables, x).parity.ok
+
+
+# ------------------------------------------------------------------ open: owners named
 @pytest.mark.xfail(strict=True, reason=(
     "quant.calibrate takes batches as arrays or (input, label...) tuples, so a model with "
     "two positional inputs gets only the first one and fails inside the model "
@@ -187,28 +211,3 @@ def test_exports_do_not_depend_on_earlier_exports():
         for _ in range(3):
             for fn in models:
                 assert to_onnx(fn, p, x).parity.ok
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "the same cause as test_pruned_bfloat16_model_exports, another symptom: with a scan, "
-    "re-tracing the pruned bfloat16 model in float32 for export gives other "
-    "convert_element_type equations than the analysed trace, and pruning.plan's alignment "
-    "raises StructureMismatch (owners: export-lowrank-quant-input and pruning-correctness)"))
-def test_pruned_bfloat16_model_with_a_scan_exports():
-    from export import to_onnx
-
-    def fn(p, x):
-        def step(h, xt):
-            h = jnp.tanh(xt @ p["wx"] + h @ p["wh"])
-            return h, h
-        _, ys = lax.scan(step, jnp.zeros((x.shape[0], 3), x.dtype), jnp.swapaxes(x, 0, 1))
-        return jnp.mean(ys, axis=0) @ p["o"] + p["ob"]
-
-    shapes = {"wx": (2, 3), "wh": (3, 3), "o": (3, 4), "ob": (4,)}
-    p = {k: _normal(i, s).astype(jnp.bfloat16) for i, (k, s) in enumerate(shapes.items())}
-    x = _normal(9, (2, 5, 2)).astype(jnp.bfloat16)
-    (hidden,) = analyze(fn, p, x).prunable()
-    pruned = prune(fn, p, x, keep={hidden.id: [0, 2]})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert to_onnx(pruned.fn, pruned.variables, x).parity.ok
