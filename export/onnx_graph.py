@@ -1,12 +1,52 @@
 """A mutable view of an ONNX graph for the clean-up passes: nodes in a list, constants as
 numpy arrays, the rank of every value (from onnx shape inference where it succeeds), and the
 edits the passes share (fresh names, rewiring uses, dead-node removal, topological order).
+
+A node with subgraphs (If branches, Loop / Scan bodies) also reads, by name, the outer values
+its subgraphs use without defining them; ``reads`` counts those as its inputs, so dead-code
+removal keeps them and the topological order puts their producers first.
 """
 from typing import Dict, List
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
+
+
+def _subgraphs(node) -> List[onnx.GraphProto]:
+    return [g for a in node.attribute
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))]
+
+
+def outer_reads(node) -> List[str]:
+    """Names the subgraphs of ``node`` read from the enclosing scope."""
+    names: List[str] = []
+    for g in _subgraphs(node):
+        defined = ({i.name for i in g.input} | {i.name for i in g.initializer}
+                   | {o for n in g.node for o in n.output})
+        names += [name for n in g.node for name in reads(n) if name and name not in defined]
+        names += [o.name for o in g.output if o.name not in defined]
+    return names
+
+
+def reads(node) -> List[str]:
+    """The values ``node`` reads: its inputs and its subgraphs' outer-scope reads."""
+    return list(node.input) + outer_reads(node)
+
+
+def _rename_in_subgraphs(node, old: str, new: str):
+    for g in _subgraphs(node):
+        defined = {i.name for i in g.input} | {i.name for i in g.initializer}
+        if old in defined or any(old in n.output for n in g.node):
+            continue                  # shadowed inside: not the outer value
+        for inner in g.node:
+            for i, name in enumerate(inner.input):
+                if name == old:
+                    inner.input[i] = new
+            _rename_in_subgraphs(inner, old, new)
+        for out in g.output:          # subgraph outputs are positional: rename freely
+            if out.name == old:
+                out.name = new
 
 
 class Graph:
@@ -45,7 +85,7 @@ class Graph:
     def consumers(self) -> Dict[str, List[onnx.NodeProto]]:
         uses: Dict[str, List[onnx.NodeProto]] = {}
         for node in self.nodes:
-            for name in node.input:
+            for name in reads(node):
                 uses.setdefault(name, []).append(node)
         return uses
 
@@ -58,6 +98,7 @@ class Graph:
             for i, name in enumerate(node.input):
                 if name == old:
                     node.input[i] = new
+            _rename_in_subgraphs(node, old, new)
         if old in self.outputs:
             self.nodes.append(helper.make_node("Identity", [new], [old]))
 
@@ -65,7 +106,7 @@ class Graph:
         while True:
             used = set(self.outputs)
             for node in self.nodes:
-                used.update(node.input)
+                used.update(reads(node))
             alive = [n for n in self.nodes if any(o in used for o in n.output)]
             if len(alive) == len(self.nodes):
                 break
@@ -76,7 +117,7 @@ class Graph:
         known = set(self.consts) | {i.name for i in self.model.graph.input} | {""}
         ordered, pending = [], list(self.nodes)
         while pending:
-            ready = [n for n in pending if all(i in known for i in n.input)]
+            ready = [n for n in pending if all(i in known for i in reads(n))]
             if not ready:
                 raise ValueError("graph has a cycle or an undefined input")
             for node in ready:

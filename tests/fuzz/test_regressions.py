@@ -156,6 +156,24 @@ def test_pruned_bfloat16_model_with_a_scan_exports():
         assert to_onnx(pruned.fn, pruned.variables, x).parity.ok
 
 
+# -------------------- fixed: subgraphs' outer reads kept by the ONNX clean-up (onnx_graph)
+def test_branch_reading_an_outer_constant_exports():
+    """An If branch (a cond) that reads a weight: jax2onnx makes the weight an initializer of
+    the main graph that only the branch reads, by name. The clean-up's dead-code removal
+    counted node inputs only, dropped it, and onnx refused the graph ('Nodes in a graph
+    must be topologically sorted, however input 'const_0' ... is not output of any previous
+    nodes'); the fuzzer saw it as 1 export in 40 with reductions and loop bodies."""
+    from export import to_onnx
+    x, p = _normal(0, (2, 4, 3)), _normal(1, (3, 3))
+    fn = lambda p, x: lax.cond(jnp.mean(x) > 0, lambda x: jnp.tanh(x @ p),
+                               lambda x: x * 2.0, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for sign in (1.0, -1.0):
+            result = to_onnx(fn, p, sign * x)
+            assert result.parity.ok and result.op_counts.get("If") == 1
+
+
 # ------------------------------------------------------------------ open: owners named
 @pytest.mark.xfail(strict=True, reason=(
     "quant.calibrate takes batches as arrays or (input, label...) tuples, so a model with "
