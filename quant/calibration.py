@@ -100,11 +100,36 @@ def _non_finite(what: str, tree) -> str:
     return ""
 
 
+def positional_inputs(model: QuantizedModel) -> int:
+    """How many positional inputs the quantized model takes (its traced ``inputK`` paths)."""
+    traced = model.flat.traced
+    indices = [int(path[len("input"):].split("/")[0])
+               for path, is_param in zip(traced.in_paths, traced.is_param) if not is_param]
+    return max(indices, default=0) + 1
+
+
+def batch_inputs(batch, n_inputs: int, index: int) -> tuple:
+    """The model inputs of one calibration batch. One input: the batch itself, or the first
+    element of a tuple / list (``(input, label...)``). ``n_inputs`` > 1: a tuple / list whose
+    first ``n_inputs`` elements are the inputs (labels may follow)."""
+    if n_inputs == 1:
+        return (batch[0] if isinstance(batch, (tuple, list)) else batch,)
+    if not isinstance(batch, (tuple, list)) or len(batch) < n_inputs:
+        got = (f"a {type(batch).__name__} of {len(batch)}"
+               if isinstance(batch, (tuple, list)) else f"one {type(batch).__name__}")
+        raise ValueError(f"calibrate: the model takes {n_inputs} positional inputs, so each "
+                         f"batch must be a tuple of them (labels may follow); batch {index} "
+                         f"is {got}")
+    return tuple(batch[:n_inputs])
+
+
 def calibrate(model: QuantizedModel, variables, batches: Iterable, method: str = "mse",
               percentile: float = 99.99, weight_method: str = "minmax",
               sample_size: int = 100_000) -> Dict[str, Dict[str, np.ndarray]]:
-    """``qparams`` for every site: activations from ``batches`` (arrays, or tuples whose
-    first element is the model input), weights from ``variables``.
+    """``qparams`` for every site: activations from ``batches``, weights from ``variables``.
+    For a model of one input a batch is an array or a tuple whose first element is the
+    input; for a model of several positional inputs, a tuple of all of them (labels may
+    follow), see ``batch_inputs``.
 
     A batch with NaN or inf in its input or in any activation is skipped with a warning
     naming its index: one NaN image used to leave finite scales that were nonetheless
@@ -113,12 +138,13 @@ def calibrate(model: QuantizedModel, variables, batches: Iterable, method: str =
     observers: Dict[str, RangeObserver] = {}
     weights: Dict[str, np.ndarray] = {}
     seen, skipped = 0, []
+    n_inputs = positional_inputs(model)
     for index, batch in enumerate(batches):
         seen += 1
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        values, where = {}, _non_finite("the input", x)
+        xs = batch_inputs(batch, n_inputs, index)
+        values, where = {}, _non_finite("the input", xs if n_inputs > 1 else xs[0])
         if not where:
-            values = jax.tree.map(np.asarray, collect(variables, x))
+            values = jax.tree.map(np.asarray, collect(variables, *xs))
             where = _non_finite("activation", {name: value for name, value in values.items()
                                                if model.sites[name].kind != "weight"})
         if where:

@@ -187,7 +187,7 @@ def quant(c, m: Model) -> None:
                                                 profile=profile))
     if not ok:
         return
-    # calibrate() reads a tuple batch as (model input, label...): wrap the inputs in one.
+    # calibrate() reads a batch as (input, label...) for one input, else as the inputs.
     batch = (m.inputs[0],) if len(m.inputs) == 1 else tuple(m.inputs)
     ok, qp = c.attempt("quant", lambda: calibrate(q, m.variables, [batch], method="minmax"))
     if not ok:

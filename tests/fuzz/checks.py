@@ -50,7 +50,6 @@ class KnownIssue:
 
 
 KNOWN_ISSUES: List[KnownIssue] = [
-    KnownIssue("quant", r"", "input:positional_pair", "test_calibration_of_a_two_input_model"),
     KnownIssue("identity|prune|masked|narrow|jit|lowrank|quant",
                r"Dot with multiple contracting dimensions is not implemented",
                "attention:dpa", "test_bfloat16_attention_with_head_dim_one_compiles"),

@@ -174,12 +174,11 @@ def test_branch_reading_an_outer_constant_exports():
             assert result.parity.ok and result.op_counts.get("If") == 1
 
 
-# ------------------------------------------------------------------ open: owners named
-@pytest.mark.xfail(strict=True, reason=(
-    "quant.calibrate takes batches as arrays or (input, label...) tuples, so a model with "
-    "two positional inputs gets only the first one and fails inside the model "
-    "(owner: export-lowrank-quant-input, quant/calibration.py)"))
+# ------------------------------ fixed: batches of several model inputs (quant.calibration)
 def test_calibration_of_a_two_input_model():
+    """quant.calibrate read a tuple batch as (input, label...), so a model with two
+    positional inputs got only the first. A batch is now the tuple of all of them; a
+    batch that does not hold them all is a clear error."""
     from quant import calibrate, load_profile, quantize
     fn = lambda p, x, y: x @ p["a"] + y @ p["b"]
     p = {"a": _normal(0, (3, 2)), "b": _normal(1, (4, 2))}
@@ -188,8 +187,15 @@ def test_calibration_of_a_two_input_model():
     q = quantize(fn, p, x, y, profile=profile)
     qparams = calibrate(q, p, [(x, y)], method="minmax")
     np.testing.assert_allclose(q.apply(p, qparams, x, y), fn(p, x, y), rtol=1e-2, atol=1e-3)
+    labels = np.zeros(2)
+    with_labels = calibrate(q, p, [(x, y, labels)], method="minmax")
+    for name in qparams["scale"]:
+        np.testing.assert_array_equal(with_labels["scale"][name], qparams["scale"][name])
+    with pytest.raises(ValueError, match=r"2 positional inputs.*batch 1 is one ndarray"):
+        calibrate(q, p, [(x, y), np.asarray(x)], method="minmax")
 
 
+# ------------------------------------------------------------------ open: owners named
 @pytest.mark.xfail(strict=True, reason=(
     "with core.xla_workarounds' --xla_cpu_experimental_ynn_fusion_type= (set by every "
     "package), XLA:CPU fails to compile jax.nn.dot_product_attention in bfloat16 with a "
