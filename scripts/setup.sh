@@ -45,3 +45,4 @@ fi
 
 # Real pretrained TFLite models (issue 17) into a cache outside git; sha256-checked.
 bash "$ROOT/scripts/fetch_tflite_models.sh"
+bash "$ROOT/scripts/fetch_models.sh"   # real pretrained ONNX models (issue 17), sha256-checked
