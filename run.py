@@ -3,7 +3,8 @@
 --list prints every experiment with its description. With no --exp the default
 experiment runs. Results go to --workdir (default runs/NAME): checkpoints, metrics.jsonl
 (one JSON line per logged step) and outputs; trained teachers are shared through the cache
-in $TEACHER_CACHE or runs/teachers/. A run publishes into benchmarks/results only when its
+in $TEACHER_CACHE or runs/teachers/. The programs live in experiments/ (one module per
+experiment, main(config, workdir)); a run publishes into benchmarks/results only when its
 config sets `publish` and it runs in its default workdir.
 
 A workdir belongs to one run at a time (a second one fails at once) and remembers its
@@ -11,7 +12,6 @@ settings (config.json): rerunning resumes where it stopped, but a rerun with set
 change the result is refused with the list of changed keys; --fresh starts over.
 """
 import argparse
-import importlib
 import os
 import sys
 
@@ -42,21 +42,22 @@ def parse_args(argv):
 def main(argv=None):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from core import config as config_lib
+    from experiments import registry
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     if args.list:
-        for name, path in config_lib.experiment_paths().items():
+        for name, path in registry.experiment_paths().items():
             marker = " (default)" if name == DEFAULT_EXPERIMENT else ""
-            print(f"{name:28s} {config_lib.describe(path)}{marker}")
+            print(f"{name:28s} {registry.describe(path)}{marker}")
         return 0
+    import experiments
     from core import workdir as workdir_lib
     from data import fashion_mnist
     try:
-        config = config_lib.load(args.exp, overrides)
-        workdir = os.path.abspath(args.workdir or config_lib.default_workdir(config))
+        config = registry.load(args.exp, overrides)
+        workdir = os.path.abspath(args.workdir or registry.default_workdir(config))
         with workdir_lib.prepared(config, workdir, fresh=args.fresh):
             print(f"experiment {config.experiment_name} -> {workdir}")
-            program = importlib.import_module(config.program)
-            program.main(config, workdir)
+            experiments.run(config, workdir)
     except (config_lib.ConfigError, workdir_lib.WorkdirBusyError,
             fashion_mnist.DatasetNotFoundError, fashion_mnist.DatasetCorruptError) as error:
         print(f"error: {error}", file=sys.stderr)

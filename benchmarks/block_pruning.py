@@ -1,6 +1,6 @@
 """Weighted block pruning: the family of a model against channel pruning at equal latency.
 
-Runs the ``blocks_<model>`` experiment (``pruning.block_family``: blocks scored on the
+Runs the ``blocks_<model>`` experiment (``experiments/block_family.py``: blocks scored on the
 device, removed greedily, each member fine-tuned by distillation, exported and measured),
 then measures every family member and every channel-pruned model of the same teacher found
 in ``benchmarks/results/prune_*.json`` side by side in this process, on the same runner,
@@ -35,7 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def load_config(model: str, smoke: bool, overrides):
     from core import config as config_lib
-    config = config_lib.load("blocks_tiny" if smoke else f"blocks_{model}")
+    from experiments import registry
+    config = registry.load("blocks_tiny" if smoke else f"blocks_{model}")
     if smoke:
         config.teacher.model = model
     for item in overrides:
@@ -178,7 +179,7 @@ def main(argv=None):
         with open(os.path.join(workdir, "result.json")) as f:
             run = json.load(f)
     else:
-        from pruning import block_family
+        from experiments import block_family
         run = block_family.main(config, workdir)
 
     family = [{**r, "name": f"blocks -{r['blocks_removed']}", "accuracy":

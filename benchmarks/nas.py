@@ -1,7 +1,7 @@
 """NAS study: predictor quality on held-out architectures against baselines, and the searched
 architectures against width-scaled ResNet-20s and channel-pruned models at measured latency.
 
-1. Runs the NAS experiment (``nas.pipeline``; its workdir caches every stage, so a finished
+1. Runs the NAS experiment (``experiments.nas_search``; its workdir caches every stage, so a finished
    run is only read back) and reports the predictors on held-out sampled architectures:
    Kendall tau / Spearman for accuracy, within-10% and tau for latency and memory, GNN vs
    DONNA's linear model on per-block distillation losses, a one-hot MLP and FLOPs alone.
@@ -39,11 +39,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from core import config as config_lib, losses, train as train_lib  # noqa: E402
+from core import losses, train as train_lib  # noqa: E402
+from experiments import nas_search as pipeline, registry  # noqa: E402
 from export.onnx_export import to_onnx  # noqa: E402
 from export.runners import get_runner  # noqa: E402
 from models import resnet  # noqa: E402
-from nas import pareto_plot, pipeline  # noqa: E402
+from nas import pareto_plot  # noqa: E402
 from benchmarks import machine  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -150,7 +151,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--results_name", default="nas")
     args = parser.parse_args(argv)
-    cfg = config_lib.load(args.exp, [])
+    cfg = registry.load(args.exp, [])
     workdir = os.path.abspath(args.workdir or os.path.join(ROOT, "runs", cfg.experiment_name))
     nas = run_nas(cfg, workdir)
     teacher_fn, teacher_variables, dataset, summary = pipeline.load_teacher(cfg)

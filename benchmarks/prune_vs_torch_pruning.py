@@ -4,7 +4,7 @@ Run:  python benchmarks/prune_vs_torch_pruning.py [--steps N] [--targets 2,4] [-
       (about 40 minutes on 2 shared cores at the defaults; --quick is a 3-minute smoke run)
 Needs: pip install -r benchmarks/requirements.txt  (torch, torchvision, torch-pruning).
 
-One teacher: the cached ResNet-20 (``core.teacher``) is copied into a PyTorch twin
+One teacher: the cached ResNet-20 (``experiments.preamble``) is copied into a PyTorch twin
 (``benchmarks.torch_resnet20``; a test checks both give the same logits). Per FLOPs
 reduction target (2x, 4x) and method:
 
@@ -59,7 +59,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks import machine, torch_resnet20  # noqa: E402
 from benchmarks import torch_side  # noqa: E402
-from core import cost, losses, teacher as teacher_lib, train as train_lib  # noqa: E402
+from core import cost, losses, train as train_lib  # noqa: E402
+from experiments import preamble as teacher_lib  # noqa: E402
 from core.configs import train_teacher  # noqa: E402
 from data import pipeline  # noqa: E402
 from export.onnx_export import to_onnx  # noqa: E402

@@ -1,7 +1,7 @@
 """int8 quantization of trained Fashion-MNIST models: ours vs onnxruntime's quantize_static.
 
 For each model with a cached teacher (ResNet-20 by default; MobileNetV2 and ViT when their
-teachers exist, see ``--models``), runs the ``quant.experiment`` pipeline: test accuracy of
+teachers exist, see ``--models``), runs the ``experiments.quantization`` program: test accuracy of
 float, PTQ per-tensor and per-channel, each with and without cross-layer equalization and
 bias correction, and QAT (JAX fake-quant); then the same float ONNX model quantized by us
 (QDQ with our scales) and by ``onnxruntime.quantization.quantize_static`` (QDQ, per-channel,
@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from benchmarks.machine import describe  # noqa: E402
-from core import teacher as teacher_lib  # noqa: E402
-from quant import experiment  # noqa: E402
+from experiments import preamble as teacher_lib  # noqa: E402
+from experiments import quantization as experiment  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CONFIGS = {"resnet20": "quant_resnet20", "mobilenetv2": "quant_mobilenetv2",
@@ -49,8 +49,8 @@ def machine():
 
 
 def config_for(model: str, smoke: bool, qat_steps=None):
-    from core import config as config_lib
-    config = config_lib.load(CONFIGS[model])
+    from experiments import registry
+    config = registry.load(CONFIGS[model])
     if qat_steps is not None:
         config.qat.steps = qat_steps
     if smoke:

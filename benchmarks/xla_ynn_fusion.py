@@ -26,7 +26,7 @@ def child(steps: int) -> dict:
     import optax
 
     from core import train as train_lib
-    from core.teacher import build_module
+    from experiments.preamble import build_module
     from data import fashion_mnist
     sys.path.insert(0, os.path.join(ROOT, "tests", "core"))
     from test_xla_workarounds import _weights, miscompiled_pattern
@@ -38,10 +38,10 @@ def child(steps: int) -> dict:
     variables = module.init(jax.random.key(0), images[:1], train=False)
     model = train_lib.linen_model(module, variables)
     tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
-    params = variables["params"]
-    state = train_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+    trained = {"params": variables["params"]}
+    state = train_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), trained=trained,
                                  collections={k: v for k, v in variables.items() if k != "params"},
-                                 opt_state=tx.init(params), ema_params=params)
+                                 opt_state=tx.init(trained), ema=trained)
     step = jax.jit(train_lib.make_train_step(model, tx, train_lib.default_loss(), 0.0, 0))
     batch = lambda i: (images[128 * (i % 8):128 * (i % 8 + 1)], labels[128 * (i % 8):128 * (i % 8 + 1)])  # noqa: E731,E501
     for i in range(3):

@@ -1,17 +1,27 @@
-"""Supervised training and evaluation for any model, data-parallel, resumable.
+"""The project's one training loop: any model, any optax transformation, resumable.
 
 A model is given as a ``TrainableModel``: its variables (``params`` trained, other
 collections such as ``batch_stats`` updated by the forward pass) and two pure functions.
-``linen_model`` adapts a Flax module; later stages (fine-tuning a pruned or factorized
-function, distillation) reuse the same loop with their own functions and loss.
+``linen_model`` adapts a Flax module. Every training in the project runs through ``train``:
+teachers, fine-tuning a pruned or factorized function, QAT (``quant/qat.py``: scales
+trained beside the weights), learned gates (``pruning/gates.py``: gate logits as an extra
+trainable subtree, their own optax transformation) and blockwise distillation
+(``nas/distill.py``: many students stacked on a member axis, placed over a device mesh of
+students). What varies is passed in: the loss, the optimizer, extra trainable subtrees, how
+state and batches are placed on devices, and what is logged.
 
-Determinism: batches are a function of (seed, step) and the dropout key is
+Data: anything with ``train_batch(step, batch_size, seed, augment, shard)`` (and, for the
+final evaluation, ``eval_batches(split, batch_size)``), such as ``data.pipeline.
+ImageDataset``, or any iterable of ``(images, labels)`` batches (``IteratorData``).
+
+Determinism: dataset batches are a function of (seed, step) and the dropout key is
 fold_in(seed, step), so a run resumed from a checkpoint ends with exactly the parameters
 of an uninterrupted run.
 """
+import contextlib
 import math
 import os
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Dict, Iterable, NamedTuple, Optional, Sequence
 
 import flax
 import jax
@@ -23,13 +33,13 @@ from core import config as config_lib, fast_depthwise, losses, sharding
 from core import workdir as workdir_lib
 from core.checkpoint import Checkpointer
 from core.progress import MetricsLog, progress_bar
-from data import pipeline
 
 
 class TrainableModel(NamedTuple):
     variables: Any                         # {'params': ..., other collections ...}
-    apply_train: Callable                  # (variables, x, rng) -> (logits, updated collections)
+    apply_train: Callable                  # (variables, x, rng[, step]) -> (outputs, updates)
     apply_eval: Callable                   # (variables, x) -> logits
+    uses_step: bool = False                # apply_train also takes the step index
 
 
 def linen_model(module, variables) -> TrainableModel:
@@ -45,16 +55,22 @@ def linen_model(module, variables) -> TrainableModel:
     return TrainableModel(variables, apply_train, apply_eval)
 
 
+def frozen_model(fn, variables) -> TrainableModel:
+    """``fn(variables, x)`` trained as it is: every 'params' leaf learns, the other
+    collections (BatchNorm statistics) stay as they are (inference-mode normalization)."""
+    return TrainableModel(variables, lambda v, x, rng: (fn(v, x), {}), fn)
+
+
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
-    params: Any
+    trained: Any              # {'params': ..., extra trainable subtrees ...}
     collections: Any          # non-trained variables updated by the forward pass
     opt_state: Any
-    ema_params: Any           # == params when EMA is off
+    ema: Any                  # == trained when EMA is off
 
     def eval_variables(self):
-        return {"params": self.ema_params, **self.collections}
+        return {"params": self.ema["params"], **self.collections}
 
 
 def _decay_mask(params):
@@ -88,26 +104,78 @@ def default_loss(label_smoothing: float = 0.0):
     return loss_fn
 
 
+def _loss_and_metrics(loss_fn, outputs, labels, images):
+    """A loss function returns the loss, or ``(loss, metrics)`` to log its own metrics."""
+    value = loss_fn(outputs, labels, images)
+    if isinstance(value, tuple):
+        return value
+    return value, {"loss": value, "accuracy": losses.accuracy(outputs, labels)}
+
+
 def make_train_step(model: TrainableModel, tx, loss_fn, ema_decay: float, seed: int):
     def train_step(state: TrainState, images, labels):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
-        def objective(params):
-            logits, updates = model.apply_train({"params": params, **state.collections},
-                                                images, rng)
-            return loss_fn(logits, labels, images), (logits, updates)
+        def objective(trained):
+            variables = {**trained, **state.collections}
+            extra = (state.step,) if model.uses_step else ()
+            outputs, updates = model.apply_train(variables, images, rng, *extra)
+            loss, metrics = _loss_and_metrics(loss_fn, outputs, labels, images)
+            return loss, (metrics, updates)
         objective = fast_depthwise.on_cpu(objective)    # student's and teacher's forward
-        (loss, (logits, updates)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params)
-        deltas, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, deltas)
-        ema = (params if not ema_decay else jax.tree.map(
-            lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, params))
-        new_state = state.replace(step=state.step + 1, params=params,
+        (_, (metrics, updates)), grads = jax.value_and_grad(objective, has_aux=True)(
+            state.trained)
+        deltas, opt_state = tx.update(grads, state.opt_state, state.trained)
+        trained = optax.apply_updates(state.trained, deltas)
+        ema = (trained if not ema_decay else jax.tree.map(
+            lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema, trained))
+        new_state = state.replace(step=state.step + 1, trained=trained,
                                   collections={**state.collections, **updates},
-                                  opt_state=opt_state, ema_params=ema)
-        return new_state, {"loss": loss, "accuracy": losses.accuracy(logits, labels)}
+                                  opt_state=opt_state, ema=ema)
+        return new_state, metrics
     return train_step
+
+
+class DataParallel:
+    """The default placement: state replicated, the batch axis split over a 1-D mesh."""
+
+    def __init__(self, mesh=None):
+        self.mesh = mesh or sharding.data_mesh()
+
+    def check(self, cfg) -> None:
+        sharding.check_batch_size(cfg.batch_size, self.mesh)
+
+    def place_state(self, state):
+        return jax.device_put(state, sharding.replicated(self.mesh))
+
+    def place_batch(self, images, labels):
+        return sharding.global_batch(self.mesh, images, labels)
+
+    def compile(self, step_fn):
+        return jax.jit(step_fn, donate_argnums=0)
+
+
+class IteratorData:
+    """Any iterable of ``(images, labels)`` batches as training data: batch ``step`` is the
+    next one (a resumed run skips the batches already used, so an iterable that yields the
+    same sequence each time resumes exactly). It has no evaluation splits."""
+
+    def __init__(self, batches: Iterable):
+        self._batches, self._iterator, self._next = batches, None, 0
+
+    def train_batch(self, step, batch_size=None, seed=None, augment=None, shard=None):
+        if self._iterator is None or step < self._next:
+            self._iterator, self._next = iter(self._batches), 0
+        while self._next < step:
+            next(self._iterator)
+            self._next += 1
+        self._next += 1
+        return next(self._iterator)
+
+
+def as_data(data):
+    """A dataset (with ``train_batch``) as it is; any other iterable as ``IteratorData``."""
+    return data if hasattr(data, "train_batch") else IteratorData(data)
 
 
 def evaluate(apply_eval, variables, dataset, split: str = "test", batch_size: int = 500,
@@ -124,79 +192,148 @@ def evaluate(apply_eval, variables, dataset, split: str = "test", batch_size: in
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         return jnp.sum(correct * w), jnp.sum(ce * w), jnp.sum(w)
     totals = np.zeros(3)
-    for x, y, w in pipeline.eval_batches(dataset, split, batch_size):
+    for x, y, w in dataset.eval_batches(split, batch_size):
         x, y, w = sharding.global_batch(mesh, x, y, w)
         totals += np.asarray([float(t) for t in sums(variables, x, y, w)])
     return {"accuracy": totals[0] / totals[2], "loss": totals[1] / totals[2]}
 
 
-def train(model: TrainableModel, dataset, cfg, workdir: str, loss_fn=None,
-          mesh=None, show_progress: bool = True) -> dict:
+def _train_metrics(mean: Dict[str, np.ndarray]) -> Dict[str, float]:
+    return {"train_" + k: float(v) for k, v in mean.items()}
+
+
+def train(model: TrainableModel, data, cfg, workdir: Optional[str], loss_fn=None,
+          mesh=None, show_progress: bool = True, *,
+          tx: Optional[optax.GradientTransformation] = None,
+          extra_trainable: Optional[Dict[str, Any]] = None,
+          placement=None, evaluate_splits: Sequence[str] = ("validation", "test"),
+          log_metrics: Callable = _train_metrics, description: str = "train") -> dict:
     """Trains ``model`` per ``cfg`` (an ml_collections train section); resumes from workdir.
 
-    Returns {'variables', 'validation', 'test', 'steps'}; metrics.jsonl and checkpoints/
-    are written to ``workdir``, which this process holds locked meanwhile (a second
-    training in the same workdir fails at once instead of interleaving its files).
+    ``tx``: the optax transformation of the trained tree ``{'params': ..., **extra_
+    trainable}`` (default: ``make_optimizer(cfg)``); ``apply_train`` sees the extra subtrees
+    beside 'params'. ``placement``: how state and batches sit on devices (default
+    ``DataParallel(mesh)``). ``log_metrics``: the mean metrics of a logging window -> the
+    record written to metrics.jsonl. ``workdir=None``: no checkpoints, no metrics file.
+
+    Returns {'variables', 'trained', 'steps', 'history', and one entry per evaluated split};
+    ``trained`` holds the final trained tree, extra subtrees included.
     """
-    config_lib.validate(cfg, train_size=len(dataset.train[0]))
-    with workdir_lib.locked(workdir, what="training"):
-        return _train(model, dataset, cfg, workdir, loss_fn, mesh or sharding.data_mesh(),
-                      show_progress)
+    data = as_data(data)
+    train_size = len(data.train[0]) if hasattr(data, "train") else None
+    config_lib.validate(cfg, train_size=train_size)
+    lock = (workdir_lib.locked(workdir, what="training") if workdir
+            else contextlib.nullcontext())
+    placement = placement or DataParallel(mesh)
+    with lock:
+        return _train(model, data, cfg, workdir, loss_fn or default_loss(
+            cfg.get("label_smoothing", 0.0)), placement, show_progress, tx,
+            dict(extra_trainable or {}), evaluate_splits, log_metrics, description)
 
 
-def _train(model, dataset, cfg, workdir, loss_fn, mesh, show_progress) -> dict:
-    sharding.check_batch_size(cfg.batch_size, mesh)
-    steps_per_epoch = len(dataset.train[0]) // cfg.batch_size
-    total_steps = int(cfg.get("steps", 0) or round(cfg.epochs * steps_per_epoch))
-    tx = make_optimizer(cfg, total_steps)
+def _total_steps(cfg, data) -> tuple:
+    """(total steps, steps per epoch or None when the data's size is unknown)."""
+    if not hasattr(data, "train"):
+        if not cfg.get("steps", 0):
+            raise config_lib.ConfigError("training from an iterator of batches needs "
+                                         "steps > 0 (it has no epochs)")
+        return int(cfg.steps), None
+    steps_per_epoch = len(data.train[0]) // cfg.batch_size
+    return int(cfg.get("steps", 0) or round(cfg.epochs * steps_per_epoch)), steps_per_epoch
+
+
+def _initial_state(model, tx, extra, placement):
     # The step donates its state; copies keep the caller's arrays (often a teacher's) alive.
     variables = jax.tree.map(jnp.array, model.variables)
-    params = variables["params"]
+    trained = {"params": variables["params"], **jax.tree.map(jnp.array, extra)}
     collections = {k: v for k, v in variables.items() if k != "params"}
-    state = TrainState(jnp.zeros((), jnp.int32), params, collections, tx.init(params), params)
-    state = jax.device_put(state, sharding.replicated(mesh))
+    state = TrainState(jnp.zeros((), jnp.int32), trained, collections, tx.init(trained),
+                       trained)
+    return placement.place_state(state)
 
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
-                                cfg.get("checkpoint_every", 0))
-    if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(state)
-        print(f"resumed from step {int(state.step)} in {checkpointer.directory}")
-    start = int(state.step)
-    log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
-    step_fn = jax.jit(make_train_step(model, tx, loss_fn or default_loss(
-        cfg.get("label_smoothing", 0.0)), cfg.get("ema_decay", 0.0), cfg.seed),
-        donate_argnums=0)
-    log_every = max(1, cfg.get("log_every", 50))
-    eval_every = cfg.get("eval_every_epochs", 0) * steps_per_epoch
-    bar = progress_bar(total_steps, start, enabled=show_progress)
-    running = []
+
+def _train(model, data, cfg, workdir, loss_fn, placement, show_progress, tx, extra,
+           evaluate_splits, log_metrics, description) -> dict:
+    placement.check(cfg)
+    total_steps, steps_per_epoch = _total_steps(cfg, data)
+    tx = tx or make_optimizer(cfg, total_steps)
+    state = _initial_state(model, tx, extra, placement)
+    checkpointer = log = None
+    if workdir:
+        checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    cfg.get("checkpoint_every", 0))
+        if checkpointer.latest_step() is not None:
+            state = checkpointer.restore(state)
+            print(f"resumed from step {int(state.step)} in {checkpointer.directory}")
+        log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=int(state.step))
+    step_fn = placement.compile(make_train_step(model, tx, loss_fn, cfg.get("ema_decay", 0.0),
+                                                cfg.seed))
+    loop = _Loop(cfg, data, placement, log, log_metrics, total_steps, steps_per_epoch,
+                 progress_bar(total_steps, int(state.step), description,
+                              enabled=show_progress))
     try:
-        for step in range(start, total_steps):
-            x, y = pipeline.train_batch(dataset, step, cfg.batch_size, cfg.seed,
-                                        cfg.get("augment", True), sharding.host_shard())
-            x, y = sharding.global_batch(mesh, x, y)
-            state, metrics = step_fn(state, x, y)
-            running.append(metrics)
-            done = step + 1
-            if done % log_every == 0 or done == total_steps:
-                mean = {k: float(np.mean([m[k] for m in running])) for k in running[0]}
-                running = []
-                bar.set_postfix(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}")
-                log.write(done, epoch=done / steps_per_epoch, **{"train_" + k: v
-                                                                 for k, v in mean.items()})
-            if eval_every and done % eval_every == 0 and done != total_steps:
-                val = evaluate(model.apply_eval, state.eval_variables(), dataset, "validation",
-                               mesh=mesh)
-                log.write(done, **{"val_" + k: v for k, v in val.items()})
-                bar.write(f"step {done}: validation accuracy {val['accuracy']:.4f}")
-            checkpointer.maybe_save(done, state, force=done == total_steps)
-            bar.update(1)
+        state = loop.run(state, step_fn, checkpointer, model)
     finally:
-        bar.close()
-        checkpointer.close()
-    variables = jax.device_get(state.eval_variables())
-    result = {"variables": variables, "steps": total_steps}
-    for split in ("validation", "test"):
-        result[split] = evaluate(model.apply_eval, variables, dataset, split, mesh=mesh)
-        log.write(total_steps, **{f"{split}_{k}": v for k, v in result[split].items()})
+        loop.bar.close()
+        if checkpointer:
+            checkpointer.close()
+    trained = jax.device_get(state.ema)
+    variables = {"params": trained["params"], **jax.device_get(state.collections)}
+    result = {"variables": variables, "trained": trained, "steps": total_steps,
+              "history": loop.history}
+    for split in evaluate_splits if hasattr(data, "eval_batches") else ():
+        result[split] = evaluate(model.apply_eval, variables, data, split,
+                                 mesh=getattr(placement, "mesh", None))
+        if log:
+            log.write(total_steps, **{f"{split}_{k}": v for k, v in result[split].items()})
     return result
+
+
+class _Loop:
+    """The step loop: batches, logging windows, periodic validation, checkpoints."""
+
+    def __init__(self, cfg, data, placement, log, log_metrics, total_steps, steps_per_epoch,
+                 bar):
+        self.cfg, self.data, self.placement, self.log = cfg, data, placement, log
+        self.log_metrics, self.total_steps, self.bar = log_metrics, total_steps, bar
+        self.steps_per_epoch = steps_per_epoch
+        self.log_every = max(1, cfg.get("log_every", 50))
+        self.eval_every = (cfg.get("eval_every_epochs", 0) * (steps_per_epoch or 0)
+                           if hasattr(data, "eval_batches") else 0)
+        self.history, self.running = [], []
+
+    def batch(self, step):
+        cfg = self.cfg
+        x, y = self.data.train_batch(step, cfg.batch_size, cfg.get("data_seed", cfg.seed),
+                                     cfg.get("augment", True), sharding.host_shard())
+        return self.placement.place_batch(x, y)
+
+    def run(self, state, step_fn, checkpointer, model):
+        for step in range(int(state.step), self.total_steps):
+            state, metrics = step_fn(state, *self.batch(step))
+            self.running.append(metrics)
+            done = step + 1
+            if done % self.log_every == 0 or done == self.total_steps:
+                self.write_window(done)
+            if self.eval_every and done % self.eval_every == 0 and done != self.total_steps:
+                val = evaluate(model.apply_eval, state.eval_variables(), self.data,
+                               "validation", mesh=getattr(self.placement, "mesh", None))
+                if self.log:
+                    self.log.write(done, **{"val_" + k: v for k, v in val.items()})
+                self.bar.write(f"step {done}: validation accuracy {val['accuracy']:.4f}")
+            if checkpointer:
+                checkpointer.maybe_save(done, state, force=done == self.total_steps)
+            self.bar.update(1)
+        return state
+
+    def write_window(self, done):
+        mean = {k: np.mean(np.stack([np.asarray(m[k]) for m in self.running]), 0)
+                for k in self.running[0]}
+        self.running = []
+        record = self.log_metrics(mean)
+        shown = [(k, v) for k, v in record.items() if np.ndim(v) == 0][:3]
+        self.bar.set_postfix({k.split("/")[-1][-8:]: f"{float(v):.3f}" for k, v in shown})
+        extra = {"epoch": done / self.steps_per_epoch} if self.steps_per_epoch else {}
+        if self.log:
+            self.log.write(done, **extra, **record)
+        self.history.append({"step": done, **record})

@@ -26,7 +26,7 @@ RECIPES = {
 
 def get_config(model: str = "resnet20"):
     config = ml_collections.ConfigDict()
-    config.program = "core.teacher"
+    config.program = "experiments.train_teacher"
     config.model = model
     config.tiny = False
     config.dataset = "fashion_mnist"

@@ -4,7 +4,7 @@ import ml_collections
 
 def get_config(teacher: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.program = "benchmarks.lowrank"
+    config.program = "experiments.lowrank_study"
     config.teacher = teacher
     config.methods = ("svd", "data", "learned")
     config.calibration_batches = 8        # x batch_size training images, no augmentation

@@ -16,7 +16,7 @@ from core.configs import train_teacher
 
 def get_config():
     c = ml_collections.ConfigDict()
-    c.program = "nas.pipeline"
+    c.program = "experiments.nas_search"
     c.seed = 0
     c.show_progress = True
     c.device = "ort-cpu-1t"

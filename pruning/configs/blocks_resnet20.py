@@ -16,7 +16,7 @@ from pruning.configs import prune_resnet20_2x
 
 def get_config(model: str = "resnet20"):
     config = ml_collections.ConfigDict()
-    config.program = "pruning.block_family"
+    config.program = "experiments.block_family"
     config.teacher = train_teacher.get_config(model)
     config.device = "ort-cpu-1t"
     config.measure_runs = 50

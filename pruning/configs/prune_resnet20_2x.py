@@ -12,7 +12,7 @@ from core.configs import train_teacher
 
 def get_config():
     config = ml_collections.ConfigDict()
-    config.program = "pruning.learned_pruning"
+    config.program = "experiments.learned_pruning"
     config.teacher = train_teacher.get_config()
     config.device = "ort-cpu-1t"
     config.latency_table_path = "runs/latency_tables.json"

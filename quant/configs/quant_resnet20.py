@@ -15,7 +15,7 @@ from core.configs import train_teacher
 
 def get_config(model: str = "resnet20"):
     config = ml_collections.ConfigDict()
-    config.program = "quant.experiment"
+    config.program = "experiments.quantization"
     config.teacher = train_teacher.get_config(model)
     config.profile = "ort_cpu_int8"          # quant/profiles/*.json; weights per-channel
     config.calibration = "mse"               # minmax | percentile | mse

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from benchmarks import torch_resnet20  # noqa: E402
-from core import teacher as teacher_lib  # noqa: E402
+from experiments import preamble as teacher_lib  # noqa: E402
 from core.configs import train_teacher  # noqa: E402
 from data import pipeline  # noqa: E402
 from models import zoo  # noqa: E402

@@ -17,10 +17,12 @@ import pytest
 from flax import linen as nn
 
 import run
-from core import checkpoint, config as config_lib, teacher, train, workdir as workdir_lib
+from core import checkpoint, config as config_lib, train, workdir as workdir_lib
+from experiments import preamble as teacher
+from experiments import registry
 from data import pipeline
 
-ROOT = config_lib.ROOT
+ROOT = registry.ROOT
 TINY = [("train.steps", "2"), ("train.augment", "false")]
 
 
@@ -59,7 +61,7 @@ def test_changed_settings_are_refused_and_fresh_starts_over(tmp_path, cache, sma
     assert cli(workdir, *TINY) == 0
     record = json.loads((workdir / "config.json").read_text())
     assert record["settings"]["train.steps"] == 2
-    assert record["hash"] == config_lib.config_hash(config_lib.load("train_teacher_tiny", TINY))
+    assert record["hash"] == config_lib.config_hash(registry.load("train_teacher_tiny", TINY))
     before = sorted(os.listdir(workdir))
     capsys.readouterr()
 
@@ -84,8 +86,8 @@ def test_changed_settings_are_refused_and_fresh_starts_over(tmp_path, cache, sma
 
 
 def test_result_neutral_settings_may_change(tmp_path):
-    base = config_lib.load("train_teacher_tiny", TINY)
-    neutral = config_lib.load("train_teacher_tiny", TINY + [
+    base = registry.load("train_teacher_tiny", TINY)
+    neutral = registry.load("train_teacher_tiny", TINY + [
         ("train.log_every", "1"), ("train.checkpoint_every", "1"),
         ("train.eval_every_epochs", "3")])
     assert config_lib.config_hash(base) == config_lib.config_hash(neutral)
@@ -93,7 +95,7 @@ def test_result_neutral_settings_may_change(tmp_path):
                                        config_lib.result_settings(neutral)) == []
     workdir_lib.check_settings(base, str(tmp_path))
     workdir_lib.check_settings(neutral, str(tmp_path))      # no error
-    other = config_lib.load("train_teacher_tiny", TINY + [("train.learning_rate", "0.2")])
+    other = registry.load("train_teacher_tiny", TINY + [("train.learning_rate", "0.2")])
     with pytest.raises(workdir_lib.SettingsChangedError, match="train.learning_rate: 0.1 -> 0.2"):
         workdir_lib.check_settings(other, str(tmp_path))
 
@@ -116,15 +118,15 @@ def test_result_neutral_settings_may_change(tmp_path):
 def test_degenerate_settings_fail_before_any_work(tmp_path, cache, capsys, overrides,
                                                   expected):
     with pytest.raises(config_lib.ConfigError, match=expected):
-        config_lib.load("train_teacher_tiny", overrides)
+        registry.load("train_teacher_tiny", overrides)
     assert cli(tmp_path / "run", *overrides) == 2
     assert "invalid settings" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not cache.exists()
 
 
 def test_every_experiment_passes_validation():
-    for name in config_lib.experiment_paths():
-        config_lib.validate(config_lib.load(name))   # load validates too; explicit here
+    for name in registry.experiment_paths():
+        registry.validate(registry.load(name))   # load validates too; explicit here
 
 
 def _tiny_model_and_data(size=64):
@@ -139,7 +141,7 @@ def _tiny_model_and_data(size=64):
 
 
 def _train_cfg(**changes):
-    cfg = config_lib.load("train_teacher_tiny").train
+    cfg = registry.load("train_teacher_tiny").train
     cfg.update(dict(steps=4, augment=False, checkpoint_every=2, log_every=1), **changes)
     return cfg
 
@@ -158,7 +160,7 @@ def test_training_checks_its_settings_against_the_data(tmp_path):
      "test": {"accuracy": 0.1, "loss": math.inf}},
 ], ids=["no-step", "diverged"])
 def test_an_untrained_teacher_is_not_cached(cache, small_teacher, monkeypatch, result):
-    config = config_lib.load("train_teacher_tiny", TINY)
+    config = registry.load("train_teacher_tiny", TINY)
     monkeypatch.setattr(teacher.train_lib, "train",
                         lambda model, *a, **k: dict(result, variables=model.variables))
     with pytest.raises(teacher.UntrainedTeacherError):
@@ -296,7 +298,7 @@ def test_broken_config_files_say_what_a_config_must_hold(tmp_path, capsys, body,
     path = tmp_path / "my_experiment.py"
     path.write_text(body)
     with pytest.raises(config_lib.ConfigError, match=expected):
-        config_lib.load(str(path))
+        registry.load(str(path))
     assert run.main([f"--exp={path}", f"--workdir={tmp_path / 'run'}"]) == 2
     assert str(path) in capsys.readouterr().err
 
@@ -319,31 +321,32 @@ def _canned_lowrank_report(config):
 
 
 def test_lowrank_publishes_only_from_its_default_workdir(tmp_path, monkeypatch):
-    from benchmarks import lowrank
+    import experiments
+    from experiments import lowrank_study as lowrank
     published = tmp_path / "published"
-    monkeypatch.setattr(lowrank, "RESULTS", str(published))
+    monkeypatch.setattr(registry, "RESULTS", str(published))
     monkeypatch.setattr(lowrank, "run_model", lambda c, w: _canned_lowrank_report(c))
     monkeypatch.chdir(tmp_path)
     for name, publishes in (("lowrank_tiny", False), ("lowrank_resnet20", True)):
-        config = config_lib.load(name)
+        config = registry.load(name)
         elsewhere = tmp_path / "elsewhere" / name
         elsewhere.mkdir(parents=True)
-        lowrank.main(config, str(elsewhere))
+        experiments.run(config, str(elsewhere))
         assert (elsewhere / "result.json").exists() and (elsewhere / "result.md").exists()
         assert not published.exists(), f"{name} with --workdir must not publish"
-        default = tmp_path / config_lib.default_workdir(config)
+        default = tmp_path / registry.default_workdir(config)
         default.mkdir(parents=True)
-        lowrank.main(config, str(default))
+        experiments.run(config, str(default))
         assert published.exists() == publishes, name
     assert sorted(os.listdir(published)) == ["lowrank.json", "lowrank.md",
                                              "lowrank_resnet20.json", "lowrank_resnet20.md"]
 
 
 def test_pruning_publishes_only_from_its_default_workdir(tmp_path):
-    config = config_lib.load("prune_resnet20_2x")
-    assert config_lib.publishes(config, "runs/prune_resnet20_2x")
-    assert not config_lib.publishes(config, str(tmp_path))
-    assert not config_lib.publishes(config_lib.load("prune_resnet20_tiny"),
+    config = registry.load("prune_resnet20_2x")
+    assert registry.publishes(config, "runs/prune_resnet20_2x")
+    assert not registry.publishes(config, str(tmp_path))
+    assert not registry.publishes(registry.load("prune_resnet20_tiny"),
                                     "runs/prune_resnet20_tiny")
 
 

@@ -10,7 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from core import config as config_lib, losses, teacher, train
+from core import losses, train
+from experiments import preamble as teacher
+from experiments import registry
 
 CHILD = os.path.join(os.path.dirname(__file__), "train_child.py")
 
@@ -26,7 +28,7 @@ def run_child(workdir, out, devices=1, sleep=0.0, wait=True, steps=24):
 
 
 def test_a_few_steps_lower_the_loss(tmp_path):
-    config = config_lib.load("train_teacher_tiny", [("train.steps", "30"),
+    config = registry.load("train_teacher_tiny", [("train.steps", "30"),
                                                     ("train.log_every", "10"),
                                                     ("train.augment", "false")])
     module = teacher.build_module(config.model, tiny=True)

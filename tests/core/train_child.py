@@ -13,7 +13,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core import config as config_lib, teacher, train  # noqa: E402
+from core import train  # noqa: E402
+from experiments import preamble as teacher  # noqa: E402
+from experiments import registry  # noqa: E402
 from data import pipeline  # noqa: E402
 
 
@@ -24,7 +26,7 @@ def main():
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--steps", type=int, default=24)
     args = parser.parse_args()
-    config = config_lib.load("train_teacher_tiny", [("train.steps", str(args.steps)),
+    config = registry.load("train_teacher_tiny", [("train.steps", str(args.steps)),
                                                     ("train.checkpoint_every", "4")])
     if args.sleep:  # slow the run down so that the parent can kill it mid-way
         original = pipeline.train_batch
@@ -32,7 +34,7 @@ def main():
         def slow_batch(*a, **k):
             time.sleep(args.sleep)
             return original(*a, **k)
-        train.pipeline.train_batch = slow_batch
+        pipeline.train_batch = slow_batch
     module = teacher.build_module(config.model, tiny=True)
     dataset = teacher.load_data(config)
     variables = module.init(jax.random.key(0), dataset.train[0][:1].astype("float32"))

@@ -5,14 +5,14 @@ import os
 import numpy as np
 import pytest
 
-from core import config as config_lib
 from data import pipeline as data_pipeline
+from experiments import registry
 
 
 @pytest.mark.slow
 def test_tiny_pipeline_runs_end_to_end(tmp_path):
-    from nas import pipeline
-    cfg = config_lib.load("nas_fmnist_tiny", [])
+    from experiments import nas_search as pipeline
+    cfg = registry.load("nas_fmnist_tiny", [])
     results = pipeline.main(cfg, str(tmp_path))
     assert os.path.exists(tmp_path / "pareto.png") and os.path.exists(tmp_path / "results.json")
     assert len(results["students"]) == 6
@@ -44,12 +44,11 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path):
 
 
 def test_cached_stages_are_keyed_by_the_settings_they_depend_on():
-    from core import config as config_lib
-    from nas import pipeline
-    base = config_lib.load("nas_fmnist")
-    longer = config_lib.load("nas_fmnist", [("distill.steps", "1000")])
-    quiet = config_lib.load("nas_fmnist", [("show_progress", "False")])
-    searched = config_lib.load("nas_fmnist", [("search.generations", "5")])
+    from experiments import nas_search as pipeline
+    base = registry.load("nas_fmnist")
+    longer = registry.load("nas_fmnist", [("distill.steps", "1000")])
+    quiet = registry.load("nas_fmnist", [("show_progress", "False")])
+    searched = registry.load("nas_fmnist", [("search.generations", "5")])
     path = pipeline.sampled_path(base, "w")
     assert pipeline.sampled_path(longer, "w") != path       # other students: re-measure
     assert pipeline.sampled_path(quiet, "w") == path

@@ -265,11 +265,12 @@ def test_latency_probe_times_all_candidates_side_by_side(tmp_path):
 # ------------------------------------------------------------------- end to end (slow)
 def _tiny_run(tmp_path, monkeypatch, model, **overrides):
     from core import config as config_lib
-    from pruning import block_family
+    from experiments import registry
+    from experiments import block_family
     monkeypatch.setenv("TEACHER_CACHE", str(tmp_path / "teachers"))
-    config = config_lib.load("blocks_tiny" if model == "resnet20" else f"blocks_{model}")
+    config = registry.load("blocks_tiny" if model == "resnet20" else f"blocks_{model}")
     if model != "resnet20":          # the real experiment's settings on its tiny model
-        tiny = config_lib.load("blocks_tiny")
+        tiny = registry.load("blocks_tiny")
         config.teacher.tiny, config.teacher.data_limit = True, 512
         config.teacher.train.update(tiny.teacher.train.to_dict())
         for section in ("family", "finetune"):

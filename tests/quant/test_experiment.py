@@ -3,15 +3,15 @@ import os
 
 import pytest
 
-from core import config as config_lib
+from experiments import registry
 from quant import target_cpu
 
 
 @pytest.mark.slow
 def test_quant_experiment_tiny(tmp_path, monkeypatch):
     monkeypatch.setenv("TEACHER_CACHE", str(tmp_path / "teachers"))
-    from quant import experiment
-    config = config_lib.load("quant_resnet20", [
+    from experiments import quantization as experiment
+    config = registry.load("quant_resnet20", [
         ("teacher.tiny", "True"), ("teacher.data_limit", "256"),
         ("teacher.train.steps", "4"), ("teacher.train.batch_size", "64"),
         ("qat.steps", "2"), ("qat.batch_size", "64"), ("calibration_images", "128"),

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 import run
-from core import config as config_lib, train as train_lib
+from core import train as train_lib
+from data import pipeline
+from experiments import registry
 from quant import target_cpu
 
 
@@ -26,22 +28,22 @@ def test_prune_then_quantize_tiny(tmp_path, monkeypatch):
     assert run.main(args) == 0
     assert json.loads((workdir / "keep.json").read_text()) == keep
 
-    from pruning import learned_pruning
-    prune_config = config_lib.load("prune_resnet20_tiny")
+    from experiments import learned_pruning
+    prune_config = registry.load("prune_resnet20_tiny")
     fn, variables, summary, dataset = learned_pruning.load_pruned(prune_config, str(workdir))
     rebuilt = train_lib.evaluate(fn, variables, dataset, "test")["accuracy"]
     np.testing.assert_allclose(rebuilt, result["accuracy_after_finetune"], atol=1e-6)
     assert summary["test_accuracy"] == result["accuracy_after_finetune"]
 
-    from quant import experiment
-    config = config_lib.load("quant_pruned_resnet20", [
+    from experiments import quantization as experiment
+    config = registry.load("quant_pruned_resnet20", [
         ("pruned_experiment", "prune_resnet20_tiny"), ("pruned_workdir", str(workdir)),
         ("teacher.tiny", "True"), ("qat.steps", "2"), ("qat.batch_size", "32"),
         ("calibration_images", "64"), ("batch_size", "32"), ("eval_limit", "128"),
         ("sensitivity", "False"), ("latency_runs", "3"), ("latency_batches", "(1,)")])
     quantized = experiment.main(config, str(tmp_path / "quant"))
     assert "pruned" in quantized["model"]
-    images = train_lib.pipeline.normalize(dataset.test[0][:128], dataset.mean, dataset.std)
+    images = pipeline.normalize(dataset.test[0][:128], dataset.mean, dataset.std)
     expected = float(np.mean(np.argmax(fn(variables, images), -1) == dataset.test[1][:128]))
     assert quantized["accuracy"]["float"] == pytest.approx(expected, abs=1e-6)  # BN folded
     assert quantized["profile"]["target_cpu"] == target_cpu.target_kind()

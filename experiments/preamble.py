@@ -1,24 +1,30 @@
-"""The trained teacher that compression experiments start from, cached by config hash.
+"""The preamble every experiment shares: the trained teacher (cached) and its data.
 
-``get_teacher(config)`` returns a trained model, training it only when no cached result
-for the same settings exists, so every later experiment (pruning, low-rank, quantization,
-NAS) reuses one checkpoint. The cache lives in $TEACHER_CACHE or runs/teachers/.
+``get_teacher(config.teacher)`` returns a trained model, training it only when no cached
+result for the same settings exists, so every later experiment (pruning, low-rank,
+quantization, NAS) reuses one checkpoint. The cache lives in $TEACHER_CACHE or
+runs/teachers/. ``prepare`` bundles what the programs then need: the inference function,
+the variables, the data set, one normalized example image and the jitted teacher.
 """
 import json
 import math
 import os
 import time
+from typing import Any, Callable, NamedTuple
 
 import jax
+import ml_collections
+import numpy as np
 
 from core import checkpoint, config as config_lib, train as train_lib
 from core import workdir as workdir_lib
 from data import pipeline
+from experiments import registry
 from models import zoo
 
 
 def cache_root() -> str:
-    return os.environ.get("TEACHER_CACHE", os.path.join(config_lib.ROOT, "runs", "teachers"))
+    return os.environ.get("TEACHER_CACHE", os.path.join(registry.ROOT, "runs", "teachers"))
 
 
 def build_module(model_name: str, tiny: bool = False):
@@ -35,7 +41,6 @@ def teacher_key(config) -> str:
                 "data_limit": config.get("data_limit", 0), "train": config.train.to_dict()}
     for name in ("log_every", "checkpoint_every", "eval_every_epochs"):
         relevant["train"].pop(name, None)
-    import ml_collections
     return f"{config.model}-{config_lib.config_hash(ml_collections.ConfigDict(relevant))}"
 
 
@@ -51,7 +56,7 @@ def get_teacher(config, workdir: str = None, show_progress: bool = True):
     the same missing teacher train it once: the second waits, then reads the cache. A
     teacher is cached only after at least one training step and a finite test evaluation.
     """
-    config_lib.validate(config)
+    registry.validate(config)
     module = build_module(config.model, config.get("tiny", False))
     directory = os.path.join(cache_root(), teacher_key(config))
     summary_path = os.path.join(directory, "summary.json")
@@ -102,12 +107,30 @@ def check_trained(result: dict, workdir: str) -> None:
             "train.learning_rate.")
 
 
-def main(config, workdir):
-    """The train_teacher experiment: train (or reuse) and report test accuracy."""
-    _, _, summary = get_teacher(config, os.path.join(workdir, "train"))
-    with open(os.path.join(workdir, "result.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    source = "cached teacher" if summary["cached"] else "trained teacher"
-    print(f"{source} {summary['key']}: test accuracy {summary['test_accuracy']:.4f} "
-          f"(validation {summary['validation_accuracy']:.4f})")
-    return summary
+
+class Preamble(NamedTuple):
+    """A trained teacher ready for an experiment."""
+    module: Any
+    fn: Callable              # fn(variables, x): inference (BatchNorm statistics fixed)
+    variables: Any
+    summary: dict             # the teacher's summary (test accuracy, cache key, ...)
+    dataset: pipeline.ImageDataset
+    example: np.ndarray       # one normalized test image, shape (1, H, W, C)
+    teacher_fn: Callable      # jitted x -> teacher logits
+
+
+def inference_fn(module) -> Callable:
+    return lambda v, x: module.apply(v, x, train=False)
+
+
+def example_input(dataset) -> np.ndarray:
+    return np.asarray(pipeline.normalize(dataset.test[0][:1], dataset.mean, dataset.std))
+
+
+def prepare(teacher_config, show_progress: bool = True) -> Preamble:
+    """The cached (or freshly trained) teacher of ``teacher_config`` with its data."""
+    module, variables, summary = get_teacher(teacher_config, show_progress=show_progress)
+    dataset = load_data(teacher_config)
+    fn = inference_fn(module)
+    return Preamble(module, fn, variables, summary, dataset, example_input(dataset),
+                    jax.jit(lambda x: fn(variables, x)))

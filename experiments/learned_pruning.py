@@ -12,11 +12,10 @@ import json
 import os
 import time
 
-import jax
 import numpy as np
 
-from core import checkpoint, config as config_lib, cost, losses
-from core import teacher as teacher_lib, train as train_lib
+from core import checkpoint, cost, losses, train as train_lib
+from experiments import preamble, registry
 from export.measure import export_and_measure
 from pruning import find_groups, gates, prune
 
@@ -39,74 +38,86 @@ def load_pruned(config, workdir):
         raise FileNotFoundError(
             f"{path} is missing: run the pruning experiment first "
             f"(python run.py --exp={config.get('experiment_name', 'prune_resnet20_2x')})")
-    module, variables, summary = teacher_lib.get_teacher(config.teacher, show_progress=False)
-    dataset = teacher_lib.load_data(config.teacher)
-    fn = lambda v, x: module.apply(v, x, train=False)  # noqa: E731
-    x1 = np.asarray(train_lib.pipeline.normalize(dataset.test[0][:1], dataset.mean,
-                                                 dataset.std))
+    teacher = preamble.prepare(config.teacher, show_progress=False)
     with open(path) as f:
         keep = {int(g): np.asarray(k, np.int32) for g, k in json.load(f).items()}
-    pruned = prune(fn, variables, x1, keep=keep)
+    pruned = prune(teacher.fn, teacher.variables, teacher.example, keep=keep)
     tuned = checkpoint.load_pytree(os.path.join(workdir, "pruned_variables"), pruned.variables)
     with open(os.path.join(workdir, "result.json")) as f:
         result = json.load(f)
     summary = {"key": f"{config.get('experiment_name', 'pruned')}", "model":
                f"{config.teacher.model} pruned ({result['flops_reduction']:.2f}x fewer FLOPs)",
                "test_accuracy": result["accuracy_after_finetune"]}
-    return pruned.fn, tuned, summary, dataset
+    return pruned.fn, tuned, summary, teacher.dataset
 
 
-def main(config, workdir):
-    start = time.time()
-    module, variables, summary = teacher_lib.get_teacher(config.teacher)
-    dataset = teacher_lib.load_data(config.teacher)
-    fn = lambda v, x: module.apply(v, x, train=False)  # noqa: E731
-    x1 = np.asarray(train_lib.pipeline.normalize(dataset.test[0][:1], dataset.mean,
-                                                 dataset.std))
-    teacher_fn = jax.jit(lambda x: fn(variables, x))
-    settings = gates.GateSettings.from_config(config.gates)
+def _latency_fn(config, teacher, settings):
+    """The differentiable latency model for a latency budget (None for a FLOPs budget)."""
+    if settings.target != "latency":
+        return None
+    from export import LatencyModel, LatencyTable, get_runner
+    table = LatencyTable(get_runner(config.device), config.latency_table_path)
+    latency_fn, _ = LatencyModel(table, mode="grid").differentiable(
+        teacher.fn, teacher.variables, teacher.example)
+    return latency_fn
 
+
+def _learn_keep_sets(config, teacher, settings, workdir):
+    """Gate training under the budget, then the hard threshold: (keep, trained variables,
+    gate history)."""
+    fn, variables, x1 = teacher.fn, teacher.variables, teacher.example
     groups = find_groups(fn, variables, x1)
     prunable = [g for g in groups if g.prunable]
-    cost_model = cost.cost_model(fn, variables, x1)
-    latency_fn = None
-    if settings.target == "latency":
-        from export import LatencyModel, LatencyTable, get_runner
-        table = LatencyTable(get_runner(config.device), config.latency_table_path)
-        latency_fn, _ = LatencyModel(table, mode="grid").differentiable(fn, variables, x1)
     print(f"{len(prunable)} prunable channel groups of {len(groups)}; "
-          f"teacher test accuracy {summary['test_accuracy']:.4f}")
-
+          f"teacher test accuracy {teacher.summary['test_accuracy']:.4f}")
     trained, logits, history = gates.train_gates(
-        fn, variables, groups, dataset, settings, workdir, cost_model, teacher_fn, latency_fn)
+        fn, variables, groups, teacher.dataset, settings, workdir,
+        cost.cost_model(fn, variables, x1), teacher.teacher_fn,
+        _latency_fn(config, teacher, settings))
     ended_at = history[-1]["budget_relative"] if history else 1.0
     if ended_at > 1.05:
         print(f"warning: the gates ended at {ended_at:.2f}x their {settings.target} budget; "
               "more gates.steps or a larger gates.penalty would bring them to it")
-    keep = gates.threshold(groups, logits, settings)
-    pruned = prune(fn, trained, x1, keep=keep)
-    sizes = {str(g): int(len(k)) for g, k in keep.items()}
-    after_prune = train_lib.evaluate(pruned.fn, pruned.variables, dataset, "test")
-    print(f"test accuracy right after pruning: {after_prune['accuracy']:.4f}")
+    return gates.threshold(groups, logits, settings), trained, history
 
-    model = train_lib.TrainableModel(pruned.variables,
-                                     lambda v, x, rng: (pruned.fn(v, x), {}), pruned.fn)
-    tuned = train_lib.train(model, dataset, config.finetune,
+
+def _prune_and_finetune(config, teacher, settings, keep, trained, workdir):
+    """The pruned model, its accuracy right after pruning, and the distillation fine-tune."""
+    pruned = prune(teacher.fn, trained, teacher.example, keep=keep)
+    after_prune = train_lib.evaluate(pruned.fn, pruned.variables, teacher.dataset, "test")
+    print(f"test accuracy right after pruning: {after_prune['accuracy']:.4f}")
+    tuned = train_lib.train(train_lib.frozen_model(pruned.fn, pruned.variables),
+                            teacher.dataset, config.finetune,
                             os.path.join(workdir, "finetune"),
                             loss_fn=losses.distillation_from(
-                                teacher_fn, settings.kd_temperature, settings.kd_alpha))
-
+                                teacher.teacher_fn, settings.kd_temperature,
+                                settings.kd_alpha))
     with open(os.path.join(workdir, "keep.json"), "w") as f:
         json.dump({str(g): [int(i) for i in k] for g, k in keep.items()}, f)
     checkpoint.save_pytree(os.path.join(workdir, "pruned_variables"), tuned["variables"])
+    return pruned, after_prune, tuned
 
+
+def _measure(config, teacher, pruned, tuned, workdir):
     exports = os.path.join(workdir, "onnx")
-    before = export_and_measure(fn, variables, x1, os.path.join(exports, "teacher.onnx"),
-                                config.device)
-    after = export_and_measure(pruned.fn, tuned["variables"], x1,
+    before = export_and_measure(teacher.fn, teacher.variables, teacher.example,
+                                os.path.join(exports, "teacher.onnx"), config.device)
+    after = export_and_measure(pruned.fn, tuned["variables"], teacher.example,
                                os.path.join(exports, "pruned.onnx"), config.device)
-    before["accuracy"] = summary["test_accuracy"]
+    before["accuracy"] = teacher.summary["test_accuracy"]
     after["accuracy"] = tuned["test"]["accuracy"]
+    return before, after
+
+
+def main(config, workdir):
+    start = time.time()
+    teacher = preamble.prepare(config.teacher)
+    settings = gates.GateSettings.from_config(config.gates)
+    keep, trained, history = _learn_keep_sets(config, teacher, settings, workdir)
+    pruned, after_prune, tuned = _prune_and_finetune(config, teacher, settings, keep, trained,
+                                                     workdir)
+    before, after = _measure(config, teacher, pruned, tuned, workdir)
+    summary = teacher.summary
     result = {
         "experiment": config.experiment_name, "teacher": summary["key"],
         "target": settings.target, "target_ratio": settings.target_ratio,
@@ -118,7 +129,8 @@ def main(config, workdir):
         "params_reduction": before["params"] / after["params"],
         "speedup_batch1": before["batch1_median_ms"] / after["batch1_median_ms"],
         "speedup_batch32": before["batch32_median_ms"] / after["batch32_median_ms"],
-        "before": before, "after": after, "kept_channels": sizes,
+        "before": before, "after": after,
+        "kept_channels": {str(g): int(len(k)) for g, k in keep.items()},
         "removed_params": pruned.removed_params, "gate_history": history[-1:],
         "wall_seconds": time.time() - start,
         "settings": {"gates": config.gates.to_dict(), "finetune": config.finetune.to_dict()},
@@ -133,10 +145,11 @@ def main(config, workdir):
         json.dump(result, f, indent=2)
     with open(os.path.join(workdir, "result.md"), "w") as f:
         f.write(text + "\n")
-    if config_lib.publishes(config, workdir):   # `publish` set and the default workdir
-        root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "benchmarks", "results")
-        os.makedirs(root, exist_ok=True)
-        with open(os.path.join(root, f"{config.experiment_name}.json"), "w") as f:
-            json.dump(result, f, indent=2)
     return result
+
+
+def publish(config, result) -> None:
+    """The result as ``benchmarks/results/<experiment>.json`` (the published table)."""
+    os.makedirs(registry.RESULTS, exist_ok=True)
+    with open(os.path.join(registry.RESULTS, f"{config.experiment_name}.json"), "w") as f:
+        json.dump(result, f, indent=2)

@@ -1,0 +1,29 @@
+"""Experiment programs, apart from the library (as big_vision keeps its trainers apart).
+
+Each program is a module with ``main(config, workdir)`` that writes only under ``workdir``;
+a program that publishes tables also has ``publish(config, result)``, which ``run`` calls
+only when the config's ``publish`` is set and the run is in its default workdir
+(``registry.publishes``), and the benchmark scripts call explicitly. ``preamble`` holds what
+every program starts with (the cached teacher and its data), ``registry`` finds, loads and
+validates the config files. The library packages (core, pruning, quant, lowrank, nas,
+export) never import this package.
+
+    train_teacher      a zoo model trained on a data set (the cached teacher)
+    learned_pruning    learned-gate channel pruning, fine-tuned, exported, measured
+    block_family       a family of models, each one block smaller, for one device
+    quantization       PTQ variants, QAT and onnxruntime's quantizer on one model
+    nas_search         DONNA-style blockwise distillation, predictors and NSGA-II
+    lowrank_study      SVD vs data-aware vs learned low-rank factorization
+"""
+import importlib
+
+
+def run(config, workdir: str):
+    """Runs ``config.program``'s ``main(config, workdir)``; publishes its result when
+    ``registry.publishes(config, workdir)``. Returns the program's result."""
+    from experiments import registry
+    program = importlib.import_module(config.program)
+    result = program.main(config, workdir)
+    if registry.publishes(config, workdir) and hasattr(program, "publish"):
+        program.publish(config, result)
+    return result

@@ -1,0 +1,221 @@
+"""The DONNA-style NAS experiment, end to end (``python run.py --exp=nas_fmnist``).
+
+teacher -> blocks -> search space -> blockwise distillation of every student (in parallel,
+resumable) -> N sampled architectures assembled and measured for real (held-out accuracy,
+FLOPs, peak activation memory from the jaxpr, ONNX latency on the runner) -> predictors
+(GNN vs baselines) fitted on part of them and judged on the rest -> NSGA-II on the
+predictors under a latency budget -> the front assembled, evaluated on the test split,
+exported and measured -> the chosen architecture fine-tuned end to end by distillation
+(the claim: blockwise distillation needs no fine-tune) -> results.json and a Pareto PNG in
+the workdir. Every stage caches its output in the workdir, so a re-run after an
+interruption continues where it stopped.
+"""
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from core import config as config_lib
+from experiments import preamble
+from export.runners import get_runner
+from nas import architecture, distill, evolution, finetune, int8_friendliness, pareto_plot
+from nas import search_space, teacher_blocks
+from nas.predictor_fitting import build_graphs, fit_predictors, measure_architectures
+
+
+def _log(msg):
+    print(f"[nas {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load_teacher(cfg):
+    """(fn, variables, dataset, summary) from the cached trained teacher or an untrained zoo
+    model (``cfg.teacher_source = "untrained"``, for smoke tests)."""
+    tcfg = cfg.teacher
+    if cfg.get("teacher_source", "trained") == "trained":
+        teacher = preamble.prepare(tcfg, show_progress=False)
+        return teacher.fn, teacher.variables, teacher.dataset, teacher.summary
+    dataset = preamble.load_data(tcfg)
+    module = preamble.build_module(tcfg.model, tcfg.get("tiny", False))
+    variables = module.init(jax.random.key(0), jnp.zeros((1,) + dataset.image_shape))
+    return (preamble.inference_fn(module), variables, dataset,
+            {"model": tcfg.model, "trained": False})
+
+
+def split_teacher(cfg, fn, variables, dataset):
+    x = jnp.zeros((cfg.distill.batch_size,) + dataset.image_shape, jnp.float32)
+    if cfg.blocks == "auto":
+        return teacher_blocks.split_at_cut_points(fn, variables, x)
+    return teacher_blocks.split_by_modules(fn, variables, x, list(cfg.blocks))
+
+
+def _cached_json(path, compute):
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    value = compute()
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return value
+
+
+def stage_hash(cfg, *sections: str) -> str:
+    """Hash of the config sections a cached stage depends on: a rerun with other settings
+    recomputes that stage instead of reading a stale file from the same workdir."""
+    return config_lib.config_hash(ml_collections.ConfigDict(
+        {name: cfg.get(name) for name in sections}),
+        exclude=("show_progress", "experiment_name", "experiment_path"))
+
+
+SAMPLED_SECTIONS = ("seed", "device", "teacher", "teacher_source", "blocks", "space", "distill",
+                    "measure")
+
+
+def sampled_path(cfg, workdir: str) -> str:
+    """Where the measured sampled architectures of this config are cached."""
+    return os.path.join(workdir, f"sampled-{stage_hash(cfg, *SAMPLED_SECTIONS)}.json")
+
+
+def finetune_dir(cfg, workdir: str, arch) -> str:
+    """The claim-check fine-tune's checkpoints: per students and architecture, so a rerun
+    that chooses another architecture never resumes from the wrong one."""
+    key = stage_hash(cfg, *SAMPLED_SECTIONS, "finetune")
+    return os.path.join(workdir, "finetune", f"{key}-{'-'.join(map(str, arch))}")
+
+
+def _distilled_library(cfg, fn, variables, dataset, workdir):
+    """Teacher blocks, search space, distilled students -> (block library, students)."""
+    blocks = split_teacher(cfg, fn, variables, dataset)
+    space = search_space.build_space(blocks, cfg.space)
+    _log(f"{len(blocks)} teacher blocks; searching positions {space.positions} with "
+         f"{space.sizes} options ({space.size:.3g} architectures, "
+         f"{len(space.students())} students)")
+    students = distill.distill_space(space, blocks, dataset, cfg.distill,
+                                     os.path.join(workdir, "distill"), distill.student_mesh(),
+                                     cfg.show_progress)
+    return architecture.BlockLibrary(blocks, space, students), students
+
+
+def _measured_samples(cfg, library, dataset, runner, workdir):
+    """The sampled architectures (the all-teacher one first), measured, cached."""
+    archs = library.space.sample(np.random.default_rng(cfg.seed), cfg.measure.architectures,
+                                 include_teacher=True)
+    with_latency = [k < cfg.measure.latency_architectures for k in range(len(archs))]
+    return _cached_json(sampled_path(cfg, workdir), lambda: measure_architectures(
+        library, archs, dataset, cfg, runner, with_latency, _log))
+
+
+def _predictors(cfg, library, dataset, rows):
+    """Predictors judged on held-out samples, then refitted on every sample for the search:
+    (report, accuracy predictor, latency predictor)."""
+    n_train = int(len(rows) * cfg.predictor.train_fraction)
+    order = np.random.default_rng(cfg.seed + 1).permutation(len(rows))
+    graphs, table = build_graphs(library, dataset)
+    preds = fit_predictors(library, graphs, table, [rows[i] for i in order[:n_train]],
+                           [rows[i] for i in order[n_train:]], cfg, _log)
+    acc_model = preds["fitted"][("accuracy", "gnn")].fit(
+        [tuple(r["arch"]) for r in rows], np.array([r["accuracy"] for r in rows]))
+    lat_rows = [r for r in rows if r.get("latency_ms") is not None]
+    lat_model = preds["fitted"][("latency_ms", "gnn")].fit(
+        [tuple(r["arch"]) for r in lat_rows], np.array([r["latency_ms"] for r in lat_rows]))
+    return preds["report"], acc_model, lat_model
+
+
+def _search(cfg, library, dataset, rows, acc_model, lat_model):
+    """NSGA-II on the predictors under the latency budget: (result, budget, objective
+    columns, int8 penalties or None)."""
+    budget = cfg.search.latency_budget * rows[0]["latency_ms"]   # rows[0]: the teacher
+    columns = [lambda a: -acc_model.predict(a), lat_model.predict]
+    penalties = None
+    if cfg.search.get("int8_profile", ""):    # optional third objective: lint penalties
+        penalties = int8_friendliness.option_penalties(library, dataset,
+                                                       cfg.search.int8_profile)
+        columns.append(lambda a: int8_friendliness.architecture_penalty(penalties, a))
+    objectives = lambda a: np.stack([c(a) for c in columns], 1)  # noqa: E731
+    result = evolution.nsga2(library.space.sizes, objectives, cfg.search.population,
+                             cfg.search.generations, seed=cfg.seed,
+                             violation=lambda a: np.maximum(lat_model.predict(a) - budget, 0),
+                             initial=[tuple(r["arch"]) for r in rows])
+    return result, budget, columns, penalties
+
+
+def _measure_front(cfg, library, dataset, runner, search, columns, models, workdir):
+    """The front (thinned to ``search.measure_front`` + the best) assembled and measured."""
+    acc_model, lat_model = models
+    front = search.front[:: max(1, len(search.front) // cfg.search.measure_front)]
+    front = list(dict.fromkeys(front + search.front[:1]))[:cfg.search.measure_front + 1]
+    rows = []
+    for k, arch in enumerate(front):
+        rows.append({
+            "arch": list(arch), "choices": [c.key for c in library.space.choices(arch)],
+            "predicted_accuracy": float(acc_model.predict([arch])[0]),
+            "predicted_latency_ms": float(lat_model.predict([arch])[0]),
+            **({"int8_penalty": float(columns[2]([arch])[0])} if len(columns) > 2 else {}),
+            "test_accuracy": architecture.evaluate(library, arch, dataset, "test"),
+            **architecture.cost(library, arch),
+            **architecture.export_and_measure(library, arch, dataset.image_shape, runner,
+                                              os.path.join(workdir, f"front{k}.onnx"),
+                                              parity=True)})
+    return rows
+
+
+def _teacher_measured(library, dataset, runner):
+    arch = library.space.teacher()
+    return {"test_accuracy": architecture.evaluate(library, arch, dataset, "test"),
+            **architecture.cost(library, arch),
+            **architecture.export_and_measure(library, arch, dataset.image_shape, runner)}
+
+
+def main(cfg, workdir):
+    t0, timings = time.time(), {}
+    os.makedirs(workdir, exist_ok=True)
+    fn, variables, dataset, teacher_summary = load_teacher(cfg)
+    library, students = _distilled_library(cfg, fn, variables, dataset, workdir)
+    timings["distill_s"] = time.time() - t0
+    runner = get_runner(cfg.device, runs=cfg.measure.runs, warmup=cfg.measure.warmup)
+    t1 = time.time()
+    rows = _measured_samples(cfg, library, dataset, runner, workdir)
+    timings["measure_s"] = time.time() - t1
+    t2 = time.time()
+    report, acc_model, lat_model = _predictors(cfg, library, dataset, rows)
+    timings["predictors_s"] = time.time() - t2
+    t3 = time.time()
+    search, budget, columns, penalties = _search(cfg, library, dataset, rows, acc_model,
+                                                 lat_model)
+    front = _measure_front(cfg, library, dataset, runner, search, columns,
+                           (acc_model, lat_model), workdir)
+    timings["search_s"] = time.time() - t3
+    teacher_final = _teacher_measured(library, dataset, runner)
+    chosen = max(front, key=lambda r: (r["latency_ms"] <= budget, r["predicted_accuracy"]))
+    t4 = time.time()
+    claim = finetune.claim_check(library, tuple(chosen["arch"]), fn, variables, dataset,
+                                 cfg.finetune, finetune_dir(cfg, workdir, chosen["arch"]))
+    timings["finetune_s"] = time.time() - t4
+    png = pareto_plot.plot_fronts(rows, front, teacher_final,
+                                  os.path.join(workdir, "pareto.png"), budget)
+    timings["total_s"] = time.time() - t0
+    results = {"teacher": teacher_summary, "teacher_measured": teacher_final,
+               "blocks": [{"name": b.name, "in": b.in_shape[1:], "out": b.out_shape[1:]}
+                          for b in library.blocks],
+               "space": library.space.as_dict(), "space_size": library.space.size,
+               "students": {f"{p}:{c.key}": s.val_nsr
+                            for (p, c), s in students.items()},
+               "predictors": report, "latency_budget_ms": budget,
+               "search_history": search.history, "front": front, "chosen": chosen,
+               "claim_check": claim, "pareto_png": png, "timings": timings,
+               "device": cfg.device, "jax_devices": jax.device_count(),
+               "int8_profile": cfg.search.get("int8_profile", ""),
+               "int8_penalties": (int8_friendliness.describe(library, penalties)
+                                  if penalties is not None else {}),
+               "config_hash": stage_hash(cfg, *cfg.keys()),
+               "sampled_path": sampled_path(cfg, workdir)}
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=float)
+    _log(f"done in {timings['total_s'] / 60:.1f} min: chosen {chosen['choices']} "
+         f"test acc {chosen['test_accuracy']:.4f} at {chosen['latency_ms']:.3f} ms "
+         f"(teacher {teacher_final['test_accuracy']:.4f} at {teacher_final['latency_ms']:.3f} ms)")
+    return results
