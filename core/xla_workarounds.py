@@ -6,6 +6,14 @@ differ by 7.0; an imported face detector's scores were off by 24). Upstream also
 crashes and hangs of that fusion in 0.10.x and 0.11.x. Turning the fusion off is exact and,
 on AVX2-only machines, even faster (ResNet-20 training ran 1.6x faster).
 
+Which fusion types stay on: ``individual_dot`` only (single dots through YNNPACK, nothing
+fused). With the list empty, XLA:CPU's own dot emitter is left for every dot and cannot
+compile a bfloat16 dot with several contracting dimensions ('UNIMPLEMENTED: Dot with
+multiple contracting dimensions'; jax.nn.dot_product_attention with a head_dim of one, as
+pruning makes). Measured on jaxlib 0.10.2 with the miscompiled graph of
+tests/core/test_xla_workarounds.py: the types ``reduce`` and ``eltwise`` each reproduce the
+wrong numbers on their own; ``individual_dot``, ``dot`` and ``individual_convolution`` do not.
+
 XLA reads ``XLA_FLAGS`` once, when the first backend is created (the first computation or
 ``jax.devices()``), not at ``import jax``; so every package of the project imports this
 module first, and any program that imports one of them before computing gets the fix.
@@ -29,7 +37,7 @@ class Workaround(NamedTuple):
 
 WORKAROUNDS = (
     Workaround(
-        flag="--xla_cpu_experimental_ynn_fusion_type=",
+        flag="--xla_cpu_experimental_ynn_fusion_type=individual_dot",
         jaxlib_versions=((0, 10), (0, 11)),
         why="XLA:CPU's YNNPACK fusion miscompiles conv/depthwise/pad/max-pool graphs"),
 )

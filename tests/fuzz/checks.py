@@ -50,9 +50,6 @@ class KnownIssue:
 
 
 KNOWN_ISSUES: List[KnownIssue] = [
-    KnownIssue("identity|prune|masked|narrow|jit|lowrank|quant",
-               r"Dot with multiple contracting dimensions is not implemented",
-               "attention:dpa", "test_bfloat16_attention_with_head_dim_one_compiles"),
     KnownIssue("export", r"Nodes in a graph must be topologically sorted", "",
                "test_exports_do_not_depend_on_earlier_exports"),
 ]

@@ -195,14 +195,12 @@ def test_calibration_of_a_two_input_model():
         calibrate(q, p, [(x, y), np.asarray(x)], method="minmax")
 
 
-# ------------------------------------------------------------------ open: owners named
-@pytest.mark.xfail(strict=True, reason=(
-    "with core.xla_workarounds' --xla_cpu_experimental_ynn_fusion_type= (set by every "
-    "package), XLA:CPU fails to compile jax.nn.dot_product_attention in bfloat16 with a "
-    "head_dim of one: 'UNIMPLEMENTED: Dot with multiple contracting dimensions'; without "
-    "the flag it compiles. Pruning an attention's head_dim to one channel makes such "
-    "models (owner: the lead, core/xla_workarounds.py; upstream XLA)"))
+# ------------- fixed: YNNPACK keeps single dots (core.xla_workarounds: individual_dot)
 def test_bfloat16_attention_with_head_dim_one_compiles():
+    """With every YNNPACK fusion type off (--xla_cpu_experimental_ynn_fusion_type=), XLA:CPU
+    could not compile a bfloat16 dot with several contracting dimensions ('UNIMPLEMENTED:
+    Dot with multiple contracting dimensions'): dot_product_attention with head_dim 1, as
+    pruning an attention's head_dim makes. The workaround now keeps individual_dot."""
     q = _normal(0, (2, 6, 2, 1)).astype(jnp.bfloat16)
     out = jax.jit(lambda q: jax.nn.dot_product_attention(q, q, q, scale=0.5))(q)
     want = jax.nn.dot_product_attention(q.astype(jnp.float32), q.astype(jnp.float32),
