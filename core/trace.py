@@ -15,7 +15,7 @@ interpreter can enter them, and ``source_line`` names the user code an equation 
 import dataclasses
 import difflib
 import os
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import jax
 import numpy as np
@@ -131,6 +131,18 @@ def iter_eqns(jaxpr: jcore.Jaxpr, prefix: Tuple[int, ...] = ()
             yield from iter_eqns(sub.jaxpr, path + (k,))
 
 
+def activations(jaxpr: jcore.Jaxpr, sources: Iterable[Any]) -> Set[jcore.Var]:
+    """The variables of ``jaxpr`` computed from any of ``sources`` (the model inputs: these
+    are the activations), sources included. Every other variable is parameter-derived (a
+    kernel, a BatchNorm scale ``rsqrt(var + eps) * gamma``, a reshaped bias): constant for
+    given variables. An equation with sub-jaxprs counts as one operation."""
+    found = set(sources)
+    for eqn in jaxpr.eqns:
+        if any(not isinstance(v, jcore.Literal) and v in found for v in eqn.invars):
+            found.update(v for v in eqn.outvars if not isinstance(v, jcore.DropVar))
+    return found
+
+
 def matching_equations(a: Sequence[str], b: Sequence[str]) -> List[Tuple[int, int]]:
     """``(i, j)`` pairs matching equation i of a program to equation j of the same program
     traced at other shapes, given their primitive names: one to one when the sequences
@@ -178,7 +190,7 @@ def count_eqns(jaxpr: jcore.Jaxpr) -> int:
 
 __all__ = ["Traced", "trace", "call_jaxpr", "sub_jaxprs", "iter_eqns", "source_line",
            "as_closed", "path_to_str", "shape_of", "is_literal", "CALL_JAXPR_PARAM",
-           "count_eqns"]
+           "count_eqns", "activations"]
 
 
 BATCH_AXIS_NAME = "B"

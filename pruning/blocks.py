@@ -19,63 +19,17 @@ matmul is not a block (the ``x + c * x**3`` inside a tanh-GELU), and one whose r
 change a shape is never offered; it is reported in ``BlockAnalysis.rejected`` with a reason.
 """
 import dataclasses
-import functools
 from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
-import jax
-import jax.numpy as jnp
 from jax import lax
-from jax._src import source_info_util
 from jax.extend import core as jcore
 
 from core import primitives as P, rewrite
-from core.trace import call_jaxpr, path_to_str, shape_of, source_line, trace
-from pruning.plan import aval_key, input_specs, spec_tree
-from pruning.prune import _nest
+from core.rewritten import (Rewritten, RewrittenFunction, flatten, leaves_by_path,
+                            nest_by_path)
+from core.trace import activations, shape_of, source_line
 
 WEIGHTED = P.LINEAR   # what makes a branch worth a block
-
-
-# ----------------------------------------------------------------------------- flattening
-def _full_name_stacks(jaxpr, prefix=(), outer="", out=None) -> Dict[Tuple[int, ...], str]:
-    """Equation path (as in ``core.rewrite``) -> its name stack including the calls around it."""
-    out = {} if out is None else out
-    for i, eqn in enumerate(jaxpr.eqns):
-        path = prefix + (i,)
-        own = str(eqn.source_info.name_stack)
-        name = "/".join(p for p in (outer, own) if p)
-        out[path] = name
-        sub = call_jaxpr(eqn)
-        if sub is not None:
-            _full_name_stacks(sub.jaxpr, path + (0,), name, out)
-        elif eqn.primitive is P.cond_p:
-            for k, branch in enumerate(eqn.params["branches"]):
-                _full_name_stacks(branch.jaxpr, path + (k,), name, out)
-    return out
-
-
-def flatten(fn: Callable, variables_spec, *input_specs_) -> Tuple[jcore.ClosedJaxpr, object]:
-    """The closed jaxpr of ``fn(variables, *inputs)`` with every call (``jit``,
-    ``custom_jvp_call``...) inlined; equations keep their full module name stack and source
-    line. Returns ``(closed jaxpr, output treedef)``."""
-    traced = trace(fn, variables_spec, *input_specs_)
-    stacks = _full_name_stacks(traced.jaxpr)
-
-    def bind_named(eqn, invals, path):
-        if call_jaxpr(eqn) is not None or eqn.primitive is P.cond_p:
-            return None                              # inlined by core.rewrite.evaluate
-        stack = source_info_util.new_name_stack(stacks.get(path, ""))
-        params = eqn.primitive.get_bind_params(eqn.params)
-        with source_info_util.user_context(eqn.source_info.traceback, name_stack=stack), \
-                eqn.ctx.manager:
-            out = eqn.primitive.bind(*invals, **params)
-        return list(out) if eqn.primitive.multiple_results else [out]
-
-    def flat_fn(*leaves):
-        return rewrite.evaluate(traced.closed_jaxpr, leaves, bind_named)
-
-    avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in traced.jaxpr.invars]
-    return jax.make_jaxpr(flat_fn)(*avals), traced.out_tree
 
 
 # ------------------------------------------------------------------------------- edits
@@ -157,23 +111,23 @@ class EditedGraph:
         return {j for j, v in enumerate(self.jaxpr.invars) if v in used}
 
     def evaluate(self, consts, args):
-        """Runs the live equations only (the block's equations are never bound)."""
-        env = dict(zip(self.jaxpr.constvars, consts))
-        env.update(zip(self.jaxpr.invars, args))
+        """Runs the live equations only (the block's equations are never bound): the edits
+        are a hook of ``core.rewrite.evaluate``."""
+        values = dict(zip(self.jaxpr.invars, args))
 
-        def read(atom):
-            atom = self.resolve(atom)
-            return atom.val if isinstance(atom, jcore.Literal) else env[atom]
-
-        for i in sorted(self.live):
-            eqn = self.jaxpr.eqns[i]
-            zeroed = self.zeroed.get(i, ())
-            invals = [lax.full(v.aval.shape, 0, v.aval.dtype) if p in zeroed else read(v)
-                      for p, v in enumerate(eqn.invars)]
-            for var, value in zip(eqn.outvars, rewrite.bind_equation(eqn, invals)):
-                if not isinstance(var, jcore.DropVar):
-                    env[var] = value
-        return [read(v) for v in self.jaxpr.outvars]
+        def edited(eqn, invals, path):
+            i = path[0]
+            outs = [None] * len(eqn.outvars)
+            if i in self.live:
+                zeroed = self.zeroed.get(i, ())
+                outs = rewrite.bind_equation(eqn, [
+                    lax.full(v.aval.shape, 0, v.aval.dtype) if p in zeroed else x
+                    for p, (v, x) in enumerate(zip(eqn.invars, invals))])
+            outs = [values[self.resolve(v)] if v in self.alias else x
+                    for v, x in zip(eqn.outvars, outs)]
+            values.update(zip(eqn.outvars, outs))
+            return outs
+        return rewrite.evaluate(jcore.ClosedJaxpr(self.jaxpr, consts), args, edited)
 
 
 # ------------------------------------------------------------------------------ blocks
@@ -247,15 +201,6 @@ class BlockAnalysis:
         return out
 
 
-def _activations(jaxpr, num_params: int) -> Set[jcore.Var]:
-    """Values that depend on a model input (not only on parameters and constants)."""
-    act = set(jaxpr.invars[num_params:])
-    for eqn in jaxpr.eqns:
-        if any(not isinstance(v, jcore.Literal) and v in act for v in eqn.invars):
-            act.update(v for v in eqn.outvars if not isinstance(v, jcore.DropVar))
-    return act
-
-
 def _stack(eqn, root: str) -> str:
     name = str(eqn.source_info.name_stack)
     if root and (name == root or name.startswith(root + "/")):
@@ -284,7 +229,7 @@ class _Finder:
     def __init__(self, closed, num_params: int):
         self.jaxpr = closed.jaxpr
         self.num_params = num_params
-        self.act = _activations(self.jaxpr, num_params)
+        self.act = activations(self.jaxpr, self.jaxpr.invars[num_params:])
         self.where = _locate(self.jaxpr)
         self.base = EditedGraph(self.jaxpr, []).live
         self.root = _root(self.jaxpr)
@@ -421,13 +366,11 @@ def find_blocks(fn: Callable, variables, *example_inputs, module_paths: Sequence
     """Every removable block of ``fn(variables, *inputs)``: residual and parallel add
     branches and concatenation pieces (``automatic``), plus the modules named in
     ``module_paths`` (relative to the top module, e.g. ``'stage0_block1'``)."""
-    var_spec = spec_tree(variables)
-    closed, out_tree = flatten(fn, var_spec, *input_specs(example_inputs))
-    flat = jax.tree_util.tree_flatten_with_path(var_spec)[0]
-    in_paths = tuple(path_to_str(p) for p, _ in flat)
-    finder = _search(closed, len(in_paths), module_paths, automatic)
-    return BlockAnalysis(closed, out_tree, in_paths, len(in_paths), finder.blocks,
-                         finder.rejected, finder.root)
+    traced = flatten(fn, variables, *example_inputs)
+    in_paths = traced.in_paths[:traced.num_params]
+    finder = _search(traced.closed_jaxpr, len(in_paths), module_paths, automatic)
+    return BlockAnalysis(traced.closed_jaxpr, traced.out_tree, in_paths, len(in_paths),
+                         finder.blocks, finder.rejected, finder.root)
 
 
 def _search(closed, num_params: int, module_paths: Sequence[str], automatic: bool) -> _Finder:
@@ -451,7 +394,12 @@ def match_blocks(closed, num_params: int, blocks: Sequence[Block]) -> List[Block
 
 
 # ----------------------------------------------------------------------------- removal
-class BlockRemovedFunction:
+@dataclasses.dataclass
+class _Edited(Rewritten):
+    graph: Optional[EditedGraph] = None
+
+
+class BlockRemovedFunction(RewrittenFunction):
     """``fn(variables, *inputs)`` of the model without some blocks, at any input signature.
 
     For each signature the original model is flattened again at those shapes (another
@@ -460,43 +408,28 @@ class BlockRemovedFunction:
     (batch 1 traces some ops differently). ``variables`` need only hold the parameters that
     survive, found by path."""
 
-    def __init__(self, original_fn, variables_spec, analysis: BlockAnalysis,
+    def __init__(self, original_fn, variables, analysis: BlockAnalysis,
                  blocks: Sequence[Block]):
-        self.original_fn = original_fn
-        self.variables_spec = variables_spec
+        super().__init__(original_fn, variables)
         self.analysis = analysis
         self.blocks = list(blocks)
-        self.in_paths = analysis.in_paths
 
-    @functools.lru_cache(maxsize=16)
-    def _graph(self, key):
-        specs = [jax.ShapeDtypeStruct(s, d) for s, d in key]
-        closed, out_tree = flatten(self.original_fn, self.variables_spec, *specs)
-        here = match_blocks(closed, self.analysis.num_params, self.blocks)
-        return closed, out_tree, EditedGraph(closed.jaxpr, [b.edit for b in here])
+    def rewrite(self, *inputs) -> _Edited:
+        traced = flatten(self.original_fn, self.variables_spec, *inputs)
+        here = match_blocks(traced.closed_jaxpr, self.analysis.num_params, self.blocks)
+        graph = EditedGraph(traced.jaxpr, [b.edit for b in here])
+        used = graph.used_invars()
+        paths = tuple(p if j in used else None for j, p in enumerate(self.analysis.in_paths))
+        return _Edited(traced.closed_jaxpr, traced.out_tree, paths, graph)
 
     def graph(self, *inputs) -> EditedGraph:
-        key = tuple((tuple(jnp.shape(x)), jnp.result_type(x)) for x in inputs)
-        return self._graph(key)[2]
+        return self.at(*inputs).graph
 
     def used_param_paths(self, *inputs) -> List[str]:
-        used = self.graph(*inputs).used_invars()
-        return [p for j, p in enumerate(self.in_paths) if j in used]
+        return [p for p in self.at(*inputs).param_paths if p is not None]
 
-    def __call__(self, variables, *inputs):
-        key = tuple((tuple(jnp.shape(x)), jnp.result_type(x)) for x in inputs)
-        closed, out_tree, graph = self._graph(key)
-        by_path = {path_to_str(p): leaf for p, leaf in
-                   jax.tree_util.tree_flatten_with_path(variables)[0]}
-        used = graph.used_invars()
-        args = [by_path[p] if j in used else None for j, p in enumerate(self.in_paths)]
-        args += jax.tree_util.tree_leaves(inputs)
-        outs = graph.evaluate(closed.consts, args)
-        return jax.tree_util.tree_unflatten(out_tree, outs)
-
-    # functools.lru_cache on a method needs hashable self; identity is what we want.
-    __hash__ = object.__hash__
-    __eq__ = object.__eq__
+    def evaluate(self, program: _Edited, args, hook=None) -> list:
+        return program.graph.evaluate(program.closed.consts, args)
 
 
 @dataclasses.dataclass
@@ -512,14 +445,13 @@ class BlockRemoved:
 def remove_blocks(fn: Callable, variables, *example_inputs, blocks: Sequence[Block],
                   analysis: BlockAnalysis) -> BlockRemoved:
     """Removes ``blocks`` (from ``analysis`` of this model) and whatever only served them."""
-    removed_fn = BlockRemovedFunction(fn, spec_tree(variables), analysis, blocks)
+    removed_fn = BlockRemovedFunction(fn, variables, analysis, blocks)
     used = set(removed_fn.used_param_paths(*example_inputs))
-    flat = jax.tree_util.tree_flatten_with_path(variables)[0]
-    paths = [path_to_str(p) for p, _ in flat]
-    kept = [(p, leaf) for p, (_, leaf) in zip(paths, flat) if p in used]
-    new_vars = _nest([p for p, _ in kept], [leaf for _, leaf in kept])
+    leaves = leaves_by_path(variables)
+    kept = [p for p in leaves if p in used]
+    new_vars = nest_by_path(kept, [leaves[p] for p in kept])
     return BlockRemoved(removed_fn, new_vars, list(blocks),
-                        [p for p in paths if p not in used])
+                        [p for p in leaves if p not in used])
 
 
 def with_costs(fn: Callable, variables, example_input, analysis: BlockAnalysis) -> BlockAnalysis:
@@ -537,4 +469,4 @@ def with_costs(fn: Callable, variables, example_input, analysis: BlockAnalysis) 
 
 
 __all__ = ["Block", "BlockAnalysis", "BlockRemoved", "BlockRemovedFunction", "Bypass",
-           "Zero", "EditedGraph", "find_blocks", "flatten", "remove_blocks", "with_costs"]
+           "Zero", "EditedGraph", "find_blocks", "remove_blocks", "with_costs"]

@@ -25,6 +25,7 @@ import numpy as np
 from core import primitives as P
 from core.channel_groups import GroupAnalysis
 from core.channel_types import Concat
+from core.rewritten import aval_key, spec_tree  # noqa: F401  (re-exported)
 from core.trace import is_literal, iter_eqns, matching_equations, source_line, sub_jaxprs
 
 Path = Tuple[int, ...]
@@ -245,22 +246,6 @@ def _none(eqn):
     return ()
 
 
-def input_specs(inputs: Sequence) -> list:
-    """ShapeDtypeStructs of a flat list of arrays."""
-    return [jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in inputs]
-
-
-def _dim_key(dim):
-    """A symbolic dimension with its scope object (two exports' 'B' print alike but do not
-    mix: a jaxpr traced in one scope fails with the other's; held, so never recycled)."""
-    return dim if isinstance(dim, (int, np.integer)) else (str(dim), getattr(dim, "scope", None))
-
-
-def aval_key(values: Sequence) -> Tuple:
-    return tuple((tuple(_dim_key(d) for d in jnp.shape(v)), str(jnp.result_type(v)))
-                 for v in values)
-
-
 def retrace(fn: Callable, variables_spec, inputs: Sequence, plan: Plan):
     """``(closed jaxpr, output treedef, Aligned plans)`` of ``fn(variables, *inputs)`` at
     the shapes of ``inputs`` (concrete, traced or symbolic); ``variables_spec`` is a pytree
@@ -268,9 +253,3 @@ def retrace(fn: Callable, variables_spec, inputs: Sequence, plan: Plan):
     specs = spec_tree(tuple(inputs))       # each input may be any pytree of arrays
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(variables_spec, *specs)
     return closed, jax.tree_util.tree_structure(out_shape), plan.align(closed.jaxpr)
-
-
-def spec_tree(variables):
-    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a),
-                                                                 jnp.result_type(a)),
-                                  variables)

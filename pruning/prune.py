@@ -27,18 +27,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax._src.interpreters import partial_eval as pe
-from jax.extend.core import ClosedJaxpr, jaxpr_as_fun
+from jax.extend.core import ClosedJaxpr
 
+from core import primitives as P
 from core.channel_groups import ChannelGroup, GroupAnalysis, analyze
 from core.rewrite import (CONTROL_FLOW, CUSTOM_RULES, bind_equation, evaluate,
                           rebind_control_flow, rebind_custom_rule)
-from core.trace import call_jaxpr, path_to_str, source_line, sub_jaxprs
+from core.rewritten import Rewritten, RewrittenFunction, nest_by_path
+from core.trace import call_jaxpr, source_line, sub_jaxprs
 from pruning import branch_removal as br
 from pruning.counts import ReductionCounts
 from pruning.keep_sets import kept_indices
 from pruning.masked import warn_rule_dropped
-from pruning.plan import (AxisSpec, Plan, aval_key, body_changes, input_specs, retrace,
-                          spec_tree)
+from pruning.plan import AxisSpec, Plan, body_changes, retrace
 from pruning.shape_rules import PruneError, Rebind, rebind, select_positions
 
 
@@ -215,7 +216,7 @@ class PruneHook:
         for out, specs in zip(outs, ctx.plan.outs):
             self.record(out, specs)
         eqn = ctx.eqn
-        if eqn.primitive.name == "reduce_sum":
+        if eqn.primitive is P.reduce_sum_p:
             n_old, n_new, changed = 1, 1, False
             for d in eqn.params["axes"]:
                 old = ctx.in_size(0, d)
@@ -233,11 +234,9 @@ class PruneHook:
 
 
 @dataclasses.dataclass
-class _Compiled:
-    closed: ClosedJaxpr
-    out_tree: Any
-    param_indices: List[int]          # original param invars the rewritten jaxpr reads
-    notes: List[str]
+class _Compiled(Rewritten):
+    param_indices: List[int] = dataclasses.field(default_factory=list)   # param invars read
+    notes: List[str] = dataclasses.field(default_factory=list)
 
 
 def _as_dtype(value, dtype):
@@ -249,38 +248,26 @@ def _as_dtype(value, dtype):
     return value
 
 
-class PrunedFunction:
-    """``fn(variables, *inputs)`` of the pruned model (see the module docstring)."""
+class PrunedFunction(RewrittenFunction):
+    """``fn(variables, *inputs)`` of the pruned model (see the module docstring): each
+    signature's program is the pruning hook's rewrite, dead code removed."""
 
-    def __init__(self, fn: Callable, analysis: GroupAnalysis, plan: Plan,
-                 keep: Dict[int, np.ndarray], param_shapes: List[Tuple[tuple, Any]],
-                 full_spec):
-        self.original_fn = fn
+    def __init__(self, fn: Callable, variables, analysis: GroupAnalysis, plan: Plan,
+                 keep: Dict[int, np.ndarray], param_shapes: List[Tuple[tuple, Any]]):
+        super().__init__(fn, variables)
         self.analysis = analysis
         self.plan = plan
         self.keep = keep
         self.param_shapes = param_shapes
         self.param_paths = [p for p, is_p in zip(analysis.traced.in_paths,
                                                  analysis.traced.is_param) if is_p]
-        self._full_spec = full_spec
+        self._dtype_at = {p: dtype for p, (_, dtype) in zip(self.param_paths, param_shapes)}
         self._kept_cache: Dict = {}
-        self._compiled: Dict[Any, _Compiled] = {}
 
-    def compiled(self, *inputs) -> _Compiled:
-        flat, tree = jax.tree_util.tree_flatten(inputs)
-        key = (aval_key(flat), str(tree))
-        if key not in self._compiled:
-            self._compiled[key] = self._build(inputs, flat)
-        return self._compiled[key]
-
-    def jaxpr(self, *inputs) -> ClosedJaxpr:
-        """The pruned model's jaxpr at these inputs (parameters, then inputs)."""
-        return self.compiled(*inputs).closed
-
-    def _build(self, inputs, flat_inputs) -> _Compiled:
-        closed, out_tree, aligned = retrace(self.original_fn, self._full_spec, inputs,
+    def rewrite(self, *inputs) -> _Compiled:
+        closed, out_tree, aligned = retrace(self.original_fn, self.variables_spec, inputs,
                                             self.plan)
-        n_params = len(self.param_shapes)
+        flat_inputs = jax.tree_util.tree_leaves(inputs)
         live = [i for i, (shape, _) in enumerate(self.param_shapes) if not br.is_empty(shape)]
         notes: List[str] = []
 
@@ -296,7 +283,7 @@ class PrunedFunction:
             return [br.materialize(o) for o in outs]
 
         specs = ([jax.ShapeDtypeStruct(*self.param_shapes[i]) for i in live]
-                 + input_specs(flat_inputs))
+                 + list(flat_inputs))
         traced = jax.make_jaxpr(rewritten)(*specs)
         n_out = len(traced.jaxpr.outvars)
         instantiate = ([False] * (len(traced.jaxpr.constvars) + len(live))
@@ -305,7 +292,8 @@ class PrunedFunction:
                                                        instantiate)
         consts = [c for c, u in zip(traced.consts, used_consts) if u]
         used_params = [i for i, u in zip(live, used[:len(live)]) if u]
-        return _Compiled(ClosedJaxpr(jaxpr, consts), out_tree, used_params, notes)
+        return _Compiled(ClosedJaxpr(jaxpr, consts), out_tree,
+                         tuple(self.param_paths[i] for i in used_params), used_params, notes)
 
     def _at_analysed_dtypes(self, inputs):
         leaves, tree = jax.tree_util.tree_flatten(inputs)
@@ -315,19 +303,11 @@ class PrunedFunction:
         return jax.tree_util.tree_unflatten(tree, [_as_dtype(x, d)
                                                    for x, d in zip(leaves, dtypes)])
 
-    def __call__(self, variables, *inputs):
-        inputs = self._at_analysed_dtypes(inputs)
-        compiled = self.compiled(*inputs)
-        by_path = {path_to_str(p): leaf for p, leaf in
-                   jax.tree_util.tree_flatten_with_path(variables)[0]}
-        try:
-            args = [_as_dtype(by_path[self.param_paths[i]], self.param_shapes[i][1])
-                    for i in compiled.param_indices]
-        except KeyError as missing:
-            raise KeyError(f"pruned model needs parameter {missing}") from None
-        args += jax.tree_util.tree_leaves(inputs)
-        outs = jaxpr_as_fun(compiled.closed)(*args)
-        return jax.tree_util.tree_unflatten(compiled.out_tree, outs)
+    def parameter(self, path: str, leaf):
+        return _as_dtype(leaf, self._dtype_at[path])
+
+    def run(self, variables, *inputs, hook=None):
+        return super().run(variables, *self._at_analysed_dtypes(inputs), hook=hook)
 
 
 @dataclasses.dataclass
@@ -369,17 +349,6 @@ def _check_keep(analysis: GroupAnalysis, keep) -> Dict[int, np.ndarray]:
     return checked
 
 
-def _nest(paths: Sequence[str], leaves: Sequence) -> dict:
-    tree: dict = {}
-    for path, leaf in zip(paths, leaves):
-        node = tree
-        parts = path.split("/")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = leaf
-    return tree
-
-
 def prune(fn: Callable, variables, *example_inputs, keep: Dict[int, Sequence[int]],
           analysis: Optional[GroupAnalysis] = None) -> Pruned:
     """Removes channels: ``keep[g]`` are the channel indices group ``g`` keeps (groups not
@@ -395,8 +364,8 @@ def prune(fn: Callable, variables, *example_inputs, keep: Dict[int, Sequence[int
         value = hook.conform(np.asarray(leaf), plan.invars[i])
         shapes.append((tuple(value.shape), np.dtype(leaf.dtype)))
         sliced.append(value)
-    pruned_fn = PrunedFunction(fn, analysis, plan, keep, shapes, spec_tree(variables))
-    compiled = pruned_fn.compiled(*example_inputs)
+    pruned_fn = PrunedFunction(fn, variables, analysis, plan, keep, shapes)
+    compiled = pruned_fn.at(*example_inputs)
     used = set(compiled.param_indices)
     paths = pruned_fn.param_paths
     if len(used) == len(leaves):
@@ -404,7 +373,7 @@ def prune(fn: Callable, variables, *example_inputs, keep: Dict[int, Sequence[int
         new_vars = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v) for v in sliced])
     else:
         order = sorted(used)
-        new_vars = _nest([paths[i] for i in order], [jnp.asarray(sliced[i]) for i in order])
+        new_vars = nest_by_path([paths[i] for i in order], [jnp.asarray(sliced[i]) for i in order])
     sizes = {g.id: (len(keep[g.id]) if g.id in keep else g.size) for g in analysis.groups}
     removed = [paths[i] for i in range(len(leaves)) if i not in used]
     return Pruned(pruned_fn, new_vars, analysis.groups, keep, sizes, removed,
