@@ -27,7 +27,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import export
@@ -63,12 +62,9 @@ def _finetune(out, teacher_fn, teacher_vars, dataset, config, workdir) -> dict:
     kd_fn = jax.jit(teacher_fn)
     loss_fn = losses.distillation_from(functools.partial(kd_fn, teacher_vars),
                                        ft.kd_temperature, ft.kd_alpha)
-    # train() donates its state: give it copies, not the arrays shared with the teacher.
-    own = jax.tree.map(lambda a: jnp.array(a, copy=True), out.variables)
-    model = train_lib.TrainableModel(own, lambda v, x, rng: (out.fn(v, x), {}), out.fn)
-    result = train_lib.train(model, dataset, ft, workdir, loss_fn=loss_fn,
-                             show_progress=False)
-    return result
+    # train() copies the variables before it donates its state: the teacher's stay intact.
+    return train_lib.train(train_lib.frozen_model(out.fn, out.variables), dataset, ft, workdir,
+                           loss_fn=loss_fn, show_progress=False)
 
 
 def _latency(fn, variables, example, config, path) -> dict:

@@ -33,8 +33,10 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from core import checkpoint, config as config_lib, losses
-from core.progress import MetricsLog, progress_bar
+import ml_collections
+
+from core import checkpoint, config as config_lib, losses, train as train_lib
+from core.progress import MetricsLog
 from data import pipeline
 from nas.search_space import TEACHER, SearchSpace
 from nas.student_blocks import BlockChoice, build_student, init_student
@@ -144,24 +146,64 @@ def default_batching() -> str:
     return "unroll" if jax.default_backend() == "cpu" else "vmap"
 
 
-def make_step(module, tx, batching: str = "vmap"):
-    """One distillation step over stacked members."""
-    def member_loss(params, collections, x, target):
-        y, updates = _apply(module, params, collections, x, train=True)
-        return losses.feature_matching_loss(y, target), updates
+def vmapped(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``tx`` applied to every member of a stacked tree independently (per-member state)."""
+    return optax.GradientTransformation(jax.vmap(tx.init), jax.vmap(tx.update))
 
-    def step(state, x, target):
-        def objective(params):
-            per_member, updates = over_members(member_loss, batching)(
-                params, state["collections"], x, target)
-            return per_member.sum(), (per_member, updates)
-        (_, (per_member, updates)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state["params"])
-        deltas, opt_state = jax.vmap(tx.update)(grads, state["opt_state"], state["params"])
-        params = jax.vmap(optax.apply_updates)(state["params"], deltas)
-        return {"step": state["step"] + 1, "params": params, "collections": updates,
-                "opt_state": opt_state}, per_member
-    return step
+
+def student_model(module, stacked, batching: str) -> train_lib.TrainableModel:
+    """Stacked students as a ``TrainableModel``: the input is every member's teacher-block
+    input, the output every member's block output (BatchNorm statistics updated)."""
+    def member_forward(params, collections, x):
+        return _apply(module, params, collections, x, train=True)
+
+    def apply_train(v, x, rng):
+        params, collections = _split(v)
+        return over_members(member_forward, batching)(params, collections, x)
+
+    def apply_eval(v, x):
+        params, collections = _split(v)
+        return over_members(lambda p, c, xi: _apply(module, p, c, xi, train=False)[0],
+                            batching)(params, collections, x)
+    return train_lib.TrainableModel(stacked, apply_train, apply_eval)
+
+
+def member_loss(batching: str):
+    """Summed noise-to-signal ratio of the members (each member's gradient is its own);
+    logs the per-member values."""
+    def loss_fn(outputs, targets, inputs):
+        per_member = over_members(losses.feature_matching_loss, batching)(outputs, targets)
+        return per_member.sum(), {"nsr": per_member}
+    return loss_fn
+
+
+class MemberParallel:
+    """``core.train`` placement of stacked students: the member axis split over a 1-D
+    'students' mesh, the image batch on every device, turned into each member's teacher
+    activations by ``io``; the step is a ``shard_map`` (each device steps its own members)."""
+
+    def __init__(self, mesh: Mesh, io):
+        self.mesh, self.io = mesh, io
+        self.members = PartitionSpec("students")
+        self.specs = None
+
+    def check(self, cfg) -> None:
+        pass                            # every device sees the whole batch
+
+    def place_state(self, state):
+        self.specs = jax.tree.map(lambda a: self.members if jnp.ndim(a) else PartitionSpec(),
+                                  state)
+        return jax.device_put(state, jax.tree.map(lambda s: NamedSharding(self.mesh, s),
+                                                  self.specs))
+
+    def place_batch(self, images, labels):
+        return self.io(jnp.asarray(images))          # (member inputs, member targets)
+
+    def compile(self, step_fn):
+        return jax.jit(jax.shard_map(step_fn, mesh=self.mesh,
+                                     in_specs=(self.specs, self.members, self.members),
+                                     out_specs=(self.specs, {"nsr": self.members}),
+                                     check_vma=False), donate_argnums=0)
 
 
 def make_eval(module, batching: str = "vmap"):
@@ -171,11 +213,29 @@ def make_eval(module, batching: str = "vmap"):
     return over_members(nsr, batching)
 
 
+def _train_config(cfg) -> ml_collections.ConfigDict:
+    """The distillation settings as a ``core.train`` section (no augmentation by default)."""
+    out = ml_collections.ConfigDict(cfg.to_dict())
+    out.augment = cfg.get("augment", False)
+    out.ema_decay, out.epochs = 0.0, 0.0
+    return out
+
+
+def _initial_members(group: Group, module, cfg, padded, init_variables):
+    if init_variables is None:
+        init = [init_student(module, group.in_shape, cfg.seed * 1000 + b)
+                for _, b in padded]
+    else:
+        init = list(init_variables) + [init_variables[0]] * (len(padded) - len(init_variables))
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *init)
+
+
 def train_group(group: Group, blocks: Sequence[TeacherBlock], dataset, cfg,
                 workdir: Optional[str] = None, mesh: Optional[Mesh] = None,
                 init_variables: Optional[Sequence[Any]] = None,
                 show_progress: bool = True, label: str = "") -> List[Student]:
-    """Trains one group for ``cfg.steps`` steps; returns one Student per member.
+    """Trains one group for ``cfg.steps`` steps with ``core.train.train``; returns one
+    Student per member.
 
     ``cfg``: steps, batch_size, learning_rate, seed, [warmup_steps, weight_decay, augment,
     checkpoint_every, log_every, eval_batches, eval_batch_size, batching ('auto', 'vmap'
@@ -183,77 +243,31 @@ def train_group(group: Group, blocks: Sequence[TeacherBlock], dataset, cfg,
     per member) replaces the random initialization.
     """
     mesh = mesh or student_mesh()
-    n_dev = mesh.size
     module = build_student(group.choice, group.in_shape, group.out_shape)
     members = list(group.members)
-    padded = members + [members[0]] * (math.ceil(len(members) / n_dev) * n_dev - len(members))
-    if init_variables is None:
-        init = [init_student(module, group.in_shape, cfg.seed * 1000 + b)
-                for _, b in padded]
-    else:
-        init = list(init_variables) + [init_variables[0]] * (len(padded) - len(members))
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *init)
-    params, collections = _split(stacked)
-    tx = make_optimizer(cfg, cfg.steps)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "collections": collections,
-             "opt_state": jax.vmap(tx.init)(params)}
-    member_sharding = NamedSharding(mesh, PartitionSpec("students"))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    state_sharding = {"step": replicated,
-                      "params": jax.tree.map(lambda _: member_sharding, state["params"]),
-                      "collections": jax.tree.map(lambda _: member_sharding, collections),
-                      "opt_state": jax.tree.map(lambda a: member_sharding if jnp.ndim(a)
-                                                else replicated, state["opt_state"])}
-    state = jax.device_put(state, state_sharding)
-    io = jax.jit(teacher_io_fn(blocks, [b for _, b in padded]),
-                 out_shardings=(member_sharding, member_sharding))
-    specs = jax.tree.map(lambda sh: sh.spec, state_sharding)
-    members_spec = PartitionSpec("students")
+    padded = members + [members[0]] * (math.ceil(len(members) / mesh.size) * mesh.size
+                                       - len(members))
     batching = cfg.get("batching", "auto")
     batching = default_batching() if batching == "auto" else batching
-    step_fn = jax.jit(jax.shard_map(make_step(module, tx, batching), mesh=mesh,
-                                    in_specs=(specs, members_spec, members_spec),
-                                    out_specs=(specs, members_spec), check_vma=False),
-                      donate_argnums=0)
-    ckpt = None
-    log = None
-    if workdir:
-        os.makedirs(workdir, exist_ok=True)
-        ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                       cfg.get("checkpoint_every", 0))
-        if ckpt.latest_step() is not None:
-            state = ckpt.restore(state)
-        log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), int(state["step"]))
+    member_sharding = NamedSharding(mesh, PartitionSpec("students"))
+    io = jax.jit(teacher_io_fn(blocks, [b for _, b in padded]),
+                 out_shardings=(member_sharding, member_sharding))
     names = [blocks[b].name for _, b in members]
-    start = int(state["step"])
-    bar = progress_bar(cfg.steps, start, f"distill {label}{group.choice.key} x{len(members)}",
-                       enabled=show_progress)
-    log_every = max(1, cfg.get("log_every", 50))
-    running = []
-    for step in range(start, cfg.steps):
-        images, _ = pipeline.train_batch(dataset, step, cfg.batch_size, cfg.seed,
-                                         cfg.get("augment", False))
-        x, target = io(jnp.asarray(images))
-        state, per_member = step_fn(state, x, target)
-        running.append(per_member)
-        done = step + 1
-        if done % log_every == 0 or done == cfg.steps:
-            mean = np.mean(np.stack([np.asarray(r) for r in running]), 0)[:len(members)]
-            running = []
-            bar.set_postfix(nsr=f"{mean.mean():.4f}")
-            if log:
-                log.write(done, **{f"nsr/{n}": float(v) for n, v in zip(names, mean)})
-        if ckpt:
-            ckpt.maybe_save(done, state, force=done == cfg.steps)
-        bar.update(1)
-    bar.close()
-    if ckpt:
-        ckpt.close()
+    result = train_lib.train(
+        student_model(module, _initial_members(group, module, cfg, padded, init_variables),
+                      batching), dataset, _train_config(cfg), workdir, member_loss(batching),
+        show_progress=show_progress, tx=vmapped(make_optimizer(cfg, cfg.steps)),
+        placement=MemberParallel(mesh, io), evaluate_splits=(),
+        log_metrics=lambda mean: {f"nsr/{n}": float(v) for n, v in zip(names, mean["nsr"])},
+        description=f"distill {label}{group.choice.key} x{len(members)}")
+    trained = result["variables"]
+    params, collections = _split(trained)
+    state = {"params": params, "collections": collections}
     val = evaluate_group(module, state, io, dataset, cfg, mesh, batching)[:len(members)]
-    if log:
-        log.write(cfg.steps, **{f"val_nsr/{n}": float(v) for n, v in zip(names, val)})
-    host = jax.device_get({"params": state["params"], **state["collections"]})
-    return [Student(p, b, group.choice, module, jax.tree.map(lambda a, i=i: a[i], host),
+    if workdir:
+        MetricsLog(os.path.join(workdir, "metrics.jsonl"), cfg.steps).write(
+            cfg.steps, **{f"val_nsr/{n}": float(v) for n, v in zip(names, val)})
+    return [Student(p, b, group.choice, module, jax.tree.map(lambda a, i=i: a[i], trained),
                     float(val[i])) for i, (p, b) in enumerate(members)]
 
 

@@ -7,8 +7,10 @@ hard-thresholding will produce, while the logits still learn. The masks go throu
 ``pruning.masked`` (any model), and the budget term is the differentiable cost of
 ``core.cost`` (FLOPs, any input layout) or the latency model of ``export.latency_model``
 (milliseconds on a device), evaluated at the kept-channel counts ``sum(mask)`` per group.
-Model weights are trained jointly, with distillation from the unpruned teacher.
-The noise scale anneals to zero, so the gates settle before they are thresholded.
+Model weights are trained jointly, with distillation from the unpruned teacher, by the
+project's one training loop (``core.train.train``: the gate logits are an extra trainable
+subtree with their own optax transformation). The noise scale anneals to zero, so the
+gates settle before they are thresholded.
 """
 import dataclasses
 import os
@@ -16,13 +18,11 @@ from typing import Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
-from core import fast_depthwise, losses, sharding
-from core.checkpoint import Checkpointer
-from core.progress import MetricsLog, progress_bar
-from data import pipeline
+from core import losses, train as train_lib
 from pruning import importance
 from pruning.masked import masked
 
@@ -100,7 +100,7 @@ def budget_function(settings: GateSettings, cost_model, latency_fn: Optional[Cal
         full_flops = float(full.flops)
 
         def relative(sizes):
-            return cost_model._evaluate(sizes).flops / (settings.target_ratio * full_flops)
+            return cost_model(sizes).flops / (settings.target_ratio * full_flops)
     elif settings.target == "latency":
         if latency_fn is None:
             raise ValueError("target='latency' needs a latency model (a latency table)")
@@ -134,77 +134,73 @@ def threshold(groups, logits, settings: GateSettings) -> Dict[int, np.ndarray]:
     return keep
 
 
-def train_gates(fn, variables, groups, dataset, settings: GateSettings, workdir: str,
-                cost_model, teacher_fn: Callable, latency_fn: Optional[Callable] = None,
-                show_progress: bool = True):
-    """Jointly trains the model's 'params' and the gate logits; returns
-    (trained variables, logits, history). ``fn(variables, x)`` is the inference function;
-    non-'params' collections (BatchNorm statistics) stay fixed."""
-    # Depthwise convolutions as shifted products on CPU (core.fast_depthwise): XLA's CPU
-    # grouped convolution makes MobileNetV2's gate training several times slower.
-    masked_fn = fast_depthwise.on_cpu(masked(fn, groups))
-    teacher_fn = fast_depthwise.on_cpu(teacher_fn)
-    full_sizes = np.array([g.size for g in cost_model.groups], np.float32)
-    penalty_fn, relative_fn = budget_function(settings, cost_model, latency_fn)
-    fixed = {k: v for k, v in variables.items() if k != "params"}
-    trainable = {"params": variables["params"],
-                 "gates": init_logits(groups, settings.init_logit, settings.init_spread,
-                                      variables)}
-    tx = optax.multi_transform(
+def gate_settings_as_train_config(settings: GateSettings) -> ml_collections.ConfigDict:
+    """The ``core.train`` settings of gate training: ``settings.steps`` steps, batches drawn
+    with seed ``settings.seed + 17`` (mask noise and dropout use ``settings.seed``)."""
+    return ml_collections.ConfigDict(dict(
+        steps=settings.steps, epochs=0.0, batch_size=settings.batch_size, seed=settings.seed,
+        data_seed=settings.seed + 17, augment=True, ema_decay=0.0,
+        log_every=settings.log_every, checkpoint_every=settings.checkpoint_every))
+
+
+def gate_optimizer(settings: GateSettings) -> optax.GradientTransformation:
+    """SGD with momentum and a cosine schedule for the weights, Adam for the gate logits."""
+    return optax.multi_transform(
         {"params": optax.chain(optax.clip_by_global_norm(1.0),
                                optax.sgd(optax.cosine_decay_schedule(
                                    settings.weight_learning_rate, settings.steps), 0.9)),
          "gates": optax.adam(settings.gate_learning_rate)},
         {"params": "params", "gates": "gates"})
-    opt_state = tx.init(trainable)
-    mesh = sharding.data_mesh()
 
-    @jax.jit
-    def step(trainable, opt_state, x, y, index):
-        rng = jax.random.fold_in(jax.random.key(settings.seed), index)
-        noise = settings.noise_start * jnp.maximum(0.0, 1.0 - index / (0.8 * settings.steps))
-        teacher_logits = jax.lax.stop_gradient(teacher_fn(x))
 
-        def objective(t):
-            masks = sample_masks(t["gates"], rng, noise, settings.temperature)
-            logits = masked_fn({"params": t["params"], **fixed}, masks, x)
-            task = losses.distillation_loss(logits, teacher_logits, y,
-                                            settings.kd_temperature, settings.kd_alpha)
-            sizes = kept_sizes(masks, full_sizes)
-            budget = penalty_fn(sizes)
-            return task + budget, (task, relative_fn(sizes), losses.accuracy(logits, y))
-        (loss, (task, rel, acc)), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
-        updates, opt_state = tx.update(grads, opt_state, trainable)
-        return optax.apply_updates(trainable, updates), opt_state, task, rel, acc
+def gated_model(fn, variables, groups, settings: GateSettings, full_sizes: np.ndarray
+                ) -> train_lib.TrainableModel:
+    """The model with gates as a ``TrainableModel``: ``apply_train`` draws masks from the
+    'gates' subtree (noise annealed linearly to 0 at 80% of the steps) and returns
+    ``(logits, kept sizes per group)``; non-'params' collections stay fixed."""
+    masked_fn = masked(fn, groups)
 
-    # Resumable: a killed run restarts from the last gate checkpoint (same batches, same
-    # noise schedule: both are functions of the step index).
-    checkpointer = Checkpointer(os.path.join(workdir, "gates_checkpoints"),
-                                every_steps=settings.checkpoint_every)
-    first = 0
-    if checkpointer.latest_step() is not None:
-        first = checkpointer.latest_step()
-        state = checkpointer.restore({"trainable": trainable, "opt_state": opt_state})
-        trainable, opt_state = state["trainable"], state["opt_state"]
-    log = MetricsLog(os.path.join(workdir, "gates_metrics.jsonl"))
-    bar = progress_bar(settings.steps, description="gates", enabled=show_progress,
-                       initial=first)
-    history = []
-    for index in range(first, settings.steps):
-        x, y = pipeline.train_batch(dataset, index, settings.batch_size, settings.seed + 17,
-                                    True, sharding.host_shard())
-        x, y = sharding.global_batch(mesh, x, y)
-        trainable, opt_state, task, rel, acc = step(trainable, opt_state, x, y, index)
-        if (index + 1) % settings.log_every == 0 or index + 1 == settings.steps:
-            record = {"task_loss": float(task), "budget_relative": float(rel),
-                      "accuracy": float(acc)}
-            history.append({"step": index + 1, **record})
-            log.write(index + 1, **record)
-            bar.set_postfix(loss=f"{record['task_loss']:.3f}", budget=f"{record['budget_relative']:.2f}",
-                            acc=f"{record['accuracy']:.3f}")
-        bar.update(1)
-        checkpointer.maybe_save(index + 1, {"trainable": trainable, "opt_state": opt_state},
-                                force=index + 1 == settings.steps)
-    bar.close()
-    checkpointer.close()
-    return {"params": trainable["params"], **fixed}, trainable["gates"], history
+    def apply_train(v, x, rng, step):
+        noise = settings.noise_start * jnp.maximum(0.0, 1.0 - step / (0.8 * settings.steps))
+        masks = sample_masks(v["gates"], rng, noise, settings.temperature)
+        model_variables = {k: value for k, value in v.items() if k != "gates"}
+        return (masked_fn(model_variables, masks, x), kept_sizes(masks, full_sizes)), {}
+    return train_lib.TrainableModel(variables, apply_train, fn, uses_step=True)
+
+
+def gate_loss(settings: GateSettings, teacher_fn: Callable, penalty_fn, relative_fn):
+    """Distillation from the unpruned teacher plus the budget penalty; logs the task loss,
+    the budgeted quantity relative to its target and the accuracy."""
+    def loss_fn(outputs, labels, images):
+        logits, sizes = outputs
+        teacher_logits = jax.lax.stop_gradient(teacher_fn(images))
+        task = losses.distillation_loss(logits, teacher_logits, labels,
+                                        settings.kd_temperature, settings.kd_alpha)
+        return task + penalty_fn(sizes), {"task_loss": task,
+                                          "budget_relative": relative_fn(sizes),
+                                          "accuracy": losses.accuracy(logits, labels)}
+    return loss_fn
+
+
+def train_gates(fn, variables, groups, data, settings: GateSettings,
+                workdir: Optional[str], cost_model, teacher_fn: Callable,
+                latency_fn: Optional[Callable] = None, show_progress: bool = True):
+    """Jointly trains the model's 'params' and the gate logits with ``core.train.train``;
+    returns (trained variables, logits, history). ``fn(variables, x)`` is the inference
+    function; non-'params' collections (BatchNorm statistics) stay fixed. ``data``: a
+    data set (``data.pipeline.ImageDataset``) or any iterable of ``(images, labels)``
+    batches. With a ``workdir`` the training checkpoints and logs under ``workdir/gates``
+    (a killed run resumes there); with None it keeps nothing on disk."""
+    full_sizes = np.array([g.size for g in cost_model.groups], np.float32)
+    penalty_fn, relative_fn = budget_function(settings, cost_model, latency_fn)
+    logits = init_logits(groups, settings.init_logit, settings.init_spread, variables)
+    result = train_lib.train(
+        gated_model(fn, variables, groups, settings, full_sizes), data,
+        gate_settings_as_train_config(settings),
+        os.path.join(workdir, "gates") if workdir else None,
+        gate_loss(settings, teacher_fn, penalty_fn, relative_fn), show_progress=show_progress,
+        tx=gate_optimizer(settings), extra_trainable={"gates": logits}, evaluate_splits=(),
+        log_metrics=lambda mean: {k: float(v) for k, v in mean.items()}, description="gates")
+    fixed = {k: v for k, v in variables.items() if k != "params"}
+    return ({"params": result["trained"]["params"], **fixed}, result["trained"]["gates"],
+            result["history"])

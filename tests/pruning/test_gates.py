@@ -92,3 +92,37 @@ def test_latency_budget_as_ratio_or_milliseconds():
     assert float(jnp.min(jax.grad(penalty)(full))) > 0, "more channels must cost more"
     with pytest.raises(ValueError, match="latency model"):
         gates.budget_function(by_ratio, model, None)
+
+
+def test_gates_train_from_any_iterator_of_batches_without_a_workdir():
+    """Gate training runs through core.train with a plain iterator of (images, labels) and
+    no workdir, and the budget term brings the FLOPs down to the target."""
+    import flax.linen as nn
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Dense(32)(x.reshape(len(x), -1)))
+            return nn.Dense(10)(nn.relu(nn.Dense(32)(x)))
+    module = MLP()
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype(np.float32)
+    variables = module.init(jax.random.key(0), x[:1])
+    fn = lambda v, inp: module.apply(v, inp)                     # noqa: E731
+    groups = find_groups(fn, variables, x[:1])
+    model = cost.cost_model(fn, variables, x[:1])
+    settings = gates.GateSettings(steps=60, batch_size=16, target_ratio=0.5, penalty=5.0,
+                                  gate_learning_rate=0.1, multiple=1, log_every=10)
+    rng = np.random.default_rng(1)
+    batches = ((rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
+                rng.integers(0, 10, 16).astype(np.int32)) for _ in range(settings.steps))
+    teacher_fn = jax.jit(lambda inp: fn(variables, inp))
+    trained, logits, history = gates.train_gates(fn, variables, groups, batches, settings,
+                                                 None, model, teacher_fn, show_progress=False)
+    assert [h["step"] for h in history] == list(range(10, 61, 10))
+    assert history[0]["budget_relative"] > 1.3 and history[-1]["budget_relative"] < 1.1
+    assert set(logits) == {g.id for g in groups if g.prunable}
+    assert jax.tree.structure(trained) == jax.tree.structure(variables)
+    keep = gates.threshold(groups, logits, settings)
+    pruned = prune(fn, trained, x[:1], keep=keep)
+    flops = cost.count(pruned.fn, pruned.variables, x[:1]).flops
+    assert flops < 0.6 * float(model(None).flops)

@@ -22,7 +22,7 @@ def test_prune_then_quantize_tiny(tmp_path, monkeypatch):
     assert run.main(args) == 0
     keep = json.loads((workdir / "keep.json").read_text())
     result = json.loads((workdir / "result.json").read_text())
-    assert (workdir / "gates_checkpoints").is_dir()
+    assert (workdir / "gates" / "checkpoints").is_dir()
 
     # A rerun restores the finished gate training: same keep sets, same fine-tuned model.
     assert run.main(args) == 0
