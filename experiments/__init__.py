@@ -16,6 +16,8 @@ export) never import this package.
     lowrank_study      SVD vs data-aware vs learned low-rank factorization
 """
 import importlib
+import json
+import os
 
 
 def run(config, workdir: str):
@@ -27,3 +29,12 @@ def run(config, workdir: str):
     if registry.publishes(config, workdir) and hasattr(program, "publish"):
         program.publish(config, result)
     return result
+
+
+def write_result(workdir: str, result: dict, markdown: str = None) -> None:
+    """A program's result as ``workdir/result.json`` (and its table as ``result.md``)."""
+    with open(os.path.join(workdir, "result.json"), "w") as f:
+        json.dump(result, f, indent=2, default=float)
+    if markdown is not None:
+        with open(os.path.join(workdir, "result.md"), "w") as f:
+            f.write(markdown + "\n")

@@ -14,6 +14,7 @@ import time
 
 import ml_collections
 
+import experiments
 from core import config as config_lib, losses, train as train_lib
 from experiments import preamble
 from export.measure import export_and_measure
@@ -161,8 +162,5 @@ def main(config, workdir):
               "family": rows, "wall_seconds": time.time() - start}
     text = _table(rows)
     print(text)
-    with open(os.path.join(workdir, "result.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(workdir, "result.md"), "w") as f:
-        f.write(text + "\n")
+    experiments.write_result(workdir, result, text)
     return result

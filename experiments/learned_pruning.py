@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+import experiments
 from core import checkpoint, cost, losses, train as train_lib
 from experiments import preamble, registry
 from export.measure import export_and_measure
@@ -141,10 +142,7 @@ def main(config, workdir):
             f"{result['flops_reduction']:.2f}x, ONNX speed-up {result['speedup_batch1']:.2f}x "
             f"(batch 1), {result['speedup_batch32']:.2f}x (batch 32) on {config.device}")
     print(text)
-    with open(os.path.join(workdir, "result.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(workdir, "result.md"), "w") as f:
-        f.write(text + "\n")
+    experiments.write_result(workdir, result, text)
     return result
 
 

@@ -12,10 +12,10 @@ accuracy of both int8 models *in onnxruntime* and latencies (float vs int8, batc
 With ``config.pruned_experiment`` set (e.g. ``prune_resnet20_2x``) the float model is that
 finished pruning run's fine-tuned pruned model instead of the teacher: prune, then quantize.
 """
-import json
 import os
 import time
 
+import experiments
 from data import pipeline
 from experiments import learned_pruning, preamble, registry
 from quant import qat, qdq_export, sensitivity
@@ -146,6 +146,5 @@ def main(config, workdir):
     _onnx_comparison(config, runs, [best] + (["qat"] if tuned is not None else []), fn_f, v_f,
                      batches, eval_data, workdir, result)
     result["seconds"] = time.time() - start
-    with open(os.path.join(workdir, "result.json"), "w") as f:
-        json.dump(result, f, indent=2, default=float)
+    experiments.write_result(workdir, result)
     return result
