@@ -96,7 +96,8 @@ def _train_float(data, steps=300, batch=64, learning_rate=0.01):
 
 
 def test_qat_recovers_the_accuracy_4bit_ptq_lost(tmp_path):
-    """Measured (1024 test images): float 67.1%, w4a8 PTQ 51.9%, after 30 QAT steps 66.8%."""
+    """Measured (1024 test images): float 67.1%, w4a8 PTQ 53.9%, after 100 QAT steps 67.3%
+    (after 30: 62.2%, after 60: 66.5%; 30 steps were enough with the old batch order)."""
     data = _fashion_mnist_14x14()
     v = _train_float(data)
     x = pipeline.normalize(data.train[0][:64], data.mean, data.std)
@@ -108,7 +109,7 @@ def test_qat_recovers_the_accuracy_4bit_ptq_lost(tmp_path):
     ptq_acc = accuracy(q.apply(v2, qp, test_x), test_y)
     assert float_acc > 0.55, f"the float model did not learn: {float_acc:.3f}"
     assert ptq_acc < float_acc - 0.05, "4-bit PTQ lost nothing: this test would be vacuous"
-    cfg = qat.default_config(batch_size=32, steps=30, log_every=10)
+    cfg = qat.default_config(batch_size=32, steps=100, log_every=25)
     v3, qp3, result = qat.qat(q, v2, qp, data, cfg, str(tmp_path), fn2, v2)
     qat_acc = accuracy(q.apply(v3, qp3, test_x), test_y)
     assert abs(result["test"]["accuracy"] - qat_acc) <= 1.5 / len(test_y)
