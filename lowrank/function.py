@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 import jax
 
 from core import primitives, rewrite, trace as trace_lib
+from core.rewritten import Rewritten, RewrittenFunction, leaves_by_path
 from lowrank.kernels import RULES
 
 
@@ -49,46 +50,27 @@ class SiteError(ValueError):
     """A site's kernel reached an equation that cannot take a factorized kernel."""
 
 
-class FactoredFunction:
+class FactoredFunction(RewrittenFunction):
     """``fn(variables, *inputs)`` where the kernels at ``site_paths`` may be factorized."""
 
+    is_leaf = staticmethod(is_factor)
+
     def __init__(self, fn: Callable, variables, site_paths: Sequence[str]):
-        self.original = fn
         if any(is_factor(n) for n in jax.tree.leaves(variables, is_leaf=is_factor)):
             raise ValueError("FactoredFunction needs the ORIGINAL (unfactorized) variables")
-        self.shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                                   variables)
+        super().__init__(fn, variables)
         self.site_paths = frozenset(site_paths)
-        self._traces: Dict[Any, trace_lib.Traced] = {}
 
-    def traced(self, inputs) -> trace_lib.Traced:
-        leaves, tree = jax.tree_util.tree_flatten(inputs)
-        specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
-        key = (tree, tuple((tuple(s.shape), str(s.dtype)) for s in specs))
-        try:
-            hit = self._traces.get(key)
-        except TypeError:        # unhashable symbolic dimensions: trace every time
-            key, hit = None, None
-        if hit is None:
-            hit = trace_lib.trace(self.original, self.shapes,
-                                  *jax.tree_util.tree_unflatten(tree, specs))
-            if key is not None:
-                self._traces[key] = hit
-        return hit
+    def rewrite(self, *inputs) -> Rewritten:
+        traced = self.trace(*inputs)
+        return Rewritten(traced.closed_jaxpr, traced.out_tree,
+                         traced.in_paths[:traced.num_params])
+
+    def parameter(self, path: str, leaf):
+        return _Bound(path, leaf) if path in self.site_paths else leaf
 
     def run(self, variables, *inputs, observe: Optional[Observer] = None):
-        traced = self.traced(inputs)
-        leaves = jax.tree_util.tree_leaves((variables, *inputs), is_leaf=is_factor)
-        if len(leaves) != len(traced.in_paths):
-            raise ValueError(f"variables and inputs have {len(leaves)} leaves, the model "
-                             f"takes {len(traced.in_paths)}")
-        args = [_Bound(path, leaf) if path in self.site_paths else leaf
-                for path, leaf in zip(traced.in_paths, leaves)]
-        outs = rewrite.evaluate(traced.closed_jaxpr, args, _make_hook(observe))
-        return jax.tree_util.tree_unflatten(traced.out_tree, outs)
-
-    def __call__(self, variables, *inputs):
-        return self.run(variables, *inputs)
+        return super().run(variables, *inputs, hook=_make_hook(observe))
 
 
 def _make_hook(observe: Optional[Observer]):
@@ -120,14 +102,12 @@ def _make_hook(observe: Optional[Observer]):
 
 def replace_kernels(variables, factors: Dict[str, Any]):
     """``variables`` with the leaves at the given paths replaced (``path -> new node``)."""
-    flat, tree = jax.tree_util.tree_flatten_with_path(variables, is_leaf=is_factor)
-    leaves = [factors.get(trace_lib.path_to_str(p), leaf) for p, leaf in flat]
-    return jax.tree_util.tree_unflatten(tree, leaves)
+    leaves = [factors.get(p, leaf) for p, leaf in leaves_by_path(variables, is_factor).items()]
+    return jax.tree_util.tree_unflatten(
+        jax.tree_util.tree_structure(variables, is_leaf=is_factor), leaves)
 
 
 def kernels_at(variables, paths) -> Dict[str, Any]:
     """The leaves (arrays or LowRankKernel) of ``variables`` at the given paths."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(variables, is_leaf=is_factor)
     wanted = set(paths)
-    return {trace_lib.path_to_str(p): leaf for p, leaf in flat
-            if trace_lib.path_to_str(p) in wanted}
+    return {p: leaf for p, leaf in leaves_by_path(variables, is_factor).items() if p in wanted}
