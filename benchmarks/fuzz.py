@@ -20,7 +20,9 @@ any other finding and flagged ``known``.
 
 Writes benchmarks/results/fuzz.json (counts, failure classes with an example each, every
 failure) and benchmarks/results/fuzz.md; both are rewritten every 25 models, so a long
-run can be watched.
+run can be watched, and ``--resume`` continues a killed run from its last written result:
+the seeded draw is deterministic, so the models already counted are drawn again (cheap) and
+skipped, and the tally is read back from the JSON.
 """
 import argparse
 import collections
@@ -76,6 +78,24 @@ class Tally:
         self.passed = collections.Counter()
         self.tags = collections.Counter()
         self.known_only = 0          # models whose every mismatch / crash is a known issue
+        self.seconds_before = 0.0    # time spent by the run this one resumes
+
+    @classmethod
+    def from_dict(cls, result: dict) -> "Tally":
+        """The tally a written result holds (the inverse of ``as_dict``)."""
+        tally = cls()
+        tally.models, tally.exported = result["models"], result["exported"]
+        tally.known_only, tally.seconds_before = result["known_only"], result["seconds"]
+        tally.status.update({s: result[k] for s, k in (("mismatch", "mismatches"),
+                             ("crash", "crashes"), ("unsupported", "unsupported"),
+                             ("ok", "ok"))})
+        tally.passed.update(result["checks_passed"])
+        tally.tags.update(result["features"])
+        for entry in result["classes"]:
+            tally.classes[entry["class"]] = entry["findings"]
+            tally.examples[entry["class"]] = entry["example"]
+        tally.failures = list(result["failures"])
+        return tally
 
     def add(self, index: int, outcome: checks.Outcome) -> None:
         self.models += 1
@@ -102,7 +122,8 @@ class Tally:
             "crashes": self.status["crash"], "unsupported": self.status["unsupported"],
             "ok": self.status["ok"], "exported": self.exported,
             "known_only": self.known_only,
-            "seconds": round(seconds, 1), "seed": args.seed,
+            "seconds": round(self.seconds_before + seconds, 1), "seed": args.seed,
+            "export_every": args.export_every,
             "checks_passed": dict(self.passed), "features": dict(self.tags),
             "classes": [{"class": k, "findings": n, "example": self.examples[k]}
                         for k, n in self.classes.most_common()],
@@ -146,23 +167,45 @@ def write(result: dict, out: str) -> None:
         f.write(markdown(result))
 
 
+def resumed_tally(args) -> Tally:
+    """A fresh tally, or with ``--resume`` the one the result at ``--out`` holds (refused
+    when it was drawn with another seed or export rate: the draw would differ)."""
+    if not args.resume or not os.path.exists(args.out):
+        return Tally()
+    with open(args.out) as f:
+        result = json.load(f)
+    for key in ("seed", "export_every"):
+        if result.get(key, getattr(args, key)) != getattr(args, key):
+            raise SystemExit(f"--resume: {args.out} was written with --{key.replace('_', '-')}"
+                             f" {result[key]}, not {getattr(args, key)}")
+    print(f"resuming after {result['models']} models of {args.out}", flush=True)
+    return Tally.from_dict(result)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="distinct models to check")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--export-every", type=int, default=10)
     parser.add_argument("--out", default=os.path.join(RESULTS, "fuzz.json"))
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run whose last written result is --out")
     args = parser.parse_args(argv)
-    tally, seen, start = Tally(), set(), time.time()
+    tally, seen, start = resumed_tally(args), set(), time.time()
+    skip = tally.models
 
     @seed(args.seed)
     @settings(max_examples=args.n, database=None, deadline=None, phases=(Phase.generate,),
               suppress_health_check=list(HealthCheck))
     @given(architectures())
     def one(arch):
+        nonlocal skip
         summary = arch.summary()
         assume(summary not in seen)
         seen.add(summary)
+        if skip:                     # counted by the run this one resumes
+            skip -= 1
+            return
         i = tally.models
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
