@@ -3,13 +3,15 @@
 Quantization decisions are about data flow: "the operand of this conv that comes from the
 parameters is a weight", "this add has two activation operands, so an integer runtime
 requantizes both", "this conv's output only feeds a bias add and a ReLU". Those questions
-are easy on a FLAT jaxpr. ``flatten`` re-traces the model through ``core.rewrite`` (which
-inlines ``jit``, ``custom_jvp_call`` and the other call primitives), so ``jax.nn.relu``
-becomes a plain ``max(x, 0.0)`` in the same jaxpr as the conv that feeds it, and every
-equation keeps its source line.
+are easy on a FLAT jaxpr. ``flatten`` is ``core.rewritten.flatten`` (``jit``,
+``custom_jvp_call`` and the other call primitives inlined), so ``jax.nn.relu`` becomes a
+plain ``max(x, 0.0)`` in the same jaxpr as the conv that feeds it, and every equation keeps
+its source line; ``FlatModel.at`` is that flat jaxpr at other input shapes, matched to the
+analysed one (``FlatFunction``, a ``core.rewritten.RewrittenFunction``).
 
 A variable is *constant* when it depends on parameters only (a kernel, a BatchNorm scale
-``rsqrt(var + eps) * gamma``, a reshaped bias); the rest are *activations*. Constant
+``rsqrt(var + eps) * gamma``, a reshaped bias); the rest are *activations*
+(``core.trace.activations``). Constant
 values are computed once, concretely, from the given variables.
 """
 import dataclasses
@@ -23,6 +25,7 @@ from jax.extend import core as jcore
 from jax._src import source_info_util
 
 from core import primitives as P, rewrite, trace as trace_lib
+from core.rewritten import Rewritten, RewrittenFunction, flatten as core_flatten, signature
 from core.trace import source_line
 
 # Frames from these places are library or tool code, not the model's: a finding points at
@@ -45,6 +48,48 @@ def model_source(eqn) -> str:
     return source_line(eqn)
 
 
+class FlatFunction(RewrittenFunction):
+    """``fn`` as its flat jaxpr at any input shapes (concrete, traced or symbolic), each
+    signature's program knowing which analysed equation and variable each of its own is.
+
+    The analyses (sites, folded ops) name equations by index and variables of the jaxpr
+    traced at the example; a model whose shapes depend on the batch (a ViT reshapes to
+    ``(batch, tokens, dim)``) is traced again at other shapes. Its equations are matched
+    to the analysed ones as ``pruning.plan`` does: one to one when the primitive sequences
+    agree, else by the longest matching runs (a symbolic batch adds a few shape
+    computations, which match nothing)."""
+
+    def __init__(self, fn, variables, analysed: trace_lib.Traced, example_inputs):
+        super().__init__(fn, variables)
+        self.analysed = analysed
+        self._programs[signature(example_inputs)] = self._program(analysed, {}, None)
+
+    def _program(self, traced, var_map, analysed) -> "Retraced":
+        params = tuple(p for p, is_p in zip(traced.in_paths, traced.is_param) if is_p)
+        return Retraced(traced.closed_jaxpr, traced.out_tree, params, var_map, analysed)
+
+    def rewrite(self, *input_specs) -> "Retraced":
+        other = core_flatten(self.original_fn, self.variables_spec, *input_specs)
+        old, new = self.analysed.jaxpr, other.jaxpr
+        pairs = trace_lib.matching_equations(*[[e.primitive.name for e in j.eqns]
+                                               for j in (old, new)])
+        var_map = dict(zip(old.invars, new.invars))
+        var_map.update(zip(old.constvars, new.constvars))
+        for i, j in pairs:
+            var_map.update(zip(old.eqns[i].outvars, new.eqns[j].outvars))
+        return self._program(other, var_map, {j: i for i, j in pairs})
+
+
+@dataclasses.dataclass
+class Retraced(Rewritten):
+    """A model's flat jaxpr at some input shapes (``FlatModel.at``)."""
+    var_map: Dict[Any, Any] = dataclasses.field(default_factory=dict)  # analysed var -> ours
+    analysed: Optional[Dict[int, int]] = None  # equation of ``closed`` -> analysed (None: same)
+
+    def analysed_index(self, index: int) -> Optional[int]:
+        return index if self.analysed is None else self.analysed.get(index)
+
+
 @dataclasses.dataclass
 class FlatModel:
     """A model as one flat jaxpr (calls inlined) with parameter paths and def-use maps."""
@@ -54,8 +99,7 @@ class FlatModel:
     constant: Dict[Any, bool]                 # var -> depends on parameters only
     const_values: Dict[Any, np.ndarray]       # concrete values of constant vars
     param_path: Dict[Any, str]                # parameter invar -> 'params/conv/kernel'
-    traced_from: Optional[Tuple[Any, Any]] = None   # (fn, variables) it was traced from
-    _retraced: Dict[Any, "Retraced"] = dataclasses.field(default_factory=dict)
+    function: FlatFunction                    # the flat program at any input shapes
 
     @property
     def jaxpr(self) -> jcore.Jaxpr:
@@ -65,36 +109,9 @@ class FlatModel:
     def eqns(self):
         return self.traced.jaxpr.eqns
 
-    def at(self, *inputs) -> "Retraced":
-        """The flat jaxpr for inputs of these shapes (concrete, traced or symbolic).
-
-        The analyses (sites, folded ops) name equations by index and variables of the jaxpr
-        traced at the example; a model whose shapes depend on the batch (a ViT reshapes to
-        ``(batch, tokens, dim)``) is traced again at other shapes. Its equations are matched
-        to the analysed ones as ``pruning.plan`` does: one to one when the primitive
-        sequences agree, else by the longest matching runs (a symbolic batch adds a few
-        shape computations, which match nothing)."""
-        leaves = jax.tree_util.tree_leaves(inputs)
-        key = tuple((str(tuple(x.shape)), str(x.dtype)) for x in leaves)
-        example = tuple((str(tuple(v.aval.shape)), str(v.aval.dtype))
-                        for v in self.jaxpr.invars[self.traced.num_params:])
-        if key == example or self.traced_from is None:
-            return Retraced(self.traced.closed_jaxpr, {}, None)
-        if key not in self._retraced:
-            fn, variables = self.traced_from
-            specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
-            specs = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(inputs), specs)
-            other = trace_lib.trace(flat_function(fn, variables, *specs), variables, *specs)
-            old, new = self.jaxpr, other.jaxpr
-            pairs = trace_lib.matching_equations(*[[e.primitive.name for e in j.eqns]
-                                                   for j in (old, new)])
-            var_map = dict(zip(old.invars, new.invars))
-            var_map.update(zip(old.constvars, new.constvars))
-            for i, j in pairs:
-                var_map.update(zip(old.eqns[i].outvars, new.eqns[j].outvars))
-            self._retraced[key] = Retraced(other.closed_jaxpr, var_map,
-                                           {j: i for i, j in pairs})
-        return self._retraced[key]
+    def at(self, *inputs) -> Retraced:
+        """The flat jaxpr for inputs like these (``FlatFunction``)."""
+        return self.function.at(*inputs)
 
     def is_const(self, atom) -> bool:
         return isinstance(atom, jcore.Literal) or self.constant.get(atom, False)
@@ -139,50 +156,34 @@ class FlatModel:
         return None
 
 
-@dataclasses.dataclass
-class Retraced:
-    """A model's flat jaxpr at other input shapes (``FlatModel.at``)."""
-    closed: jcore.ClosedJaxpr
-    var_map: Dict[Any, Any]                   # analysed variable -> variable of ``closed``
-    analysed: Optional[Dict[int, int]]        # equation of ``closed`` -> analysed (None: same)
-
-    def analysed_index(self, index: int) -> Optional[int]:
-        return index if self.analysed is None else self.analysed.get(index)
-
-
 # What keeps a parameter "the same parameter" for ``root_param``.
 LAYOUT_ONLY = P.LAYOUT | P.COPY | {P.convert_element_type_p}
 
 
-def flat_function(fn, variables, *inputs):
-    """``fn`` with every call primitive inlined (one flat jaxpr when traced)."""
-    return rewrite.as_function(trace_lib.trace(fn, variables, *inputs))
-
-
 def flatten(fn, variables, *inputs) -> FlatModel:
-    """Traces ``fn(variables, *inputs)`` to a flat jaxpr and computes its constant values."""
-    traced = trace_lib.trace(flat_function(fn, variables, *inputs), variables, *inputs)
+    """Traces ``fn(variables, *inputs)`` to a flat jaxpr (``core.rewritten.flatten``) and
+    computes its constant values. Outputs of an equation with sub-jaxprs (a ``cond``, a
+    loop) count as activations, so constant values are all computed by plain equations."""
+    traced = core_flatten(fn, variables, *inputs)
     jaxpr = traced.jaxpr
-    producer, consumers, constant = {}, {}, {}
-    param_path = {}
-    for var, path, is_param in zip(jaxpr.invars, traced.in_paths, traced.is_param):
-        constant[var] = is_param
-        if is_param:
-            param_path[var] = path
-    for var in jaxpr.constvars:
-        constant[var] = True
+    loops = [v for e in jaxpr.eqns if trace_lib.sub_jaxprs(e) for v in e.outvars]
+    acts = trace_lib.activations(jaxpr, [v for v, is_param in zip(jaxpr.invars,
+                                                                  traced.is_param)
+                                         if not is_param] + loops)
+    producer, consumers = {}, {}
+    constant = {v: v not in acts for v in list(jaxpr.invars) + list(jaxpr.constvars)}
+    param_path = {v: p for v, p, is_p in zip(jaxpr.invars, traced.in_paths, traced.is_param)
+                  if is_p}
     for i, eqn in enumerate(jaxpr.eqns):
         for k, atom in enumerate(eqn.invars):
             if not isinstance(atom, jcore.Literal):
                 consumers.setdefault(atom, []).append((i, k))
-        is_const = all(isinstance(a, jcore.Literal) or constant.get(a, False)
-                       for a in eqn.invars) and not trace_lib.sub_jaxprs(eqn)
         for var in eqn.outvars:
             producer[var] = i
-            constant[var] = is_const
+            constant[var] = var not in acts
     const_values = _constant_values(traced, variables, constant)
     return FlatModel(traced, producer, consumers, constant, const_values, param_path,
-                     traced_from=(fn, variables))
+                     FlatFunction(fn, variables, traced, inputs))
 
 
 def _constant_values(traced, variables, constant) -> Dict[Any, np.ndarray]:
