@@ -29,18 +29,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.extend import core as jcore
 from jax.extend.core import Primitive
 
 from core import primitives as P
-from core.trace import trace
+from core.rewritten import flatten
+from core.trace import activations, call_jaxpr
 from export.latency_table import LatencyTable, OpSignature, conv_signature
 
 LINEAR_KINDS = ("conv", "dense", "matmul", "attention")
 # Ops a runtime does not run: reshapes without a transpose, casts, copies, annotations.
 FREE = P.RESHAPES | P.CASTS | P.COPY | P.ANNOTATIONS
 ELEMENTWISE = P.ELEMENTWISE - FREE
-# Entered like calls (``custom_lin`` appears in linearized jaxprs).
-CALLS = P.CALLS | {P.custom_lin_p}
 POOL_MODE = {P.reduce_window_max_p: "max"}      # any other window reduction: "avg"
 CONST, ACT, EPILOGUE = "const", "act", "epilogue"
 
@@ -157,46 +157,54 @@ OP_RULES = P.rule_table({P.conv_general_dilated_p: _conv_op, P.dot_general_p: _d
                          P.POOLING: _pool_op, ELEMENTWISE: _arithmetic})
 
 
-def _sub_jaxprs(eqn):
-    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-        sub = eqn.params.get(key)
-        if sub is not None:
-            return sub.jaxpr if hasattr(sub, "jaxpr") else sub
-    return None
+def _scan_body(eqn):
+    return eqn.params["jaxpr"].jaxpr
+
+
+# Equations whose body the device runs as ops of its own: calls (the model is flattened,
+# but a loop body is not) and a scan's body, counted once (as ``core.cost`` lists its
+# matmuls); ``cond`` and ``while`` are one elementwise op each.
+CALLS = P.CALLS
+BODIES = P.rule_table({CALLS: lambda eqn: call_jaxpr(eqn).jaxpr, P.scan_p: _scan_body})
 
 
 def _walk(jaxpr, in_states, ops: List[OpRecord]):
-    env = dict(zip(jaxpr.invars, in_states))
-    for var in jaxpr.constvars:
-        env[var] = CONST
-    read = lambda v: env.get(v, CONST) if hasattr(v, "aval") and not hasattr(v, "val") \
-        else CONST
+    """Appends the ops of ``jaxpr`` given its inputs' states (CONST, ACT, EPILOGUE) and
+    returns its outputs' states. What is not computed from an activation
+    (``core.trace.activations``; an equation with a body counts as one op) is CONST:
+    constant-folded at export. EPILOGUE marks the activations a linear op's epilogue
+    (bias, BatchNorm, activation function) may still fuse into."""
+    acts = activations(jaxpr, [v for v, s in zip(jaxpr.invars, in_states) if s != CONST])
+    epilogue = {v for v, s in zip(jaxpr.invars, in_states) if s == EPILOGUE}
+
+    def read(v):
+        if not isinstance(v, jcore.Var) or v not in acts:
+            return CONST
+        return EPILOGUE if v in epilogue else ACT
+
     for eqn in jaxpr.eqns:
         states = [read(v) for v in eqn.invars]
-        prim = eqn.primitive
-        sub = _sub_jaxprs(eqn) if prim in CALLS or prim not in OP_RULES else None
         if all(s == CONST for s in states):
-            outs = [CONST] * len(eqn.outvars)
-        elif sub is not None and len(sub.invars) == len(states):
-            outs = _walk(sub, states, ops)
-        elif prim in FREE:
+            continue
+        body = BODIES[eqn.primitive](eqn) if eqn.primitive in BODIES else None
+        if body is not None and len(body.invars) == len(states):
+            outs = _walk(body, states, ops)
+        elif eqn.primitive in FREE:
             outs = [EPILOGUE if EPILOGUE in states else ACT] * len(eqn.outvars)
         else:
-            rule = OP_RULES.get(prim, _elementwise_op)
+            rule = OP_RULES.get(eqn.primitive, _elementwise_op)
             new_ops, out_state = rule(eqn, states)
             ops.extend(new_ops)
             outs = [out_state] * len(eqn.outvars)
-        env.update(zip(eqn.outvars, outs))
+        epilogue.update(v for v, s in zip(eqn.outvars, outs) if s == EPILOGUE)
     return [read(v) for v in jaxpr.outvars]
 
 
 def extract_ops(fn, variables, *inputs) -> List[OpRecord]:
     """The ops of ``fn(variables, *inputs)`` in program order (at the inputs' batch size)."""
-    traced = trace(fn, variables, *inputs)
-    jaxpr = traced.closed_jaxpr.jaxpr
-    states = [CONST if p else ACT for p in traced.is_param]
+    traced = flatten(fn, variables, *inputs)
     ops: List[OpRecord] = []
-    _walk(jaxpr, states, ops)
+    _walk(traced.jaxpr, [CONST if p else ACT for p in traced.is_param], ops)
     return ops
 
 
