@@ -176,7 +176,7 @@ def _unique(name: str, taken: Dict[str, Any]) -> str:
     return candidate
 
 
-def _prepare_variables(graph: Graph):
+def prepare_variables(graph: Graph):
     """Floating constants -> variables (kernels in the layout their rule wants, changed here
     once); returns variables and, per operator, {input position: variable name}."""
     variables: Dict[str, np.ndarray] = {}
@@ -203,25 +203,30 @@ def _prepare_variables(graph: Graph):
     return variables, bindings
 
 
+def apply_operator(op: Operator, bound: Dict[int, str], variables, values) -> tuple:
+    """The outputs of one operator: its weights from ``variables`` (``bound``: input position
+    -> variable name, from ``prepare_variables``), every other input from ``values`` (tensor
+    index -> array or static constant). Used by ``build`` and, fed LiteRT's own tensors, by
+    the per-operator parity test."""
+    args = [None if t < 0 else variables[bound[pos]] if pos in bound else values[t]
+            for pos, t in enumerate(op.inputs)]
+    result = tflite_rules.RULES[op.op].fn(op, *args)
+    return result if isinstance(result, tuple) else (result,)
+
+
 def build(graph: Graph, outputs: Optional[Sequence[str]] = None):
     """``(fn, variables)`` computing ``graph``; ``outputs`` names tensors to return instead
     of the graph's outputs (to compare intermediate values)."""
-    variables, bindings = _prepare_variables(graph)
+    variables, bindings = prepare_variables(graph)
     by_name = {t.name: i for i, t in enumerate(graph.tensors)}
     wanted = graph.outputs if outputs is None else [by_name[n] for n in outputs]
-    static = {t: v for t, v in graph.constants.items()}
+    static = dict(graph.constants)
 
     def fn(variables, x):
-        env: Dict[int, Any] = {graph.inputs[0]: x}
+        env: Dict[int, Any] = {**static, graph.inputs[0]: x}
         for op, bound in zip(graph.operators, bindings):
-            args = [None if t < 0 else
-                    variables[bound[pos]] if pos in bound else
-                    env[t] if t in env else static[t]
-                    for pos, t in enumerate(op.inputs)]
-            result = tflite_rules.RULES[op.op].fn(op, *args)
-            results = result if isinstance(result, tuple) else (result,)
-            env.update(zip(op.outputs, results))
-        outs = [env[t] if t in env else static[t] for t in wanted]
+            env.update(zip(op.outputs, apply_operator(op, bound, variables, env)))
+        outs = [env[t] for t in wanted]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     return fn, variables

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.tflite_rules import Rule, fused, static_ints
+from models import tflite_rules
+from models.tflite_rules import Rule, fused, mean, static_ints
 
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 PADDING = {0: "SAME", 1: "VALID"}
@@ -97,7 +98,7 @@ def _window(op):
 def _average_pool(op, x):
     dims, strides, padding = _window(op)
     if padding == "VALID" and tuple(dims[1:3]) == tuple(x.shape[1:3]):
-        return fused(op, jnp.mean(x, axis=(1, 2), keepdims=True))   # global pooling
+        return fused(op, mean(x, (1, 2), keepdims=True))     # global pooling
     total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strides, padding)
     if padding == "VALID":
         return fused(op, total / float(dims[1] * dims[2]))
@@ -182,3 +183,5 @@ SPATIAL: Dict[str, Rule] = {
     "AVERAGE_POOL_2D": Rule(_average_pool), "MAX_POOL_2D": Rule(_max_pool),
     "RESIZE_BILINEAR": Rule(_resize_bilinear), "RESIZE_NEAREST_NEIGHBOR": Rule(_resize_nearest),
 }
+if hasattr(tflite_rules, "RULES"):      # this module was imported first: see tflite_rules
+    tflite_rules.RULES.update(SPATIAL)
