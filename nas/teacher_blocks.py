@@ -8,7 +8,9 @@ A cut point is a place in the program order of the model's equations where exact
 activation is live (computed before, used after). Equations that read only parameters
 (BatchNorm's ``rsqrt(var + eps)``, a transposed kernel) are not activations: they go with
 every block that needs them. A residual block has no cut point inside (the skip and the
-branch are both live), so cut points fall between blocks by themselves.
+branch are both live), so cut points fall between blocks by themselves. The model is read
+as ``core.rewritten.flatten`` gives it (every call inlined, so a jitted model or a jitted
+sub-module is cut like a plain one) and the activations are ``core.trace.activations``.
 
 - ``split_at_cut_points``: automatic blocks: cut points grouped into runs with no matmul
   (conv / dot) between them; in each run the cut goes after the last equation that keeps
@@ -27,7 +29,7 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
-from core import primitives, rewrite, trace as trace_lib
+from core import primitives, rewrite, rewritten, trace as trace_lib
 
 MATMUL_PRIMITIVES = primitives.LINEAR
 
@@ -62,31 +64,15 @@ class _Analysis:
     crossing: List[List[jcore.Var]]        # live activations before activation eqn position p
 
 
-def _flatten(traced: trace_lib.Traced) -> jcore.Jaxpr:
-    """The top-level jaxpr, unwrapped when the whole model is one call (a jitted model)."""
-    jaxpr = traced.jaxpr
-    while (len(jaxpr.eqns) == 1 and trace_lib.call_jaxpr(jaxpr.eqns[0]) is not None
-           and list(jaxpr.eqns[0].invars) == list(jaxpr.invars)
-           and list(jaxpr.eqns[0].outvars) == list(jaxpr.outvars)):
-        inner = trace_lib.call_jaxpr(jaxpr.eqns[0])
-        if inner.consts:
-            break
-        jaxpr = inner.jaxpr
-    return jaxpr
-
-
 def _analyze(traced: trace_lib.Traced) -> _Analysis:
-    jaxpr = _flatten(traced)
+    jaxpr = traced.jaxpr
     inputs = [v for v, p in zip(jaxpr.invars, traced.is_param) if not p]
     if len(inputs) != 1 or len(jaxpr.outvars) != 1:
         raise ValueError("teacher blocks need a model with one input and one output; got "
                          f"{len(inputs)} inputs and {len(jaxpr.outvars)} outputs")
-    is_act = {inputs[0]}
-    activation_eqns = []
-    for i, eqn in enumerate(jaxpr.eqns):
-        if any(isinstance(v, jcore.Var) and v in is_act for v in eqn.invars):
-            activation_eqns.append(i)
-            is_act.update(v for v in eqn.outvars if not isinstance(v, jcore.DropVar))
+    is_act = trace_lib.activations(jaxpr, inputs)
+    activation_eqns = [i for i, eqn in enumerate(jaxpr.eqns)
+                       if any(not trace_lib.is_literal(v) and v in is_act for v in eqn.invars)]
     last_use: Dict[jcore.Var, int] = {}
     for pos, i in enumerate(activation_eqns):
         for v in jaxpr.eqns[i].invars:
@@ -110,7 +96,7 @@ def _analyze(traced: trace_lib.Traced) -> _Analysis:
 
 def cut_points(fn: Callable, variables, x) -> List[int]:
     """Positions p (in the order of activation equations) where one activation is live."""
-    analysis = _analyze(trace_lib.trace(fn, variables, x))
+    analysis = _analyze(rewritten.flatten(fn, variables, x))
     return [p for p, live in enumerate(analysis.crossing) if len(live) == 1]
 
 
@@ -157,8 +143,7 @@ def _build_blocks(analysis: _Analysis, bounds: Sequence[int], names: Optional[Se
         constvars = list(jaxpr.constvars)
         block_jaxpr = jcore.Jaxpr(constvars, params + [x_var], [y_var],
                                   [jaxpr.eqns[i] for i in eqn_ids])
-        closed = jcore.ClosedJaxpr(block_jaxpr, list(traced.closed_jaxpr.consts)
-                                   if jaxpr is traced.jaxpr else [])
+        closed = jcore.ClosedJaxpr(block_jaxpr, list(traced.closed_jaxpr.consts))
         paths = tuple(path_of[v] for v in params)
         modules = tuple(dict.fromkeys(_module_of(p) for p in sorted(
             paths, key=lambda p: (not p.startswith("params/"), p))))
@@ -173,7 +158,7 @@ def _build_blocks(analysis: _Analysis, bounds: Sequence[int], names: Optional[Se
 
 def split_at_cut_points(fn: Callable, variables, x) -> List[TeacherBlock]:
     """Automatic blocks: one per run of cut points between matmuls (see module doc)."""
-    analysis = _analyze(trace_lib.trace(fn, variables, x))
+    analysis = _analyze(rewritten.flatten(fn, variables, x))
     eqns = analysis.jaxpr.eqns
     n = len(analysis.activation_eqns)
     is_matmul = [eqns[i].primitive in MATMUL_PRIMITIVES for i in analysis.activation_eqns]
@@ -204,7 +189,7 @@ def split_by_modules(fn: Callable, variables, x, starts: Sequence[str],
                      names: Optional[Sequence[str]] = None) -> List[TeacherBlock]:
     """Blocks that start at the named top-level modules (e.g. 'stage1_block0'); the part
     before the first named module is block 0."""
-    traced = trace_lib.trace(fn, variables, x)
+    traced = rewritten.flatten(fn, variables, x)
     analysis = _analyze(traced)
     jaxpr = analysis.jaxpr
     module_of_var = {v: _module_of(p) for v, p, is_p in
