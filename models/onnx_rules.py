@@ -77,9 +77,12 @@ def static_floats(value, what: str, node: Node):
 # -- element-wise -------------------------------------------------------------------------
 
 def _div(a, b):
+    """Integers divide truncating toward zero (C), not flooring as numpy's //."""
     if all(np.issubdtype(np.asarray(v).dtype if L.is_static(v) else v.dtype, np.integer)
            for v in (a, b)):
-        return xp(a, b).floor_divide(a, b)
+        m = xp(a, b)
+        q = m.floor_divide(a, b)
+        return q + ((m.remainder(a, b) != 0) & ((m.asarray(a) < 0) != (m.asarray(b) < 0)))
     return a / b
 
 
@@ -146,6 +149,12 @@ def _pow(node, a, b):
     return xp(a, b).power(a, b)
 
 
+def _mod(node, a, b):
+    """Mod: ``fmod=1`` (required for floats) takes the sign of the dividend (C fmod),
+    ``fmod=0`` that of the divisor (Python's %)."""
+    return xp(a, b).fmod(a, b) if node.attr("fmod", 0) else a % b
+
+
 def _where(node, cond, a, b):
     return xp(cond, a, b).where(cond, a, b)
 
@@ -157,7 +166,7 @@ def _gelu(node, x):
 ELEMENTWISE = {
     "Add": _binary(operator.add), "Sub": _binary(operator.sub),
     "Mul": _binary(operator.mul), "Div": _binary(_div),
-    "Pow": Rule(_pow), "Mod": _binary(operator.mod),
+    "Pow": Rule(_pow), "Mod": Rule(_mod),
     "Max": _variadic(lambda a, b: xp(a, b).maximum(a, b)),
     "Min": _variadic(lambda a, b: xp(a, b).minimum(a, b)),
     "Sum": _variadic(operator.add),

@@ -200,12 +200,22 @@ def _pad(node, x, pads=None, value=None, axes=None):
     n = len(axes)
     for i, axis in enumerate(axes):
         widths[L.stored_axis(axis, rank, channels_last)] = (pads[i], pads[i + n])
+    array, widths = _crop(array, widths)
     mode = node.attr("mode", "constant")
     module = np if L.is_static(array) else jnp
     if mode == "constant":
         return L.wrap(module.pad(array, widths, constant_values=fill), channels_last)
     return L.wrap(module.pad(array, widths, mode={"reflect": "reflect", "edge": "edge"}[mode]),
                   channels_last)
+
+
+def _crop(array, widths):
+    """Negative pads remove elements (a slice); the positive rest is padded."""
+    if all(b >= 0 and a >= 0 for b, a in widths):
+        return array, widths
+    index = tuple(slice(max(-b, 0), size - max(-a, 0))
+                  for (b, a), size in zip(widths, array.shape))
+    return array[index], [(max(b, 0), max(a, 0)) for b, a in widths]
 
 
 def _identity(node, x, *rest):

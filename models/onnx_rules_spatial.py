@@ -78,7 +78,7 @@ def _conv_transpose_pads(node: Node, sizes, kernel, strides, dilations):
         for s, st, e, o, out in zip(sizes, strides, effective, extra, outs):
             total = st * (s - 1) + o + e - out
             small, big = total // 2, total - total // 2
-            pads.append((big, small) if auto == "SAME_LOWER" else (small, big))
+            pads.append((small, big) if auto == "SAME_UPPER" else (big, small))
     elif auto == "VALID":
         pads = [(0, 0)] * nd
     else:
@@ -184,8 +184,8 @@ _NEAREST = {"round_prefer_floor": lambda c: np.ceil(c - 0.5),
 
 def _resize_geometry(node: Node, x, roi, scales, sizes):
     """Output sizes and scales of the spatial axes (batch and channels must not change)."""
-    if node.opset < 11:
-        scales = roi
+    if node.opset < 11:                     # Upsample 7-8: scales is an attribute
+        scales = roi if roi is not None else np.asarray(node.attr("scales"), np.float32)
     in_sizes = x.shape[1:-1]
     if sizes is not None and np.size(sizes):
         full = static_ints(sizes, "sizes", node)
