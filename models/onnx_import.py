@@ -186,12 +186,32 @@ def _apply(rule: Rule, node: Node, args: List[Any]):
     return tuple(L.wrap(r, channels_last) for r in results)
 
 
+def needed_for(graph: Graph, wanted: Sequence[str]) -> Graph:
+    """``graph`` with only the nodes (and constants) that ``wanted`` values depend on: an
+    intermediate output must not leave the rest of the graph computed and unused (its
+    parameters would count as the model's, its FLOPs in ``core.cost.count``)."""
+    produced = {name for node in graph.nodes for name in node.outputs if name}
+    unknown = [n for n in wanted if n not in produced and n not in graph.constants
+               and n != graph.input_name]
+    if unknown:
+        raise ONNXImportError(f"outputs {unknown} are not values of the graph")
+    needed, kept = set(wanted), []
+    for node in reversed(graph.nodes):
+        if needed.intersection(node.outputs):
+            kept.append(node)
+            needed.update(name for name in node.inputs if name)
+    return dataclasses.replace(
+        graph, nodes=kept[::-1], outputs=list(wanted),
+        constants={k: v for k, v in graph.constants.items() if k in needed})
+
+
 def build(graph: Graph, outputs: Optional[Sequence[str]] = None):
     """``(fn, variables)`` computing ``graph``; ``outputs`` names values to return instead
     of the graph's outputs (to compare intermediate values)."""
     import jax.numpy as jnp
-    variables, bindings = prepare_variables(graph)
     wanted = list(graph.outputs if outputs is None else outputs)
+    graph = needed_for(graph, wanted)
+    variables, bindings = prepare_variables(graph)
     static = graph.constants
 
     def fn(variables, x):

@@ -75,10 +75,12 @@ def path(name: str, verify: bool = True) -> pathlib.Path:
     return file
 
 
-def load(name: str, input_shape: Optional[Sequence[int]] = None):
-    """``models.from_onnx`` of the model ``name`` at ``input_shape`` (default: native)."""
+def load(name: str, input_shape: Optional[Sequence[int]] = None,
+         outputs: Optional[Sequence[str]] = None):
+    """``models.from_onnx`` of the model ``name`` at ``input_shape`` (default: native);
+    ``outputs``: other tensors of the graph to return instead of its outputs."""
     from models.onnx_import import from_onnx
-    return from_onnx(path(name), input_shape or models()[name].input_shape)
+    return from_onnx(path(name), input_shape or models()[name].input_shape, outputs)
 
 
 def preprocess(name: str, images: np.ndarray) -> np.ndarray:

@@ -154,3 +154,29 @@ def test_exported_import_has_no_transposes():
     assert result.parity.max_relative_error < 1e-5
     assert result.op_counts["Conv"] == 32
     assert result.op_counts.get("Transpose", 0) == 0, dict(result.op_counts)
+
+
+def test_intermediate_output_computes_only_what_it_needs(tmp_path):
+    """Asking for an inner value drops the nodes after it and their weights: they would
+    otherwise count as the model's parameters and FLOPs (core.cost) though never used."""
+    from onnx import numpy_helper
+    weight = numpy_helper.from_array(np.full((3,), 2.0, np.float32), "scale")
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Mul", ["r", "scale"], ["m"]),
+             helper.make_node("Sigmoid", ["m"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    path = tmp_path / "chain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    x = np.array([[-1.0, 0.5, 2.0]], np.float32)
+    fn, variables, _ = models.from_onnx(path)
+    np.testing.assert_allclose(fn(variables, x), 1 / (1 + np.exp(-2 * np.maximum(x, 0))),
+                               rtol=1e-6)
+    fn, variables, _ = models.from_onnx(path, outputs=["r"])
+    assert variables == {}
+    primitives = {e.primitive.name for e in jax.make_jaxpr(fn)(variables, x).eqns}
+    assert "logistic" not in primitives and "mul" not in primitives, primitives
+    np.testing.assert_array_equal(fn(variables, x), np.maximum(x, 0))
+    with pytest.raises(onnx_import.ONNXImportError, match="not values of the graph"):
+        models.from_onnx(path, outputs=["nonexistent"])
