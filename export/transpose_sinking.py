@@ -6,6 +6,8 @@ passes only meet Transposes that are already adjacent. A Transpose that only mov
 (a 1-channel image, an SE gate) then becomes a Reshape: without it onnxruntime took 0.92-1.22x
 the time on four models (not separable from noise here; 1.04x at batch 1 on MobileNetV2 over
 12 rounds), with it the graphs equal those of the hand-written passes this module replaced.
+An Einsum has no fixed layout: the Transposes at its inputs, and one that alone reads its
+output, are absorbed into its equation (3 per bilinear resize of the TFLite importer).
 Rules are keyed by op type in ``SINK_RULES``.
 """
 from typing import Dict
@@ -171,9 +173,66 @@ def _sink_through_gather(graph, node, producers):
     return True
 
 
+def einsum_terms(node):
+    """([input letters, ...], output letters) of an explicit Einsum equation, or None for an
+    implicit one or one with an ellipsis (whose axes have no letter to move)."""
+    equation = _attr(node, "equation")
+    equation = equation.decode() if isinstance(equation, bytes) else equation
+    if "->" not in equation or "." in equation:
+        return None
+    inputs, output = equation.replace(" ", "").split("->")
+    return inputs.split(","), output
+
+
+def set_einsum_terms(node, inputs, output):
+    _set_attr(node, "equation", ",".join(inputs) + "->" + output)
+
+
+def _absorb_into_einsum(graph, node, producers):
+    """Einsum(Transpose(x, perm), ...) is Einsum(x, ...) with the letters of that input moved:
+    axis ``perm[i]`` of x carries the letter axis i of the Transpose had. The Einsum layout is
+    free, so the Transpose is gone rather than moved."""
+    terms = einsum_terms(node)
+    if terms is None:
+        return False
+    inputs, output = terms
+    changed = False
+    for i, name in enumerate(node.input):
+        source = _transposed_input(graph, name, producers)
+        if source is None or len(source[1]) != len(inputs[i]):
+            continue
+        x, perm = source
+        letters = [""] * len(perm)
+        for axis, p in enumerate(perm):
+            letters[p] = inputs[i][axis]
+        inputs[i], node.input[i], changed = "".join(letters), x, True
+    if changed:
+        set_einsum_terms(node, inputs, output)
+    return changed
+
+
+def _absorb_einsum_output(graph, node, producers):
+    """Transpose(Einsum(...), perm) whose Einsum feeds nothing else is one Einsum writing its
+    output axes in the transposed order: output axis i carries the letter of axis perm[i]."""
+    einsum = producers.get(node.input[0])
+    if einsum is None or einsum.op_type != "Einsum" or node.input[0] in graph.outputs:
+        return False
+    terms = einsum_terms(einsum)
+    perm = list(_attr(node, "perm"))
+    if terms is None or len(perm) != len(terms[1]) or \
+            len(graph.consumers().get(node.input[0], [])) != 1:
+        return False
+    inputs, output = terms
+    set_einsum_terms(einsum, inputs, "".join(output[p] for p in perm))
+    einsum.output[0] = node.output[0]
+    graph.nodes.remove(node)
+    return True
+
+
 SINK_RULES = {**{op: _sink_through_elementwise for op in ELEMENTWISE - {"Identity"}},
               **{op: _sink_through_reduction for op in REDUCTIONS},
-              "Concat": _sink_through_concat, "Gather": _sink_through_gather}
+              "Concat": _sink_through_concat, "Gather": _sink_through_gather,
+              "Einsum": _absorb_into_einsum, "Transpose": _absorb_einsum_output}
 
 
 def singleton_transposes_to_reshape(graph: Graph) -> bool:
