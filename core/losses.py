@@ -59,3 +59,28 @@ def distillation_from(teacher_logits_fn, temperature: float = 4.0, alpha: float 
         teacher_logits = jax.lax.stop_gradient(teacher_logits_fn(images))
         return distillation_loss(logits, teacher_logits, labels, temperature, alpha)
     return loss_fn
+
+
+def logit_map_distillation(student_logits, teacher_logits):
+    """Distillation of a dense binary map (a segmentation mask, a text map) from the
+    original model's, which needs no labels: binary cross-entropy of the student's logits
+    against the teacher's probabilities. On logits, not on probabilities: a pruned model is
+    often confidently wrong (probability 1e-9 where the teacher says 0.9), where a loss on
+    the sigmoid's output has a vanishing gradient (a clipped one none at all) and fine-tuning
+    cannot repair it. Returns ``(loss, metrics)`` with the pixel agreement and the IoU of
+    the maps thresholded at probability 0.5."""
+    z = student_logits.astype(jnp.float32)
+    t = jax.nn.sigmoid(teacher_logits.astype(jnp.float32))
+    loss = jnp.mean(optax.sigmoid_binary_cross_entropy(z, t))
+    s_on, t_on = z > 0, teacher_logits > 0
+    union = jnp.sum(s_on | t_on)
+    iou = jnp.where(union > 0, jnp.sum(s_on & t_on) / jnp.maximum(union, 1), 1.0)
+    return loss, {"loss": loss, "agreement": jnp.mean(s_on == t_on), "iou": iou}
+
+
+def dense_distillation_from(teacher_fn):
+    """``loss_fn(outputs, labels, images)`` for ``core.train``: ``logit_map_distillation``
+    from ``teacher_fn(images)`` (logits; no gradient into the teacher); labels unused."""
+    def loss_fn(outputs, labels, images):
+        return logit_map_distillation(outputs, jax.lax.stop_gradient(teacher_fn(images)))
+    return loss_fn

@@ -36,6 +36,8 @@ class GateSettings:
     target_ratio: float = 0.5      # for 'flops': kept FLOPs / full FLOPs
     target_ms: float = 0.0         # for 'latency': predicted ms (0: target_ratio x full)
     penalty: float = 5.0           # weight of the budget term
+    budget_ramp: float = 0.0       # > 0: the budget falls from the full model to the target
+    #                                linearly over this fraction of the steps (progressive)
     gate_learning_rate: float = 0.05
     weight_learning_rate: float = 0.01
     init_logit: float = 3.0
@@ -114,10 +116,23 @@ def budget_function(settings: GateSettings, cost_model, latency_fn: Optional[Cal
     else:
         raise ValueError(f"target must be 'flops' or 'latency', got {settings.target!r}")
 
-    def penalty(sizes):
+    full_relative = float(relative(jnp.asarray([g.size for g in cost_model.groups],
+                                               jnp.float32)))
+
+    def penalty(sizes, step=None):
         # Above budget: pushed down hard; below: pulled up gently, so the result lands on it.
-        excess = relative(sizes) - 1.0
+        # With a ramp the budget of this step lies between the full model and the target:
+        # the excess stays small, so the task gradient can still choose which channels go
+        # (a fragile pretrained model collapsed when every gate fell at once).
+        excess = relative(sizes) / ramped_budget(step) - 1.0
         return settings.penalty * (jnp.maximum(excess, 0.0) ** 2 * 10 + excess ** 2)
+
+    def ramped_budget(step):
+        """This step's budget relative to the target (1 once the ramp is over)."""
+        if step is None or settings.budget_ramp <= 0:
+            return 1.0
+        progress = jnp.minimum(1.0, step / (settings.budget_ramp * settings.steps))
+        return 1.0 + (full_relative - 1.0) * (1.0 - progress)
     return penalty, relative
 
 
@@ -157,40 +172,56 @@ def gated_model(fn, variables, groups, settings: GateSettings, full_sizes: np.nd
                 ) -> train_lib.TrainableModel:
     """The model with gates as a ``TrainableModel``: ``apply_train`` draws masks from the
     'gates' subtree (noise annealed linearly to 0 at 80% of the steps) and returns
-    ``(logits, kept sizes per group)``; non-'params' collections stay fixed."""
+    ``(logits, kept sizes per group, step)``; non-'params' collections stay fixed."""
     masked_fn = masked(fn, groups)
 
     def apply_train(v, x, rng, step):
         noise = settings.noise_start * jnp.maximum(0.0, 1.0 - step / (0.8 * settings.steps))
         masks = sample_masks(v["gates"], rng, noise, settings.temperature)
         model_variables = {k: value for k, value in v.items() if k != "gates"}
-        return (masked_fn(model_variables, masks, x), kept_sizes(masks, full_sizes)), {}
+        return (masked_fn(model_variables, masks, x), kept_sizes(masks, full_sizes), step), {}
     return train_lib.TrainableModel(variables, apply_train, fn, uses_step=True)
 
 
-def gate_loss(settings: GateSettings, teacher_fn: Callable, penalty_fn, relative_fn):
-    """Distillation from the unpruned teacher plus the budget penalty; logs the task loss,
-    the budgeted quantity relative to its target and the accuracy."""
-    def loss_fn(outputs, labels, images):
-        logits, sizes = outputs
-        teacher_logits = jax.lax.stop_gradient(teacher_fn(images))
+def classification_distillation(settings: GateSettings) -> Callable:
+    """The default task loss: KD on logits plus cross-entropy, logging the accuracy."""
+    def task_loss(logits, teacher_logits, labels):
         task = losses.distillation_loss(logits, teacher_logits, labels,
                                         settings.kd_temperature, settings.kd_alpha)
-        return task + penalty_fn(sizes), {"task_loss": task,
+        return task, {"accuracy": losses.accuracy(logits, labels)}
+    return task_loss
+
+
+def gate_loss(settings: GateSettings, teacher_fn: Callable, penalty_fn, relative_fn,
+              task_loss: Optional[Callable] = None):
+    """Distillation from the unpruned teacher plus the budget penalty; logs the task loss,
+    the budgeted quantity relative to its target and the task's own metrics.
+    ``task_loss(outputs, teacher_outputs, labels) -> (loss, metrics)``: default
+    ``classification_distillation``; a dense model without labels passes one built on
+    ``core.losses.probability_map_distillation``."""
+    task_loss = task_loss or classification_distillation(settings)
+
+    def loss_fn(outputs, labels, images):
+        student, sizes, step = outputs
+        teacher = jax.lax.stop_gradient(teacher_fn(images))
+        task, metrics = task_loss(student, teacher, labels)
+        return task + penalty_fn(sizes, step), {"task_loss": task,
                                           "budget_relative": relative_fn(sizes),
-                                          "accuracy": losses.accuracy(logits, labels)}
+                                          **{k: v for k, v in metrics.items() if k != "loss"}}
     return loss_fn
 
 
 def train_gates(fn, variables, groups, data, settings: GateSettings,
                 workdir: Optional[str], cost_model, teacher_fn: Callable,
-                latency_fn: Optional[Callable] = None, show_progress: bool = True):
+                latency_fn: Optional[Callable] = None, show_progress: bool = True,
+                task_loss: Optional[Callable] = None):
     """Jointly trains the model's 'params' and the gate logits with ``core.train.train``;
     returns (trained variables, logits, history). ``fn(variables, x)`` is the inference
     function; non-'params' collections (BatchNorm statistics) stay fixed. ``data``: a
     data set (``data.pipeline.ImageDataset``) or any iterable of ``(images, labels)``
     batches. With a ``workdir`` the training checkpoints and logs under ``workdir/gates``
-    (a killed run resumes there); with None it keeps nothing on disk."""
+    (a killed run resumes there); with None it keeps nothing on disk. ``task_loss``: see
+    ``gate_loss`` (default: classification distillation)."""
     full_sizes = np.array([g.size for g in cost_model.groups], np.float32)
     penalty_fn, relative_fn = budget_function(settings, cost_model, latency_fn)
     logits = init_logits(groups, settings.init_logit, settings.init_spread, variables)
@@ -198,7 +229,8 @@ def train_gates(fn, variables, groups, data, settings: GateSettings,
         gated_model(fn, variables, groups, settings, full_sizes), data,
         gate_settings_as_train_config(settings),
         os.path.join(workdir, "gates") if workdir else None,
-        gate_loss(settings, teacher_fn, penalty_fn, relative_fn), show_progress=show_progress,
+        gate_loss(settings, teacher_fn, penalty_fn, relative_fn, task_loss),
+        show_progress=show_progress,
         tx=gate_optimizer(settings), extra_trainable={"gates": logits}, evaluate_splits=(),
         log_metrics=lambda mean: {k: float(v) for k, v in mean.items()}, description="gates")
     fixed = {k: v for k, v in variables.items() if k != "params"}

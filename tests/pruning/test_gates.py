@@ -126,3 +126,22 @@ def test_gates_train_from_any_iterator_of_batches_without_a_workdir():
     pruned = prune(fn, trained, x[:1], keep=keep)
     flops = cost.count(pruned.fn, pruned.variables, x[:1]).flops
     assert flops < 0.6 * float(model(None).flops)
+
+
+def test_budget_ramp_starts_at_the_full_model_and_ends_at_the_target():
+    """budget_ramp: the budget of step s falls linearly from the full model (no penalty on
+    the full model at step 0) to the target at ramp x steps; after it, the plain penalty."""
+    fn, variables, x = zoo.instantiate("resnet20")
+    model = cost.cost_model(fn, variables, x[:1])
+    full = jnp.asarray([g.size for g in model.groups], jnp.float32)
+    ramped = gates.GateSettings(target_ratio=0.5, steps=100, budget_ramp=0.5, penalty=1.0)
+    plain = gates.GateSettings(target_ratio=0.5, steps=100, penalty=1.0)
+    penalty, relative = gates.budget_function(ramped, model)
+    plain_penalty, _ = gates.budget_function(plain, model)
+    assert float(penalty(full, 0)) == pytest.approx(0.0, abs=1e-9)
+    # Half-way through the ramp the budget is 0.75 of the full model: full is 1/0.75 above.
+    excess = 1 / 0.75 - 1
+    assert float(penalty(full, 25)) == pytest.approx(11 * excess ** 2, rel=1e-4)
+    for step in (50, 99):
+        assert float(penalty(full, step)) == pytest.approx(float(plain_penalty(full)), rel=1e-5)
+    assert float(penalty(full)) == pytest.approx(float(plain_penalty(full)), rel=1e-5)
