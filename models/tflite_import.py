@@ -214,12 +214,28 @@ def apply_operator(op: Operator, bound: Dict[int, str], variables, values) -> tu
     return result if isinstance(result, tuple) else (result,)
 
 
+def needed_for(graph: Graph, wanted: Sequence[int]) -> Graph:
+    """``graph`` with only the operators that the ``wanted`` tensors depend on: an inner
+    output must not leave the rest computed and unused (its weights would count as the
+    model's parameters, its FLOPs in ``core.cost.count``)."""
+    needed, kept = set(wanted), []
+    for op in reversed(graph.operators):
+        if needed.intersection(op.outputs):
+            kept.append(op)
+            needed.update(i for i in op.inputs if i >= 0)
+    return dataclasses.replace(graph, operators=kept[::-1], outputs=list(wanted))
+
+
 def build(graph: Graph, outputs: Optional[Sequence[str]] = None):
     """``(fn, variables)`` computing ``graph``; ``outputs`` names tensors to return instead
     of the graph's outputs (to compare intermediate values)."""
-    variables, bindings = prepare_variables(graph)
     by_name = {t.name: i for i, t in enumerate(graph.tensors)}
+    unknown = [n for n in outputs or () if n not in by_name]
+    if unknown:
+        raise TFLiteImportError(f"outputs {unknown} are not tensors of the graph")
     wanted = graph.outputs if outputs is None else [by_name[n] for n in outputs]
+    graph = needed_for(graph, wanted)
+    variables, bindings = prepare_variables(graph)
     static = dict(graph.constants)
 
     def fn(variables, x):
