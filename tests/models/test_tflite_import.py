@@ -261,7 +261,9 @@ def test_any_batch(name):
     batched = np.asarray(run(variables, x))
     singles = np.concatenate([np.asarray(run(variables, x[i:i + 1])) for i in range(3)])
     assert batched.shape == singles.shape == (3,) + example.shape[1:3] + (1,)
-    np.testing.assert_allclose(batched, singles, rtol=0, atol=1e-5)   # measured 0.0
+    # Batch 1 and 3 compile to other conv kernels: measured 0.0 on an AVX-512 CPU, 5.4e-5 on
+    # an AVX2 EPYC; the mask's float32 limit is about 1.4e-4 (test_matches_litert...).
+    np.testing.assert_allclose(batched, singles, rtol=0, atol=2e-4)
 
 
 @pytest.mark.parametrize("name", MODELS)
