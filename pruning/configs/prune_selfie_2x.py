@@ -1,0 +1,68 @@
+"""MediaPipe selfie segmentation (real, pretrained, 256x256) pruned 2x by distillation on real images.
+
+Run:  python run.py --exp=prune_selfie_2x
+Expected: about 15 minutes on 2 CPU cores, no teacher training: the original model
+(fetched by scripts/setup.sh from the mediapipe wheel) is the teacher. Learned gates under a
+FLOPs budget of 0.5 that falls progressively (budget_ramp), distillation of the mask logits
+from the original on augmented real images (no labels), fine-tune, ONNX export, int8 (ours
+and onnxruntime's quantize_static), one-thread onnxruntime latency, mask IoU against the
+original on the 324 held-out real images; writes result.json/result.md and outputs.png.
+
+Not yet good: this small, already efficient model (106k parameters) is fragile to channel
+removal. Removing the 25% lowest-L1 channels of one group alone drops the mask IoU to 0.28
+for 5 of its 25 groups, and the gates lose it as soon as the budget bites (see the result
+file for the measured IoU; the goal is 0.95 at 2x).
+"""
+import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.program = "experiments.real_model_pruning"
+    # Trained and pruned on the logits before the final sigmoid (tensor 'segment'); the
+    # sigmoid is the head, applied for fidelity and in the exported model.
+    config.model = ml_collections.ConfigDict(dict(
+        source="tflite", name="selfie_segmentation", outputs=["segment"], head="sigmoid"))
+    config.fidelity = "mask_iou"
+    config.device = "ort-cpu-1t"
+    config.publish = True       # result into benchmarks/results, only from runs/<experiment>
+    config.data = ml_collections.ConfigDict(dict(train_images=0, eval_images=0,
+                                                 crop_margin=32))
+    # int8 of the pruned model, ours and onnxruntime's quantize_static side by side.
+    config.int8 = ml_collections.ConfigDict(dict(enabled=True, calibration_images=64,
+                                                 validation_images=32))
+    config.gates = gates = ml_collections.ConfigDict()
+    gates.steps = 300
+    gates.batch_size = 8
+    gates.seed = 0
+    gates.target = "flops"
+    gates.target_ratio = 0.5
+    gates.target_ms = 0.0
+    gates.penalty = 5.0
+    gates.budget_ramp = 0.8         # at the target from step 0, every gate fell at once
+    gates.gate_learning_rate = 0.03   # 0.05: every logit crossed zero within 25 steps (budget 1.74 -> 0.95)
+    gates.weight_learning_rate = 1e-3  # SGD 0.01: IoU 0.59 after 12 steps with no channel gone
+    gates.init_logit = 3.0
+    gates.init_spread = 2.0
+    gates.noise_start = 0.3      # 1.0 drops ~6% of channels at random: IoU 0.08-0.3 (measured)
+    gates.multiple = 8
+    gates.min_keep = 8
+    gates.log_every = 25
+    gates.checkpoint_every = 100
+    config.finetune = ft = ml_collections.ConfigDict()
+    ft.seed = 1
+    ft.batch_size = 8
+    ft.epochs = 0.0
+    ft.steps = 300
+    ft.optimizer = "adamw"
+    ft.learning_rate = 3e-4
+    ft.grad_clip_norm = 1.0
+    ft.momentum = 0.9
+    ft.nesterov = True
+    ft.weight_decay = 0.0
+    ft.warmup_steps = 20
+    ft.augment = True
+    ft.log_every = 25
+    ft.eval_every_epochs = 0
+    ft.checkpoint_every = 100
+    return config
