@@ -39,7 +39,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from benchmarks import machine  # noqa: E402  (sets the XLA workarounds first)
+from export import machine  # noqa: E402  (export sets the XLA workarounds first)
 from hypothesis import HealthCheck, Phase, assume, given, seed, settings  # noqa: E402
 
 from tests.fuzz import checks  # noqa: E402

@@ -36,7 +36,7 @@ from core.channel_groups import analyze_traced  # noqa: E402
 from core.trace import count_eqns, trace  # noqa: E402
 from models.resnet import BottleneckBlock  # noqa: E402
 from models.vit import ViT  # noqa: E402
-from benchmarks import machine  # noqa: E402
+from export import machine  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 

@@ -32,7 +32,7 @@ from scipy.stats import kendalltau  # noqa: E402
 import export  # noqa: E402
 from core import cost  # noqa: E402
 from export import latency_model as lm  # noqa: E402
-from benchmarks import machine  # noqa: E402
+from export import machine  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -45,7 +45,7 @@ from export.onnx_export import to_onnx  # noqa: E402
 from export.runners import get_runner  # noqa: E402
 from models import resnet  # noqa: E402
 from nas import pareto_plot  # noqa: E402
-from benchmarks import machine  # noqa: E402
+from export import machine  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 

@@ -57,7 +57,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import machine, torch_resnet20  # noqa: E402
+from benchmarks import torch_resnet20  # noqa: E402
+from export import machine  # noqa: E402
 from benchmarks import torch_side  # noqa: E402
 from core import cost, losses, train as train_lib  # noqa: E402
 from experiments import preamble as teacher_lib  # noqa: E402

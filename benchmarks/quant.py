@@ -24,7 +24,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from benchmarks.machine import describe  # noqa: E402
+from export.machine import describe  # noqa: E402
 from experiments import preamble as teacher_lib  # noqa: E402
 from experiments import quantization as experiment  # noqa: E402
 

@@ -68,7 +68,7 @@ def main():
     if args.child:
         print(json.dumps(child(args.steps)))
         return
-    from benchmarks import machine
+    from export import machine
     runs = {name: [] for name in SETTINGS}
     for round_index in range(args.rounds):
         for name, workaround in SETTINGS.items():

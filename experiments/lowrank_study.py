@@ -31,7 +31,7 @@ import numpy as np
 
 import export
 import lowrank
-from benchmarks import machine
+from export import machine
 from core import losses, trace as trace_lib, train as train_lib
 from experiments import preamble, registry
 from export import runners

@@ -14,6 +14,8 @@ FORBIDDEN = {
     "core": {"pruning", "quant", "lowrank", "nas", "export", "models", "data", "experiments",
              "benchmarks"},
     **{package: {"experiments", "benchmarks"} for package in LIBRARY if package != "core"},
+    # Programs use the library; benchmarks compare programs and peers, never the reverse.
+    "experiments": {"benchmarks"},
 }
 
 

@@ -1,4 +1,4 @@
-"""The machine a benchmark ran on, written next to every result.
+"""The machine a benchmark or an experiment ran on, written next to every result.
 
 These machines are shared and noisy: the CPU model, core count, library versions and the
 load average at the start say how far a table's absolute times can be trusted.
