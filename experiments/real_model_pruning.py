@@ -24,7 +24,7 @@ import experiments
 from core import cost, losses, train as train_lib
 from data import real_images
 from data.unlabelled_images import UnlabelledImages
-from export.measure import export_and_measure
+from export.measure import export_and_compare
 from pruning import find_groups, gates, prune
 
 
@@ -218,16 +218,13 @@ def main(config, workdir):
     print(f"{config.fidelity} right after pruning: {after_prune:.4f}")
     tuned = _finetune(config, pruned, data, teacher_fn, workdir)
     tuned_outputs = predict(with_head(model, pruned.fn), tuned["variables"], eval_inputs)
-    exports = os.path.join(workdir, "onnx")
-    measured = {}
-    for name, (fn, v) in {"original": (with_head(model, model.fn), model.variables),
-                          "pruned": (with_head(model, pruned.fn), tuned["variables"])
-                          }.items():
-        # Parity is checked on a held-out real image, not on the zeros of model.example
-        # (a sigmoid head gives ~1e-16 there and any comparison passes by accident).
-        measured[name] = export_and_measure(fn, v, eval_inputs[:1],
-                                            os.path.join(exports, f"{name}.onnx"),
-                                            config.device, batches=(1,))
+    # Parity is checked on a held-out real image, not on the zeros of model.example (a
+    # sigmoid head gives ~1e-16 there and any comparison passes by accident); both models
+    # are timed in interleaved rounds.
+    measured = export_and_compare(
+        {"original": (with_head(model, model.fn), model.variables),
+         "pruned": (with_head(model, pruned.fn), tuned["variables"])},
+        eval_inputs[:1], os.path.join(workdir, "onnx"), config.device, batches=(1,))
     measured["original"]["fidelity"] = 1.0
     measured["pruned"]["fidelity"] = FIDELITY[config.fidelity](tuned_outputs, reference)
     before, after = measured["original"], measured["pruned"]
