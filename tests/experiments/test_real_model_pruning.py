@@ -50,7 +50,7 @@ def test_selfie_showcase_end_to_end(tmp_path):
                      "--exp.gates.steps=16", "--exp.gates.gate_learning_rate=0.3",
                      "--exp.gates.checkpoint_every=8"]) == 0
     result = json.loads((workdir / "result.json").read_text())
-    assert result["before"]["flops"] == 200_607_976     # the real model at 256x256, batch 1
+    assert result["before"]["flops"] == 200_636_136     # the real model at 256x256, batch 1
     assert 1.5 < result["flops_reduction"] < 3.0, result["flops_reduction"]
     assert result["params_reduction"] > 1.2
     assert result["after"]["parity_max_rel_error"] < 1e-3
