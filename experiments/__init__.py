@@ -14,6 +14,7 @@ export) never import this package.
     quantization       PTQ variants, QAT and onnxruntime's quantizer on one model
     nas_search         DONNA-style blockwise distillation, predictors and NSGA-II
     lowrank_study      SVD vs data-aware vs learned low-rank factorization
+    real_model_pruning a real pretrained model pruned by distillation on real images
 """
 import importlib
 import json
@@ -38,3 +39,11 @@ def write_result(workdir: str, result: dict, markdown: str = None) -> None:
     if markdown is not None:
         with open(os.path.join(workdir, "result.md"), "w") as f:
             f.write(markdown + "\n")
+
+
+def publish_json(config, result: dict) -> None:
+    """A program's result as the published ``benchmarks/results/<experiment>.json``."""
+    from experiments import registry
+    os.makedirs(registry.RESULTS, exist_ok=True)
+    with open(os.path.join(registry.RESULTS, f"{config.experiment_name}.json"), "w") as f:
+        json.dump(result, f, indent=2, default=float)

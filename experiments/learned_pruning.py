@@ -16,7 +16,7 @@ import numpy as np
 
 import experiments
 from core import checkpoint, cost, losses, train as train_lib
-from experiments import preamble, registry
+from experiments import preamble
 from export.measure import export_and_measure
 from pruning import find_groups, gates, prune
 
@@ -148,6 +148,4 @@ def main(config, workdir):
 
 def publish(config, result) -> None:
     """The result as ``benchmarks/results/<experiment>.json`` (the published table)."""
-    os.makedirs(registry.RESULTS, exist_ok=True)
-    with open(os.path.join(registry.RESULTS, f"{config.experiment_name}.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    experiments.publish_json(config, result)

@@ -268,8 +268,5 @@ def main(config, workdir):
 
 
 def publish(config, result) -> None:
-    """The result as ``benchmarks/results/<experiment>.json``."""
-    from experiments import registry
-    os.makedirs(registry.RESULTS, exist_ok=True)
-    with open(os.path.join(registry.RESULTS, f"{config.experiment_name}.json"), "w") as f:
-        json.dump(result, f, indent=2, default=float)
+    """The result as ``benchmarks/results/<experiment>.json`` (the published table)."""
+    experiments.publish_json(config, result)

@@ -29,6 +29,7 @@ import numpy as np
 from models import onnx_layout as L
 from models import onnx_rules, onnx_rules_shape, onnx_rules_spatial
 from models.onnx_rules import Node, Rule
+from models.tflite_import import unique_name
 
 RULES: Dict[str, Rule] = {**onnx_rules.RULES, **onnx_rules_shape.RULES,
                           **onnx_rules_spatial.RULES}
@@ -131,13 +132,6 @@ def _is_variable(value: np.ndarray) -> bool:
     return np.issubdtype(value.dtype, np.floating) and value.ndim >= 1
 
 
-def _unique(name: str, taken: Dict[str, Any]) -> str:
-    candidate, k = name or "const", 1
-    while candidate in taken:
-        candidate, k = f"{name}#{k}", k + 1
-    return candidate
-
-
 def prepare_variables(graph: Graph):
     """Floating constants read by data inputs -> variables (kernels in the layout their rule
     wants, changed here once); returns variables and, per node, {input position: name}."""
@@ -154,7 +148,7 @@ def prepare_variables(graph: Graph):
             key = (name, None if layout is None else (layout, node.attr("group", 1)))
             if key not in by_layout:
                 array = value if layout is None else layout(value, node)
-                by_layout[key] = _unique(name if layout is None or (name, None) not in
+                by_layout[key] = unique_name(name if layout is None or (name, None) not in
                                          by_layout else f"{name}:kernel", variables)
                 variables[by_layout[key]] = np.ascontiguousarray(array, np.float32)
             bound[pos] = by_layout[key]

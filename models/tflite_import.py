@@ -169,7 +169,8 @@ def _unsupported(op: Operator) -> UnsupportedTFLiteOp:
         f"supported ops: {', '.join(sorted(tflite_rules.RULES))}")
 
 
-def _unique(name: str, taken: Dict[str, Any]) -> str:
+def unique_name(name: str, taken: Dict[str, Any]) -> str:
+    """``name``, or ``name#k`` when taken (both importers' variable names)."""
     candidate, k = name or "const", 1
     while candidate in taken:
         candidate, k = f"{name}#{k}", k + 1
@@ -194,7 +195,7 @@ def prepare_variables(graph: Graph):
             layout = rule.kernels.get(pos)
             key = (t, layout)
             if key not in by_layout:
-                name = _unique(graph.tensors[t].name, variables)
+                name = unique_name(graph.tensors[t].name, variables)
                 array = value if layout is None else layout(value)
                 variables[name] = np.ascontiguousarray(array, np.float32)
                 by_layout[key] = name
