@@ -198,7 +198,7 @@ def gate_loss(settings: GateSettings, teacher_fn: Callable, penalty_fn, relative
     the budgeted quantity relative to its target and the task's own metrics.
     ``task_loss(outputs, teacher_outputs, labels) -> (loss, metrics)``: default
     ``classification_distillation``; a dense model without labels passes one built on
-    ``core.losses.probability_map_distillation``."""
+    ``core.losses.logit_map_distillation``."""
     task_loss = task_loss or classification_distillation(settings)
 
     def loss_fn(outputs, labels, images):
