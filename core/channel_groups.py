@@ -81,6 +81,7 @@ class ChannelGroup:
     reason: Optional[str]          # why not prunable
     node: int                      # union-find root (for GroupAnalysis look-ups)
     analysis: "GroupAnalysis" = dataclasses.field(repr=False, default=None)
+    key: str = ""                  # stable name from the members' paths (see assign_keys)
 
     @property
     def params(self) -> List[str]:
@@ -99,7 +100,7 @@ class ChannelGroup:
 
     def __str__(self) -> str:
         state = "prunable" if self.prunable else f"NOT prunable: {self.reason}"
-        lines = [f"ChannelGroup {self.id}: {self.size} channels, {state}"]
+        lines = [f"ChannelGroup {self.id} '{self.key}': {self.size} channels, {state}"]
         for m in self.members:
             lines.append(f"  {m.path}  {m.describe()}")
         by_line: Dict[str, List[str]] = {}
@@ -115,6 +116,43 @@ class ChannelGroup:
         if len(lines_sorted) > len(shown):
             lines.append(f"    ... {len(lines_sorted) - len(shown)} more source lines")
         return "\n".join(lines)
+
+
+def member_key(member: Member) -> str:
+    """``'path:axis'``, with the positions when the group holds only part of the axis
+    (``[a:b]`` for a contiguous slice, ``[a:b:step]xM`` for M positions per channel)."""
+    base = f"{member.path}:{member.axis}"
+    if member.is_whole_axis:
+        return base
+    m = member.index_map
+    first, last = int(m[0, 0]), int(m[-1, 0]) + 1
+    if m.shape[1] == 1 and np.all(np.diff(m[:, 0]) == 1):
+        return f"{base}[{first}:{last}]"
+    step = int(m[1, 0] - m[0, 0]) if m.shape[0] > 1 else 1
+    return f"{base}[{first}:{last}:{step}]x{m.shape[1]}"
+
+
+def _naming_member(members: Tuple[Member, ...], rank: Callable[[Member], int]) -> Member:
+    """The member a group is named after: the first trained kernel whose LAST axis holds the
+    group (a Flax conv or dense producing the channels), else the first trained parameter,
+    else the first member. Members come in parameter-path order, so this is deterministic."""
+    trained = [m for m in members if m.path.split("/")[0] == "params"] or list(members)
+    produced = [m for m in trained if rank(m) >= 2 and m.axis == rank(m) - 1]
+    return (produced or trained)[0]
+
+
+def assign_keys(groups: List["ChannelGroup"], rank: Callable[[Member], int]) -> None:
+    """Gives every group its ``key``: readable, derived from member paths only (so a saved
+    keep-set survives re-analysis even if group positions change), unique within the
+    analysis: groups that would share a name get ``#2``, ``#3``... in the order of all
+    their members' names. ``rank(member)``: the number of axes of the member's parameter."""
+    by_name: Dict[str, List["ChannelGroup"]] = {}
+    for g in groups:
+        by_name.setdefault(member_key(_naming_member(g.members, rank)), []).append(g)
+    for name, named in by_name.items():
+        named.sort(key=lambda g: [member_key(m) for m in g.members])
+        for k, g in enumerate(named):
+            g.key = name if k == 0 else f"{name}#{k + 1}"
 
 
 class GroupAnalysis:
@@ -151,6 +189,8 @@ class GroupAnalysis:
                                        reason is None,
                                        None if reason is None else reason.describe(), node,
                                        self))
+        invars = self.traced.jaxpr.invars
+        assign_keys(groups, lambda m: len(shape_of(invars[m.param_index])))
         return groups
 
     # ------------------------------------------------------------ look-ups

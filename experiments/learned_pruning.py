@@ -12,13 +12,11 @@ import json
 import os
 import time
 
-import numpy as np
-
 import experiments
 from core import checkpoint, cost, losses, train as train_lib
 from experiments import preamble
 from export.measure import export_and_measure
-from pruning import find_groups, gates, prune
+from pruning import find_groups, gates, keep_sets, prune
 
 
 def _table(rows):
@@ -32,16 +30,16 @@ def _table(rows):
 
 def load_pruned(config, workdir):
     """The fine-tuned pruned model of a finished run: ``(fn, variables, summary, dataset)``,
-    rebuilt from the cached teacher and the saved keep sets (channel groups are found
-    deterministically, so group ids match) with the saved fine-tuned variables."""
+    rebuilt from the cached teacher and the saved keep sets (by group key, so they do not
+    depend on the order the analysis finds groups in; older files by position still load)
+    with the saved fine-tuned variables."""
     path = os.path.join(workdir, "keep.json")
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"{path} is missing: run the pruning experiment first "
             f"(python run.py --exp={config.get('experiment_name', 'prune_resnet20_2x')})")
     teacher = preamble.prepare(config.teacher, show_progress=False)
-    with open(path) as f:
-        keep = {int(g): np.asarray(k, np.int32) for g, k in json.load(f).items()}
+    keep = keep_sets.load(path)
     pruned = prune(teacher.fn, teacher.variables, teacher.example, keep=keep)
     tuned = checkpoint.load_pytree(os.path.join(workdir, "pruned_variables"), pruned.variables)
     with open(os.path.join(workdir, "result.json")) as f:
@@ -93,8 +91,7 @@ def _prune_and_finetune(config, teacher, settings, keep, trained, workdir):
                             loss_fn=losses.distillation_from(
                                 teacher.teacher_fn, settings.kd_temperature,
                                 settings.kd_alpha))
-    with open(os.path.join(workdir, "keep.json"), "w") as f:
-        json.dump({str(g): [int(i) for i in k] for g, k in keep.items()}, f)
+    keep_sets.save(os.path.join(workdir, "keep.json"), pruned.groups, keep)
     checkpoint.save_pytree(os.path.join(workdir, "pruned_variables"), tuned["variables"])
     return pruned, after_prune, tuned
 

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from core import losses, train as train_lib
-from pruning import importance
+from pruning import importance, keep_sets
 from pruning.masked import masked
 
 
@@ -138,14 +138,15 @@ def budget_function(settings: GateSettings, cost_model, latency_fn: Optional[Cal
 
 def threshold(groups, logits, settings: GateSettings) -> Dict[int, np.ndarray]:
     """Keep-set from learned logits: channels with positive logit, count rounded to the
-    multiple, the highest logits kept."""
-    sizes = {g.id: g.size for g in groups}
+    multiple, the highest logits kept. Groups are named as in ``logits`` (position or key);
+    ``pruning.keep_sets.save`` writes the result by key."""
     keep = {}
-    for gid, logit in logits.items():
+    for name, logit in logits.items():
         logit = np.asarray(logit)
-        count = importance.round_count(float(np.sum(logit > 0)), sizes[gid],
+        count = importance.round_count(float(np.sum(logit > 0)),
+                                       keep_sets.group_named(groups, name).size,
                                        settings.multiple, settings.min_keep)
-        keep[gid] = np.sort(np.argsort(-logit, kind="stable")[:count])
+        keep[name] = np.sort(np.argsort(-logit, kind="stable")[:count])
     return keep
 
 

@@ -34,7 +34,9 @@ from core.channel_groups import ChannelGroup, GroupAnalysis
 from core.rewrite import (CONTROL_FLOW, CUSTOM_RULES, bind_equation, evaluate,
                           rebind_control_flow)
 from core.trace import call_jaxpr, source_line
+from pruning import keep_sets
 from pruning.counts import ReductionCounts
+from pruning.groups import analysis_of
 from pruning.keep_sets import kept_indices
 from pruning.plan import AxisSpec, Plan, aval_key, body_changes, retrace, spec_tree
 
@@ -216,25 +218,19 @@ MASK_RULES = P.rule_table({
 })
 
 
-def _analysis_of(groups) -> GroupAnalysis:
-    if isinstance(groups, GroupAnalysis):
-        return groups
-    groups = list(groups)
-    if not groups or groups[0].analysis is None:
-        raise ValueError("masked() needs the groups of find_groups (or their analysis)")
-    return groups[0].analysis
-
-
 def masked(fn: Callable, groups: Union[GroupAnalysis, Sequence[ChannelGroup]]) -> Callable:
     """``g(variables, masks, *inputs)``: ``fn`` with group ``gid``'s channels scaled by
-    ``masks[gid]`` (see the module docstring); groups missing from ``masks`` are unmasked."""
-    analysis = _analysis_of(groups)
+    ``masks[gid]`` (see the module docstring); groups missing from ``masks`` are unmasked.
+    ``groups``: what ``find_groups`` returned (its analysis is used, not redone); a mask
+    may name its group by position or by key."""
+    analysis = analysis_of(groups)
     plan = Plan(analysis)
     sizes = {g.id: g.size for g in analysis.groups}
     prunable = {g.id for g in analysis.groups if g.prunable}
     cache: Dict[Any, Any] = {}
 
     def g(variables, masks, *inputs):
+        masks = keep_sets.by_id(analysis, masks)
         for gid, m in masks.items():
             if gid not in prunable:
                 raise ValueError(f"group {gid} is not a prunable channel group")
@@ -253,16 +249,16 @@ def masked(fn: Callable, groups: Union[GroupAnalysis, Sequence[ChannelGroup]]) -
     return g
 
 
-def keep_to_masks(groups: Sequence[ChannelGroup], keep: Dict[int, Sequence[int]],
+def keep_to_masks(groups: Sequence[ChannelGroup], keep: Dict[Union[int, str], Sequence[int]],
                   dtype=jnp.float32) -> Dict[int, jnp.ndarray]:
-    """0/1 masks of a keep-set (only the groups listed in ``keep``); each entry is a boolean
-    mask over the group's channels or distinct channel indices (``pruning.keep_sets``)."""
-    by_id = {g.id: g for g in groups}
+    """0/1 masks of a keep-set (only the groups listed in ``keep``, by position or key),
+    keyed by group position; each entry is a boolean mask over the group's channels or
+    distinct channel indices (``pruning.keep_sets``)."""
+    groups = keep_sets.group_list(groups)
     masks = {}
-    for gid, kept in keep.items():
-        if gid not in by_id:
-            raise KeyError(f"no channel group {gid}")
-        m = np.zeros(by_id[gid].size, np.float32)
-        m[kept_indices(by_id[gid], kept)] = 1.0
+    for gid, kept in keep_sets.by_id(groups, keep).items():
+        group = keep_sets.group_named(groups, gid)
+        m = np.zeros(group.size, np.float32)
+        m[kept_indices(group, kept)] = 1.0
         masks[gid] = jnp.asarray(m, dtype)
     return masks

@@ -1,11 +1,12 @@
 """Physical pruning: the same network, natively narrower.
 
-``prune(fn, variables, x, keep={group: kept channels})`` slices every member parameter of
-every group along its axes, and rewrites the model by re-evaluating its jaxpr
-(``core.rewrite.evaluate``) with a hook that re-binds each equation on the narrower
-operands: shape parameters come from ``pruning.shape_rules``, means over a pruned axis divide
-by the kept count (``pruning.counts``), and groups that lose every channel make whole
-branches vanish with their constant contributions folded (``pruning.branch_removal``).
+``prune(fn, variables, x, keep={group: kept channels})`` (a group named by its position or
+its key, ``pruning.keep_sets``) slices every member parameter of every group along its
+axes, and rewrites the model by re-evaluating its jaxpr (``core.rewrite.evaluate``) with a
+hook that re-binds each equation on the narrower operands: shape parameters come from
+``pruning.shape_rules``, means over a pruned axis divide by the kept count
+(``pruning.counts``), and groups that lose every channel make whole branches vanish with
+their constant contributions folded (``pruning.branch_removal``).
 Loop and branch bodies are rewritten the same way (``core.rewrite.rebind_control_flow``: a
 scan's stacked weights and its carry, e.g. a state-space layer's state, shrink together),
 and a ``custom_jvp``/``custom_vjp`` function keeps its derivative rule
@@ -18,10 +19,12 @@ that disappear (a removed branch's kernels, arrays with no channel left) are not
 ``Pruned.variables``; ``Pruned.fn`` finds the others by their path. It computes at the
 floating dtypes the model was analysed at (the rewrite is aligned to that trace's
 equations): floating variables and inputs of another dtype are cast on entry, so a float32
-call of a bfloat16 model (ONNX export makes one) runs the bfloat16 model.
+call of a bfloat16 model (ONNX export makes one) runs the bfloat16 model. It runs the model
+as ``fn`` was traced (BatchNorm in inference mode for ``train=False``); ``Pruned.train_fn``
+is the training-mode model pruned alike, when ``prune`` is given one (``pruning.training``).
 """
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +38,9 @@ from core.rewrite import (CONTROL_FLOW, CUSTOM_RULES, bind_equation, evaluate,
                           rebind_control_flow, rebind_custom_rule)
 from core.rewritten import Rewritten, RewrittenFunction, nest_by_path
 from core.trace import call_jaxpr, source_line, sub_jaxprs
-from pruning import branch_removal as br
+from pruning import branch_removal as br, keep_sets, training
 from pruning.counts import ReductionCounts
+from pruning.groups import analysis_of
 from pruning.keep_sets import kept_indices
 from pruning.masked import warn_rule_dropped
 from pruning.plan import AxisSpec, Plan, body_changes, retrace
@@ -320,10 +324,16 @@ class Pruned:
     sizes: Dict[int, int]              # group id -> kept channel count (every group)
     removed_params: List[str]          # parameters gone entirely (removed branches)
     notes: List[str]                   # places that could not avoid a zero-size array
+    train_fn: Optional[PrunedFunction] = None   # the training-mode model, pruned alike
 
     @property
     def analysis(self) -> GroupAnalysis:
         return self.fn.analysis
+
+    @property
+    def keep_by_key(self) -> Dict[str, List[int]]:
+        """``keep`` named by group keys: what a saved keep-set should hold."""
+        return keep_sets.by_key(self.groups, self.keep)
 
     @property
     def effective_sizes(self) -> Dict[int, int]:
@@ -336,27 +346,23 @@ class Pruned:
 
 
 def _check_keep(analysis: GroupAnalysis, keep) -> Dict[int, np.ndarray]:
+    """``keep`` by group position (keys resolved), kept indices validated; groups that keep
+    every channel dropped."""
     checked = {}
-    for gid, kept in keep.items():
-        if not 0 <= gid < len(analysis.groups):
-            raise KeyError(f"no channel group {gid}")
+    for gid, kept in keep_sets.by_id(analysis, keep).items():
         group = analysis.groups[gid]
         if not group.prunable:
-            raise ValueError(f"group {gid} is not prunable: {group.reason}")
+            raise ValueError(f"group {gid} '{group.key}' is not prunable: {group.reason}")
         kept = kept_indices(group, kept)
         if len(kept) < group.size:
             checked[gid] = kept
     return checked
 
 
-def prune(fn: Callable, variables, *example_inputs, keep: Dict[int, Sequence[int]],
-          analysis: Optional[GroupAnalysis] = None) -> Pruned:
-    """Removes channels: ``keep[g]`` are the channel indices group ``g`` keeps (groups not
-    listed keep all; an empty list removes the group and whatever only served it)."""
-    analysis = analysis or analyze(fn, variables, *example_inputs)
-    keep = _check_keep(analysis, keep)
+def _pruned_function(fn: Callable, variables, analysis: GroupAnalysis,
+                     keep: Dict[int, np.ndarray], example_inputs):
+    """``(PrunedFunction, sliced parameter leaves, program at example_inputs)``."""
     plan = Plan(analysis)
-    traced = analysis.traced
     leaves = jax.tree_util.tree_leaves(variables)
     hook = PruneHook(plan, keep, {})
     sliced, shapes = [], []
@@ -365,7 +371,25 @@ def prune(fn: Callable, variables, *example_inputs, keep: Dict[int, Sequence[int
         shapes.append((tuple(value.shape), np.dtype(leaf.dtype)))
         sliced.append(value)
     pruned_fn = PrunedFunction(fn, variables, analysis, plan, keep, shapes)
-    compiled = pruned_fn.at(*example_inputs)
+    return pruned_fn, sliced, pruned_fn.at(*example_inputs)
+
+
+def prune(fn: Callable, variables, *example_inputs, keep: Dict[Union[int, str], Sequence[int]],
+          analysis: Union[GroupAnalysis, Sequence[ChannelGroup], None] = None,
+          train_fn: Optional[Callable] = None) -> Pruned:
+    """Removes channels: ``keep[g]`` are the channel indices group ``g`` keeps, ``g`` being
+    the group's position or its ``key`` (groups not listed keep all; an empty list removes
+    the group and whatever only served it). ``analysis``: what ``find_groups`` returned
+    (or a ``GroupAnalysis``) for this model, used as it is (no re-analysis).
+    ``train_fn(variables, *inputs) -> (outputs, updates)``: the model in training mode
+    (``module.apply(v, x, train=True, mutable=['batch_stats'])``); ``Pruned.train_fn`` is
+    then its pruned version (``pruning.training``). ``Pruned.fn`` always runs the model
+    as ``fn`` was traced, BatchNorm in inference mode if so."""
+    analysis = analysis_of(analysis) or analyze(fn, variables, *example_inputs)
+    keep = _check_keep(analysis, keep)
+    pruned_fn, sliced, compiled = _pruned_function(fn, variables, analysis, keep,
+                                                   example_inputs)
+    leaves = jax.tree_util.tree_leaves(variables)
     used = set(compiled.param_indices)
     paths = pruned_fn.param_paths
     if len(used) == len(leaves):
@@ -376,5 +400,11 @@ def prune(fn: Callable, variables, *example_inputs, keep: Dict[int, Sequence[int
         new_vars = nest_by_path([paths[i] for i in order], [jnp.asarray(sliced[i]) for i in order])
     sizes = {g.id: (len(keep[g.id]) if g.id in keep else g.size) for g in analysis.groups}
     removed = [paths[i] for i in range(len(leaves)) if i not in used]
+    train = None
+    if train_fn is not None:
+        train_analysis, train_keep = training.training_analysis(
+            train_fn, variables, example_inputs, analysis, keep)
+        train = _pruned_function(train_fn, variables, train_analysis, train_keep,
+                                 example_inputs)[0]
     return Pruned(pruned_fn, new_vars, analysis.groups, keep, sizes, removed,
-                  list(compiled.notes))
+                  list(compiled.notes), train)
