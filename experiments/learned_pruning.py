@@ -15,7 +15,7 @@ import time
 import experiments
 from core import checkpoint, cost, losses, train as train_lib
 from experiments import preamble
-from export.measure import export_and_measure
+from export.measure import export_and_compare
 from pruning import find_groups, gates, keep_sets, prune
 
 
@@ -63,7 +63,7 @@ def _latency_fn(config, teacher, settings):
 
 def _learn_keep_sets(config, teacher, settings, workdir):
     """Gate training under the budget, then the hard threshold: (keep, trained variables,
-    gate history)."""
+    gate history, groups); the groups go on to ``prune`` so the model is analysed once."""
     fn, variables, x1 = teacher.fn, teacher.variables, teacher.example
     groups = find_groups(fn, variables, x1)
     prunable = [g for g in groups if g.prunable]
@@ -77,12 +77,14 @@ def _learn_keep_sets(config, teacher, settings, workdir):
     if ended_at > 1.05:
         print(f"warning: the gates ended at {ended_at:.2f}x their {settings.target} budget; "
               "more gates.steps or a larger gates.penalty would bring them to it")
-    return gates.threshold(groups, logits, settings), trained, history
+    return gates.threshold(groups, logits, settings), trained, history, groups
 
 
-def _prune_and_finetune(config, teacher, settings, keep, trained, workdir):
-    """The pruned model, its accuracy right after pruning, and the distillation fine-tune."""
-    pruned = prune(teacher.fn, trained, teacher.example, keep=keep)
+def _prune_and_finetune(config, teacher, settings, keep, trained, groups, workdir):
+    """The pruned model, its accuracy right after pruning, and the distillation fine-tune.
+    ``groups``: the analysis the gates were trained on (the trained variables only change
+    values, not shapes, so it holds for them and ``prune`` need not trace the model again)."""
+    pruned = prune(teacher.fn, trained, teacher.example, keep=keep, analysis=groups)
     after_prune = train_lib.evaluate(pruned.fn, pruned.variables, teacher.dataset, "test")
     print(f"test accuracy right after pruning: {after_prune['accuracy']:.4f}")
     tuned = train_lib.train(train_lib.frozen_model(pruned.fn, pruned.variables),
@@ -97,11 +99,14 @@ def _prune_and_finetune(config, teacher, settings, keep, trained, workdir):
 
 
 def _measure(config, teacher, pruned, tuned, workdir):
-    exports = os.path.join(workdir, "onnx")
-    before = export_and_measure(teacher.fn, teacher.variables, teacher.example,
-                                os.path.join(exports, "teacher.onnx"), config.device)
-    after = export_and_measure(pruned.fn, tuned["variables"], teacher.example,
-                               os.path.join(exports, "pruned.onnx"), config.device)
+    """Teacher and pruned model exported by one exporter and timed in interleaved rounds
+    (``export_and_compare``), so load on a shared machine falls on both alike and the
+    speed-up is not the difference between two moments (issue 21, item 4)."""
+    measured = export_and_compare(
+        {"teacher": (teacher.fn, teacher.variables),
+         "pruned": (pruned.fn, tuned["variables"])},
+        teacher.example, os.path.join(workdir, "onnx"), config.device)
+    before, after = measured["teacher"], measured["pruned"]
     before["accuracy"] = teacher.summary["test_accuracy"]
     after["accuracy"] = tuned["test"]["accuracy"]
     return before, after
@@ -111,9 +116,9 @@ def main(config, workdir):
     start = time.time()
     teacher = preamble.prepare(config.teacher)
     settings = gates.GateSettings.from_config(config.gates)
-    keep, trained, history = _learn_keep_sets(config, teacher, settings, workdir)
+    keep, trained, history, groups = _learn_keep_sets(config, teacher, settings, workdir)
     pruned, after_prune, tuned = _prune_and_finetune(config, teacher, settings, keep, trained,
-                                                     workdir)
+                                                     groups, workdir)
     before, after = _measure(config, teacher, pruned, tuned, workdir)
     summary = teacher.summary
     result = {
