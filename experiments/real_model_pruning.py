@@ -12,7 +12,6 @@ Fidelity is measured against the original model, never against labels (there are
 mask IoU for a probability map (segmentation, text maps), top-1 agreement for a classifier
 (``FIDELITY``). The real models and how their inputs are made are in ``SOURCES``.
 """
-import json
 import os
 import time
 from typing import Callable, Dict, NamedTuple, Tuple
@@ -25,7 +24,8 @@ from core import cost, losses, train as train_lib
 from data import real_images
 from data.unlabelled_images import UnlabelledImages
 from export.measure import export_and_compare
-from pruning import find_groups, gates, prune
+from pruning import find_groups, gates, keep_sets, prune
+from pruning.reconstruct import reconstruct
 
 
 class RealModel(NamedTuple):
@@ -142,9 +142,22 @@ def _learn_and_prune(config, model: RealModel, data, teacher_fn, workdir):
         cost.cost_model(model.fn, model.variables, model.example), teacher_fn,
         task_loss=gate_task)
     keep = gates.threshold(groups, logits, settings)
-    with open(os.path.join(workdir, "keep.json"), "w") as f:
-        json.dump({str(g): [int(i) for i in k] for g, k in keep.items()}, f)
-    return prune(model.fn, trained, model.example, keep=keep), keep, history
+    keep_sets.save(os.path.join(workdir, "keep.json"), groups, keep)
+    return prune(model.fn, trained, model.example, keep=keep, analysis=groups), keep, history
+
+
+def _reconstruct(config, model: RealModel, pruned, data):
+    """``pruning.reconstruct`` of the pruned model's layers against the original's, on
+    central crops of training images (never the held-out ones)."""
+    n, batch = config.reconstruct.images, config.reconstruct.batch_size
+    crops = model.to_input(data.crops(None, np.arange(min(n, len(data))), augment=False))
+    rebuilt, fits = reconstruct(model.fn, model.variables, pruned,
+                                [crops[i:i + batch] for i in range(0, len(crops), batch)],
+                                ridge=config.reconstruct.ridge)
+    worst = sorted(fits, key=lambda f: -f.error_before)[:3]
+    print(f"reconstructed {len(fits)} layers on {len(crops)} images; largest errors "
+          + ", ".join(f"{f.path} {f.error_before:.3f}->{f.error_after:.3f}" for f in worst))
+    return rebuilt
 
 
 def _finetune(config, pruned, data, teacher_fn, workdir):
@@ -216,6 +229,12 @@ def main(config, workdir):
     after_prune = fidelity(config.fidelity, with_head(model, pruned.fn), pruned.variables,
                            eval_inputs, reference)
     print(f"{config.fidelity} right after pruning: {after_prune:.4f}")
+    after_reconstruct = None
+    if config.reconstruct.enabled:
+        pruned = _reconstruct(config, model, pruned, data)
+        after_reconstruct = fidelity(config.fidelity, with_head(model, pruned.fn),
+                                     pruned.variables, eval_inputs, reference)
+        print(f"{config.fidelity} after reconstruction: {after_reconstruct:.4f}")
     tuned = _finetune(config, pruned, data, teacher_fn, workdir)
     tuned_outputs = predict(with_head(model, pruned.fn), tuned["variables"], eval_inputs)
     # Parity is checked on a held-out real image, not on the zeros of model.example (a
@@ -224,7 +243,8 @@ def main(config, workdir):
     measured = export_and_compare(
         {"original": (with_head(model, model.fn), model.variables),
          "pruned": (with_head(model, pruned.fn), tuned["variables"])},
-        eval_inputs[:1], os.path.join(workdir, "onnx"), config.device, batches=(1,))
+        eval_inputs[:1], os.path.join(workdir, "onnx"), config.device, batches=(1,),
+        rtol=config.get("export_rtol", 1e-4))
     measured["original"]["fidelity"] = 1.0
     measured["pruned"]["fidelity"] = FIDELITY[config.fidelity](tuned_outputs, reference)
     before, after = measured["original"], measured["pruned"]
@@ -234,14 +254,16 @@ def main(config, workdir):
         "experiment": config.experiment_name, "model": config.model.to_dict(),
         "resolution": [h, w], "fidelity_metric": config.fidelity,
         "train_images": len(data), "eval_images": len(held_out),
-        "fidelity_after_pruning": after_prune, "fidelity_after_finetune": after["fidelity"],
+        "fidelity_after_pruning": after_prune, "fidelity_after_reconstruction":
+            after_reconstruct, "fidelity_after_finetune": after["fidelity"],
         "flops_reduction": before["flops"] / after["flops"],
         "params_reduction": before["params"] / after["params"],
         "speedup_batch1": before["batch1_median_ms"] / after["batch1_median_ms"],
         "before": before, "after": after,
         "kept_channels": {str(g): int(len(k)) for g, k in keep.items()},
         "gate_history": history[-1:], "wall_seconds": time.time() - start,
-        "settings": {"gates": config.gates.to_dict(), "finetune": config.finetune.to_dict()},
+        "settings": {"gates": config.gates.to_dict(), "finetune": config.finetune.to_dict(),
+                     "reconstruct": config.reconstruct.to_dict()},
     }
     result["speedup_over_flops_reduction"] = (result["speedup_batch1"]
                                               / result["flops_reduction"])
@@ -256,7 +278,10 @@ def main(config, workdir):
                             f" (the lowest of {len(held_out)}), "
                             f"{result['flops_reduction']:.2f}x fewer FLOPs")
     text = (f"{_table(before, after, config.fidelity)}\n\n{config.fidelity} right after "
-            f"pruning (before fine-tune): {after_prune:.4f}\nFLOPs reduction "
+            f"pruning: {after_prune:.4f}"
+            + (f", after reconstruction: {after_reconstruct:.4f}"
+               if after_reconstruct is not None else "")
+            + f" (before fine-tune)\nFLOPs reduction "
             f"{result['flops_reduction']:.2f}x, ONNX speed-up {result['speedup_batch1']:.2f}x "
             f"(batch 1, {config.device}), in {result['wall_seconds'] / 60:.1f} min")
     if int8 is not None:

@@ -19,11 +19,12 @@ from export.onnx_export import to_onnx
 from export.runners import get_runner, measure_interleaved
 
 
-def _export(fn, variables, example_input, path: str, device: str) -> Dict:
+def _export(fn, variables, example_input, path: str, device: str,
+            rtol: float = 1e-4) -> Dict:
     """ONNX file, exact FLOPs and parameters of ``fn`` at batch 1."""
     one = jax.tree_util.tree_map(lambda a: np.asarray(a)[:1], example_input)
     report = cost.count(fn, variables, one)
-    result = to_onnx(fn, variables, one, path=path)
+    result = to_onnx(fn, variables, one, path=path, rtol=rtol)
     return {"onnx": os.path.abspath(path), "device": device,
             "flops": int(report.flops), "matmul_flops": int(report.matmul_flops),
             "params": int(report.params),
@@ -46,12 +47,14 @@ def export_and_measure(fn, variables, example_input, path: str, device: str = "o
 
 def export_and_compare(models: Dict[str, Tuple], example_input, directory: str,
                        device: str = "ort-cpu-1t", batches: Sequence[int] = (1, 32),
-                       runs: int = 30, rounds: int = 3) -> Dict[str, Dict]:
+                       runs: int = 30, rounds: int = 3, rtol: float = 1e-4
+                       ) -> Dict[str, Dict]:
     """``{name: (fn, variables)}`` -> ``{name: export_and_measure's fields}``, each model
-    exported to ``directory/name.onnx`` and all timed in interleaved rounds."""
+    exported to ``directory/name.onnx`` (parity within ``rtol`` of the output scale) and
+    all timed in interleaved rounds."""
     os.makedirs(directory, exist_ok=True)
     results = {name: _export(fn, variables, example_input,
-                             os.path.join(directory, f"{name}.onnx"), device)
+                             os.path.join(directory, f"{name}.onnx"), device, rtol)
                for name, (fn, variables) in models.items()}
     timed = measure_interleaved(get_runner(device), [r["onnx"] for r in results.values()],
                                 batches=tuple(batches), runs=runs, rounds=rounds)

@@ -12,6 +12,8 @@ def get_config():
     config.data.train_images = 16
     config.data.eval_images = 4
     config.int8.enabled = False        # tests/experiments/test_real_model_int8.py covers it
+    config.reconstruct.images = 8
+    config.reconstruct.batch_size = 4
     config.gates.steps = 4
     config.gates.batch_size = 4
     config.gates.log_every = 2
