@@ -1,0 +1,455 @@
+"""The README's rendered regions: one renderer per kind of table or paragraph, and
+``REGIONS``, which names the result files each region reads.
+
+Why a module of its own: ``benchmarks/render_readme.py`` owns the marker machinery and the
+``--check``; what a region says about a result kind (which columns, which figures the
+sentence under a table quotes) changes with the experiments, and lives here. Each renderer
+takes the loaded result files by name and returns markdown. Pure standard library.
+"""
+import textwrap
+from typing import Callable, Dict, List, Sequence, Tuple
+
+
+def pct(fraction: float) -> str:
+    """An accuracy stored as a fraction, written in percent with two decimals."""
+    return f"{fraction * 100:.2f}"
+
+
+def paragraph(text: str) -> str:
+    """Prose re-wrapped at the README's width (the renderers write it on one line)."""
+    return textwrap.fill(" ".join(text.split()), 92, break_long_words=False,
+                         break_on_hyphens=False)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def bold_best(values: Sequence[float]) -> List[str]:
+    """Accuracies in percent, the highest in bold (all rows compete, ours and the peer's)."""
+    best = max(values)
+    return [f"**{pct(v)}**" if v == best else pct(v) for v in values]
+
+
+# --------------------------------------------------------------------------- pruning
+
+def showcase(results) -> str:
+    """The default experiment's before/after table and the sentence under it."""
+    r = results["prune_resnet20_2x"]
+    rows = [(name, pct(m["accuracy"]), f"{m['flops'] / 1e6:.2f}", f"{m['params'] / 1e3:.1f}",
+             f"{m['batch1_median_ms']:.3f}", f"{m['batch32_median_ms']:.2f}")
+            for name, m in (("teacher", r["before"]), ("pruned + fine-tuned", r["after"]))]
+    text = table(("model", "test acc", "FLOPs (M)", "params (k)", "ORT b1 (ms)",
+                  "ORT b32 (ms)"), rows)
+    return text + "\n\n" + paragraph(
+        f"Right after pruning (before the 2-epoch fine-tune): "
+        f"{pct(r['accuracy_after_pruning'])}%. FLOPs {r['flops_reduction']:.2f}x fewer "
+        "(gates reach the 2x budget; rounding kept counts up to multiples of 8 gives back "
+        f"some), onnxruntime {r['speedup_batch1']:.2f}x faster at batch 1 and "
+        f"{r['speedup_batch32']:.2f}x at batch 32.")
+
+
+PRUNING_EXPERIMENTS = (   # (result file, how the README names the run and its overrides)
+    ("prune_resnet20_2x", "`prune_resnet20_2x`"),
+    ("prune_resnet20_4x", "`prune_resnet20_4x`"),
+    ("prune_resnet20_latency", "`prune_resnet20_latency` (half the predicted b1 latency)"),
+    ("prune_vit_2x", "`prune_vit_2x` (300 gate + 300 FT steps)"),
+    ("prune_vit_4x", "`prune_vit_4x` (300 + 300)"),
+    ("prune_mobilenetv2_2x", "`prune_mobilenetv2_2x` (150 + 150 at batch 64)"),
+    ("prune_mobilenetv2_4x",
+     "`prune_mobilenetv2_4x` (150 + 150 at batch 64, `gates.init_spread=4`)"),
+)
+
+
+def pruning_experiments(results) -> str:
+    rows = []
+    for name, label in PRUNING_EXPERIMENTS:
+        r = results[name]
+        rows.append((label, pct(r["accuracy_before"]), pct(r["accuracy_after_pruning"]),
+                     pct(r["accuracy_after_finetune"]), f"{r['flops_reduction']:.2f}x",
+                     f"{r['before']['params'] / 1e3:.0f} → {r['after']['params'] / 1e3:.0f}",
+                     f"{r['speedup_batch1']:.2f}x / {r['speedup_batch32']:.2f}x"))
+    return table(("experiment (overrides)", "teacher", "right after pruning",
+                  "after KD fine-tune", "FLOPs reduction", "params (k)", "speed-up"), rows)
+
+
+TORCH_PRUNING_METHODS = (
+    ("tp_groupnorm", "Torch-Pruning, group-norm importance"),
+    ("tp_magnitude", "Torch-Pruning, L1 magnitude"),
+    ("ours_magnitude", "ours, group L1 magnitude"),
+    ("ours_learned", "ours, learned gates"),
+    ("ours_learned_ranked", "ours, learned gates, rank-spread start"),
+)
+
+
+def _bold_accuracies(result, target) -> Dict[str, str]:
+    """Accuracy after the fine-tune per method at one FLOPs target, the best in bold."""
+    rows = {r["method"]: r for r in result["rows"] if r["target"] == target}
+    methods = [m for m, _ in TORCH_PRUNING_METHODS]
+    return dict(zip(methods, bold_best([rows[m]["accuracy_after_finetune"] for m in methods])))
+
+
+def _speedups_b1(result, target) -> Dict[str, float]:
+    return {r["method"]: r["speedup_batch1"] for r in result["rows"] if r["target"] == target}
+
+
+def prune_vs_torch_pruning(results) -> str:
+    """Accuracy after the fine-tune (speed-up at batch 1) per method and target, the best
+    accuracy of each column in bold, and the range of speed-up per FLOPs reduction."""
+    result = results["prune_vs_torch_pruning"]
+    targets = sorted({r["target"] for r in result["rows"] if r["target"] != 1})
+    columns = []
+    for target in targets:
+        accuracies, speedups = _bold_accuracies(result, target), _speedups_b1(result, target)
+        columns.append([f"{accuracies[m]} ({speedups[m]:.2f}x)"
+                        for m, _ in TORCH_PRUNING_METHODS])
+    body = table(["method"] + [f"{t}x fewer FLOPs" for t in targets],
+                 [[label] + [c[i] for c in columns]
+                  for i, (_, label) in enumerate(TORCH_PRUNING_METHODS)])
+    return body + "\n\n" + paragraph(_long_budget(results["prune_vs_torch_pruning_long"])
+                                     + " " + _speedup_per_flops(result))
+
+
+def _long_budget(result) -> str:
+    accuracies = _bold_accuracies(result, 2)
+    budget = result["budget"]
+    return (f"At a longer budget (`--steps {budget['steps']} --gate-steps {budget['gate_steps']}"
+            " --targets 2 --tag _long --workdir\nruns/prune_vs_torch_pruning_long`, "
+            f"{budget['steps'] + budget['gate_steps']} steps, "
+            "`benchmarks/results/prune_vs_torch_pruning_long.md`)\n"
+            f"at 2x: Torch-Pruning {accuracies['tp_groupnorm']} (group-norm) / "
+            f"{accuracies['tp_magnitude']} (L1); ours {accuracies['ours_magnitude']} "
+            f"(magnitude), {accuracies['ours_learned']} (learned\ngates), "
+            f"{accuracies['ours_learned_ranked']} (rank-spread gates). The 4x rows of that "
+            "budget are still to be run.")
+
+
+def _speedup_per_flops(result) -> str:
+    def spread(prefix):
+        values = [r[f"speedup_over_flops_batch{b}"] for r in result["rows"]
+                  if r["method"].startswith(prefix) and r["target"] != 1 for b in (1, 32)]
+        return min(values), max(values)
+    ours, peer = spread("ours_"), spread("tp_")
+    best = max(ours[1], peer[1])
+    claim = ("no method reaches a speed-up of 0.9x the FLOPs reduction" if best < 0.9 else
+             f"the best speed-up is {best:.2f}x the FLOPs reduction")
+    return (f"On ResNet-20 {claim} (ours {ours[0]:.2f}-{ours[1]:.2f},\n"
+            f"Torch-Pruning {peer[0]:.2f}-{peer[1]:.2f}, speed-up / FLOPs reduction at batch 1 "
+            "and 32; its group-norm models keep channel counts that are not multiples\n"
+            "of 8 and run slower than the teacher at 2x).")
+
+
+def group_analysis(results) -> str:
+    rows = []
+    for r in results["group_analysis"]["results"]:
+        ours, tp = r["ours"], r["torch_pruning"]
+        rows.append((r["model"], f"{ours['trace_s']:.3f}", f"{ours['analysis_s']:.3f}",
+                     f"{tp['build_and_groups_s']:.3f}", f"{r['speedup_analysis']:.1f}x",
+                     f"{r['speedup_trace_plus_analysis']:.1f}x",
+                     f"{ours['groups']} ({ours['prunable_groups']}) / {tp['groups']}"))
+    return table(("model", "ours: trace (s)", "ours: analysis (s)", "Torch-Pruning (s)",
+                  "speed-up (analysis)", "speed-up (trace + analysis)",
+                  "groups ours (prunable) / TP"), rows)
+
+
+# ---------------------------------------------------------------------- quantization
+
+def quant_model(results, name) -> dict:
+    return next(m for m in results["quant"]["models"] if m["experiment"] == name)
+
+
+def _best_int8(model) -> str:
+    """The onnxruntime configuration of our best post-training quantization."""
+    return "ours_" + model["best_ptq"]
+
+
+def _int8_speedup(model, batch) -> float:
+    return _latency(model, "float", batch) / _latency(model, _best_int8(model), batch)
+
+
+def _latency(model, config, batch) -> float:
+    return model["latency_ms"][config][f"batch{batch}_median_ms"]
+
+
+def quant_resnet20(results) -> str:
+    """The ResNet-20 teacher: JAX fake-quant and onnxruntime accuracy, latency; a QAT
+    batch-32 time far from PTQ's (same integer graph) is marked as load noise."""
+    m = quant_model(results, "resnet20")
+    acc, ort, best = m["accuracy"], m["onnx_accuracy"], _best_int8(m)
+    times = lambda c: (f"{_latency(m, c, 1):.3f}", f"{_latency(m, c, 32):.2f}")  # noqa: E731
+    qat_b32 = f"{_latency(m, 'ours_qat', 32):.2f}"
+    noisy = abs(_latency(m, "ours_qat", 32) / _latency(m, best, 32) - 1) > 0.25 and \
+        m["parity"]["qat"]["integer_ops"] == m["parity"][m["best_ptq"]]["integer_ops"]
+    rows = [("float", pct(acc["float"]), pct(ort["float"])) + times("float"),
+            ("PTQ per-tensor (+ equalization + bias correction)",
+             f"{pct(acc['ptq_per_tensor'])} ({pct(acc['ptq_per_tensor_cle_bc'])})", "", "", ""),
+            ("PTQ per-channel (+ equalization + bias correction)",
+             f"{pct(acc['ptq_per_channel'])} ({pct(acc['ptq_per_channel_cle_bc'])})",
+             pct(ort[best])) + times(best),
+            (f"QAT, {m['qat_steps']} steps", pct(acc["qat"]), pct(ort["ours_qat"]),
+             f"{_latency(m, 'ours_qat', 1):.3f}", qat_b32 + ("*" if noisy else "")),
+            ("onnxruntime `quantize_static` (QDQ, per-channel)", "",
+             pct(ort["ort_quantize_static"])) + times("ort_quantize_static")]
+    text = table(("configuration", "JAX fake-quant acc", "onnxruntime acc", "batch 1 (ms)",
+                  "batch 32 (ms)"), rows)
+    note = ("; *the QAT model has the same graph as PTQ, its batch-32 time is load noise"
+            if noisy else "")
+    return text + "\n\n" + paragraph(
+        f"int8 runs {_int8_speedup(m, 1):.2f}x (batch 1) to {_int8_speedup(m, 32):.2f}x "
+        f"(batch 32) faster than float with QLinearConv/QLinearAdd kernels{note}.")
+
+
+QUANT_MODELS = (("mobilenetv2", "MobileNetV2"), ("pruned_resnet20", "pruned ResNet-20"),
+                ("vit", "ViT"))
+
+
+def quant_models(results) -> str:
+    """The other quantized models: onnxruntime accuracy per method, int8 speed-up; then
+    the prune-then-quantize latency against the teacher (two runs, loads stated)."""
+    rows = []
+    for name, label in QUANT_MODELS:
+        m = quant_model(results, name)
+        ort, best = m["onnx_accuracy"], _best_int8(m)
+        speedup = [_int8_speedup(m, b) for b in (1, 32)]
+        rows.append((f"{label} ({pct(ort['float'])}%)", pct(ort["float"]),
+                     pct(m["accuracy"]["ptq_per_tensor"]), pct(ort[best]),
+                     pct(ort["ours_qat"]), pct(ort["ort_quantize_static"]),
+                     f"{speedup[0]:.2f}x / {speedup[1]:.2f}x"))
+    text = table(("model", "float", "PTQ per-tensor (JAX)",
+                  "ours PTQ per-channel (best of with/without CLE+BC)", "ours QAT",
+                  "`quantize_static`", "int8 speed-up b1 / b32"), rows)
+    pruned, teacher, vit = (quant_model(results, n) for n in ("pruned_resnet20", "resnet20",
+                                                                "vit"))
+    load = lambda m: m["machine"]["load_average_at_start"]  # noqa: E731
+    vit_int8 = _latency(vit, _best_int8(vit), 1)
+    return text + "\n\n" + paragraph(
+        f"The pruned and quantized ResNet-20 runs at "
+            f"{_latency(pruned, _best_int8(pruned), 1):.3f} ms against the float "
+            f"teacher's {_latency(teacher, 'float', 1):.3f} ms\n(two runs, at load "
+            f"{load(pruned):.1f} and {load(teacher):.1f}; the pruned float model of its own run: "
+            f"{_latency(pruned, 'float', 1):.3f} ms).\nOn the ViT, int8 is "
+            f"{'slower' if vit_int8 > _latency(vit, 'float', 1) else 'faster'}"
+            " than float (onnxruntime's own quantizer too: "
+            f"{_latency(vit, 'float', 1) / _latency(vit, 'ort_quantize_static', 1):.2f}x at "
+            "batch 1): only the matmuls run integer kernels and LayerNorm, GELU and softmax "
+            "stay float between QuantizeLinear/DequantizeLinear pairs.")
+
+
+# ------------------------------------------------------------------- latency model
+
+def latency_model(results) -> str:
+    """Every table mode and statistic per family, and which row the prose quotes."""
+    summary = results["latency_model"]["summary"]
+    rows = []
+    for mode, by_family in summary.items():
+        for family in ("resnet20", "mobilenetv2", "all"):
+            s = by_family[family]
+            rows.append((mode, family, f"{s['within_10pct'] * 100:.0f}%",
+                         f"{s['kendall_tau']:.3f}", f"{s['flops_kendall_tau']:.3f}"))
+    p10 = summary["exact/p10"]
+    line = lambda f: f"{p10[f]['within_10pct'] * 100:.0f}% / {p10[f]['kendall_tau']:.3f}"  # noqa
+    return (paragraph(f"With exact op tables and the p10 statistic (the best row): "
+            f"{line('all')} (within 10% / Kendall tau) over both families (ResNet-20 "
+            f"{line('resnet20')}, MobileNetV2 {line('mobilenetv2')}); FLOPs alone reach tau "
+            f"{p10['all']['flops_kendall_tau']:.3f}. The differentiable budget of the learned "
+            "gates uses grid tables; the pooled tau counts cross-family pairs too.") + "\n\n"
+            + table(("table mode / statistic", "family", "within 10%", "Kendall tau",
+                     "FLOPs tau"), rows))
+
+
+# ------------------------------------------------------------------- block pruning
+
+def block_pruning_resnet20(results) -> str:
+    r = results["block_pruning_resnet20"]
+    rows = [(m["blocks_removed"], f"{pct(m['accuracy_before_finetune'])} / "
+             f"{pct(m['accuracy'])}", f"{m['flops'] / 1e6:.2f}", f"{m['batch1_ms']:.3f}",
+             f"{m['batch32_ms']:.2f}") for m in r["family"]]
+    rows += [(f"channel-pruned {c['name'].split('_')[-1]} (`{c['name']}`)", pct(c["accuracy"]),
+              f"{c['flops'] / 1e6:.2f}", f"{c['batch1_ms']:.3f}", f"{c['batch32_ms']:.2f}")
+             for c in r["channel_pruned"]]
+    return table(("blocks removed", "acc before / after KD", "FLOPs (M)", "b1 (ms)",
+                  "b32 (ms)"), rows) + "\n\n" + paragraph(_block_summary(r))
+
+
+def _block_summary(r) -> str:
+    """Equal-latency accuracy of the family against the 2x and 4x channel-pruned models
+    (``batch1_ms``: the interleaved rounds that timed family and channel-pruned models
+    together, not each member's own earlier measurement)."""
+    at = {(e["model"], e["batch"]): e for e in r["equal_latency"]}
+    two, four = at[("prune_resnet20_2x", 1)], at[("prune_resnet20_4x", 1)]
+    teacher, member4 = r["family"][0], r["family"][4]
+    channel2 = next(c for c in r["channel_pruned"] if c["name"] == "prune_resnet20_2x")
+    speed = lambda m: teacher["batch1_ms"] / m  # noqa: E731
+    return (f"At the 2x channel-pruned model's latency the family reaches "
+            f"{pct(two['family_accuracy_interpolated'])}% (batch 1) / "
+            f"{pct(at[('prune_resnet20_2x', 32)]['family_accuracy_interpolated'])}% (batch\n"
+            f"32) against its {pct(two['accuracy'])}%; removing blocks gives the larger "
+            f"speed-ups per FLOP (4 blocks: {speed(member4['batch1_ms']):.2f}x\nat batch 1 "
+            f"for {teacher['flops'] / member4['flops']:.2f}x fewer FLOPs; channel pruning "
+            f"{speed(channel2['batch1_ms']):.2f}x for "
+            f"{teacher['flops'] / channel2['flops']:.2f}x). Further down, the 4x\nchannel-pruned "
+            f"model is {'more' if four['accuracy'] > four['nearest_member_accuracy'] else 'less'}"
+            f" accurate than the smallest member at about the same latency "
+            f"({pct(four['accuracy'])}%\nat {four['latency_ms']:.3f} ms against "
+            f"{pct(four['nearest_member_accuracy'])}% at {four['nearest_member_ms']:.3f} ms). "
+            "Re-measured in one quiet process with `--reuse`.")
+
+
+def _members_vs_channel_pruned(label, r) -> Tuple[str, bool]:
+    """How the 2x channel-pruned model compares with every family member: whether it is
+    faster than all, and which members (if any) are more accurate."""
+    channel2 = next(c for c in r["channel_pruned"] if c["name"].endswith("_2x"))
+    members = r["family"][1:]
+    faster = all(channel2["batch1_ms"] < m["batch1_ms"] for m in members)
+    better = [m for m in members if m["accuracy"] >= channel2["accuracy"]]
+    text = (f"{label} {pct(channel2['accuracy'])}% at {channel2['batch1_ms']:.3f} ms, "
+            f"{'faster than every member' if faster else 'not faster than every member'}")
+    if better:
+        text += " and more accurate than all but " + ", ".join(
+            f"the {m['blocks_removed']}-block member ({pct(m['accuracy'])}% at "
+            f"{m['batch1_ms']:.3f} ms)" for m in better)
+    else:
+        text += " and more accurate than every member"
+    return text, faster
+
+
+def block_pruning_vit_mobilenetv2(results) -> str:
+    vit, mb = results["block_pruning_vit"], results["block_pruning_mobilenetv2"]
+    vit_t, vit_s, mb_t, mb_s = vit["family"][0], vit["family"][-1], mb["family"][0], \
+        mb["family"][-1]
+    vit_text, vit_faster = _members_vs_channel_pruned("ViT", vit)
+    mb_text, mb_faster = _members_vs_channel_pruned("MobileNetV2", mb)
+    conclusion = (": removing whole blocks pays on the ResNet, not on these two"
+                  if vit_faster and mb_faster else "")
+    return paragraph(
+        f"On the ViT (`--model=vit --set family.members=4 --set finetune.steps=100`) every "
+        f"member drops an MLP sub-block: {vit_s['blocks_removed']} removed reach "
+        f"{pct(vit_s['accuracy'])}% at {vit_s['batch1_ms']:.3f} ms (teacher "
+        f"{pct(vit_t['accuracy'])}%, {vit_t['batch1_ms']:.3f} ms). On MobileNetV2 "
+        "(`--model=mobilenetv2 --set family.members=3 --set finetune.steps=60 --set "
+        f"finetune.batch_size=64`) {mb_s['blocks_removed']} inverted residuals removed reach "
+        f"{pct(mb_s['accuracy'])}% at {mb_s['batch1_ms']:.3f} ms (teacher "
+        f"{mb_t['batch1_ms']:.3f} ms). The 2x channel-pruned model, measured in the same "
+        f"rounds at batch 1: {vit_text}; {mb_text}{conclusion} "
+        "(`benchmarks/results/block_pruning_{vit,mobilenetv2}.md`).")
+
+
+# ----------------------------------------------------------------------------- NAS
+
+def nas(results) -> str:
+    """Predictor quality, the chosen architecture against the teacher and the width-scaled
+    baselines, all latencies from the one side-by-side measurement in the file."""
+    r = results["nas"]
+    p, t = r["predictors"], r["timings"]
+    models = {m["name"]: m for m in r["models"]}
+    teacher = models["teacher (ResNet-20)"]
+    chosen = next(m for m in r["models"] if m.get("kind") == "searched" and
+                  m["test_accuracy"] == r["claim_check"]["assembled_test_accuracy"])
+    scaled = [m for m in r["models"] if m.get("kind") == "scaled"]
+    tau = lambda target, k: f"{p[target][k]['kendall_tau']:.2f}"  # noqa: E731
+    latency_taus = [p["latency_ms"][k]["kendall_tau"] for k in p["latency_ms"]
+                    if k not in ("train", "test", "flops")]
+    baselines = " and ".join(
+        f"{m['test_accuracy'] * 100:.1f}% ({m['name'].split(' ')[1]}, {m['latency_ms']:.3f} ms)"
+        for m in scaled)
+    return paragraph(f"**NAS** (`python benchmarks/nas.py`, `benchmarks/results/nas.md`; "
+            f"{t['total_s'] / 60:.0f} min end to end on the\nshared machine: "
+            f"{len(r['students'])} students distilled 800 steps each in "
+            f"{t['distill_s'] / 60:.0f} min, 100 architectures assembled\nand measured in "
+            f"{t['measure_s'] / 60:.0f} min, predictors, NSGA-II, a "
+            f"{r['claim_check']['steps']}-step fine-tune of the chosen one).\n"
+            f"Predictors on {p['accuracy']['test']} held-out architectures: accuracy Kendall tau "
+            f"{tau('accuracy', 'gnn')} (GNN), {tau('accuracy', 'donna_linear_nsr')} (DONNA's "
+            f"linear\nmodel on block NSR), {tau('accuracy', 'onehot_mlp')} (one-hot MLP), "
+            f"{tau('accuracy', 'flops')} (FLOPs); latency tau {min(latency_taus):.2f}-"
+            f"{max(latency_taus):.2f} (FLOPs {tau('latency_ms', 'flops')}; measured\nwhile other "
+            "jobs shared the cores). The chosen architecture under the latency budget ("
+            f"{r['latency_budget_ms']:.3f} ms) runs "
+            f"{teacher['latency_ms'] / chosen['latency_ms']:.2f}x faster than the teacher "
+            f"({chosen['latency_ms']:.3f} vs "
+            f"{teacher['latency_ms']:.3f} ms, measured side by side) at "
+            f"{r['claim_check']['assembled_test_accuracy'] * 100:.1f}% as assembled and\n"
+            f"{r['claim_check']['finetuned_test_accuracy'] * 100:.1f}% after "
+            f"{r['claim_check']['steps']} steps of end-to-end KD; width-scaled ResNet-20s "
+            f"trained 1500 KD steps reach {baselines}, so on this small space the searched "
+            "models do not yet beat the scaled baselines: assembled students compound their "
+            "errors, and the predictors see only 100 architectures.")
+
+
+# -------------------------------------------------------------------------- low-rank
+
+METHOD_NAMES = {"svd": "SVD", "data": "data-aware", "learned": "learned"}
+
+
+def _lowrank_errors(r) -> str:
+    mean = r["equal_rank"]["mean"]
+    return ", ".join(f"{METHOD_NAMES[m]} {mean[m]['isolated']:.3f} / "
+                     f"{mean[m]['in_network']:.3f}" for m in METHOD_NAMES)
+
+
+def _lowrank_at(r, target):
+    return {b["method"]: b for b in r["budgets"] if b["flops_reduction_target"] == target}
+
+
+def _lowrank_accuracies(r, target=2.0) -> str:
+    at = _lowrank_at(r, target)
+    return ", ".join(f"{METHOD_NAMES[m]} {pct(at[m]['test_accuracy'])} / "
+                     f"{pct(at[m]['test_accuracy_finetuned'])}%" for m in METHOD_NAMES)
+
+
+def _lowrank_speedups(r, target) -> List[float]:
+    original = r["original"]["latency"]["median_ms"]
+    return [original / b["latency"]["median_ms"] for b in _lowrank_at(r, target).values()]
+
+
+def lowrank(results) -> str:
+    """Half-rank errors (layer alone / inside the network), accuracy at 2x fewer FLOPs
+    before / after the KD fine-tune, and onnxruntime speed-ups, per teacher."""
+    mixer, resnet, vit = (results[f"lowrank_{m}"] for m in ("mixer", "resnet20", "vit"))
+    steps = lambda r: r["config"]["finetune"]["steps"]  # noqa: E731
+    teacher = lambda r: pct(r["original"]["test_accuracy"])  # noqa: E731
+    r2, r15, v2 = (_lowrank_speedups(resnet, 2.0), _lowrank_speedups(resnet, 1.5),
+                   _lowrank_speedups(vit, 2.0))
+    m2 = _lowrank_speedups(mixer, 2.0)
+    first = paragraph(
+        "**Low-rank** (`python benchmarks/lowrank.py lowrank_mixer`, "
+        f"`benchmarks/results/lowrank_mixer.md`; MLP-Mixer teacher, 3 epochs, {teacher(mixer)}%): "
+        "mean output error at half rank, layer alone / inside the network: "
+        f"{_lowrank_errors(mixer)}. At 2x fewer FLOPs before / after a {steps(mixer)}-step KD "
+        f"fine-tune: {_lowrank_accuracies(mixer)}; {min(m2):.2f}-{max(m2):.2f}x faster in "
+        "onnxruntime at batch 1. On the ResNet-20 teacher (`python benchmarks/lowrank.py "
+        "lowrank_resnet20`, `benchmarks/results/lowrank_resnet20.md`; convs become a k x k conv "
+        f"to r channels and a 1x1): half-rank error {_lowrank_errors(resnet)}. At 2x fewer "
+        f"FLOPs before / after a {steps(resnet)}-step KD fine-tune: "
+        f"{_lowrank_accuracies(resnet)} (teacher {teacher(resnet)}%). The factorized convs are "
+        f"barely faster in onnxruntime ({min(r2):.2f}-{max(r2):.2f}x at 2x fewer FLOPs, "
+        f"{min(r15):.2f}-{max(r15):.2f}x at 1.5x): two small convs cost more per FLOP than "
+        "one. A latency budget (`budget={'latency': ...}`) prices every rank with the latency "
+        "model instead of FLOPs (not run on these models yet).")
+    second = paragraph(
+        f"On the ViT teacher (`python run.py --exp=lowrank_vit --exp.finetune.steps={steps(vit)}`"
+        f", `benchmarks/results/lowrank_vit.md`; {teacher(vit)}%): half-rank error "
+        f"{_lowrank_errors(vit)}. At 2x fewer FLOPs before / after a {steps(vit)}-step KD "
+        f"fine-tune: {_lowrank_accuracies(vit)}, all {min(v2):.2f}-{max(v2):.2f}x faster in "
+        "onnxruntime at batch 1.")
+    return first + "\n\n" + second
+
+
+# ------------------------------------------------------------------------ the table
+
+REGIONS: Dict[str, Tuple[Tuple[str, ...], Callable]] = {
+    "prune_resnet20_2x": (("prune_resnet20_2x",), showcase),
+    "pruning_experiments": (tuple(n for n, _ in PRUNING_EXPERIMENTS), pruning_experiments),
+    "prune_vs_torch_pruning": (("prune_vs_torch_pruning", "prune_vs_torch_pruning_long"),
+                               prune_vs_torch_pruning),
+    "group_analysis": (("group_analysis",), group_analysis),
+    "quant_resnet20": (("quant",), quant_resnet20),
+    "quant_models": (("quant",), quant_models),
+    "latency_model": (("latency_model",), latency_model),
+    "block_pruning_resnet20": (("block_pruning_resnet20",), block_pruning_resnet20),
+    "block_pruning_vit_mobilenetv2": (("block_pruning_vit", "block_pruning_mobilenetv2"),
+                                      block_pruning_vit_mobilenetv2),
+    "nas": (("nas",), nas),
+    "lowrank": (("lowrank_mixer", "lowrank_resnet20", "lowrank_vit"), lowrank),
+}
