@@ -21,9 +21,11 @@ from lowrank.kernels import RULES
 
 @dataclasses.dataclass
 class InputStats:
-    """``gram`` (groups, m, m) float64 summed over ``rows`` input rows."""
+    """``gram`` (groups, m, m) and ``sums`` (groups, m) float64, summed over ``rows``
+    input rows (the sums give the mean a layer's bias can absorb)."""
     gram: np.ndarray
     rows: int
+    sums: np.ndarray = None
 
     @property
     def covariance(self) -> np.ndarray:
@@ -43,7 +45,7 @@ def collect(ff: FactoredFunction, variables, batches: Iterable,
 
     @jax.jit
     def batch_grams(v, inputs):
-        grams, rows = {}, {}
+        grams, sums, rows = {}, {}, {}
 
         def observe(path, eqn, k, invals, outs):
             if path not in wanted:
@@ -51,20 +53,22 @@ def collect(ff: FactoredFunction, variables, batches: Iterable,
             x = RULES[eqn.primitive].input_matrix(eqn, k, invals[1 - k])
             x = x.astype(jnp.float32)
             grams[path] = jnp.einsum("grm,grk->gmk", x, x, precision=lax.Precision.HIGHEST)
+            sums[path] = jnp.sum(x, axis=1)
             rows[path] = x.shape[1]
         ff.run(v, *inputs, observe=observe)
-        return grams, rows
+        return grams, sums, rows
 
     totals: Dict[str, InputStats] = {}
     for batch in batches:
-        grams, rows = batch_grams(variables, as_input_tuple(batch))
+        grams, sums, rows = batch_grams(variables, as_input_tuple(batch))
         for path, gram in grams.items():
-            g = np.asarray(gram, np.float64)
+            g, s = np.asarray(gram, np.float64), np.asarray(sums[path], np.float64)
             if path in totals:
                 totals[path].gram += g
+                totals[path].sums += s
                 totals[path].rows += int(rows[path])
             else:
-                totals[path] = InputStats(g, int(rows[path]))
+                totals[path] = InputStats(g, int(rows[path]), s)
     missing = wanted - set(totals)
     if missing:
         raise ValueError(f"no calibration data reached {sorted(missing)} (no batches?)")

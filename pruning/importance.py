@@ -157,11 +157,23 @@ CRITERIA = {"l1": lambda groups, variables, **_: magnitude(groups, variables, 1)
             "bn_scale": lambda groups, variables, **_: bn_scale(groups, variables),
             "taylor": lambda groups, variables, loss_fn=None, **_: taylor(groups, variables,
                                                                           loss_fn),
-            "random": lambda groups, variables, seed=0, **_: random(groups, seed)}
+            "random": lambda groups, variables, seed=0, **_: random(groups, seed),
+            "compensated": lambda groups, variables, fn=None, batches=None, **_:
+                _compensated(groups, fn, variables, batches)}
+
+
+def _compensated(groups, fn, variables, batches) -> Scores:
+    """``pruning.compensated_importance`` (needs the model ``fn`` and calibration
+    ``batches``; imported here lazily, it builds on this module)."""
+    if fn is None or not batches:
+        raise ValueError("criterion 'compensated' needs fn= and batches= (calibration data)")
+    from pruning.compensated_importance import compensated
+    return compensated(groups, fn, variables, batches)
 
 
 def scores_for(criterion: str, groups: Sequence[ChannelGroup], variables, **kwargs) -> Scores:
-    """``scores_for('l2', groups, variables)``; ``taylor`` needs ``loss_fn=``."""
+    """``scores_for('l2', groups, variables)``; ``taylor`` needs ``loss_fn=``,
+    ``compensated`` needs ``fn=`` and ``batches=``."""
     if criterion not in CRITERIA:
         raise KeyError(f"unknown criterion {criterion!r}; choose from {sorted(CRITERIA)}")
     return CRITERIA[criterion](groups, variables, **kwargs)

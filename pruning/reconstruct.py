@@ -22,7 +22,7 @@ other layer also corrects the error that reaches it from upstream. One round sol
 layer on the statistics of the model as it was; later rounds recompute them with the
 corrected upstream layers, converging towards the layer-by-layer sequential solution at a
 fraction of its passes. ``b'`` is solved only where the layer's bias is found
-(``_bias_of``: a 1-D parameter added on the output's feature axis); without it, the
+(``bias_of``: a 1-D parameter added on the output's feature axis); without it, the
 layer is solved without an intercept.
 """
 import dataclasses
@@ -80,7 +80,7 @@ FEATURE_AXIS = P.rule_table({P.conv_general_dilated_p: _conv_feature_axis,
 BIAS_PATH_OPS = P.RESHAPES | P.CASTS | P.ANNOTATIONS
 
 
-def _bias_of(traced, site: Site) -> Optional[str]:
+def bias_of(traced, site: Site) -> Optional[str]:
     """The 1-D parameter added to ``site``'s output along its feature axis, if that add is
     the output's only use (``y = conv(x, W) + b``)."""
     jaxpr, eqn = traced.jaxpr, site.eqn
@@ -126,7 +126,9 @@ def _kept_flat(pruned: Pruned, path: str, shape) -> np.ndarray:
     return np.asarray(hook.conform(index, fn.plan.invars[fn.param_paths.index(path)]))
 
 
-def _matrix(site: Site, kernel) -> np.ndarray:
+def kernel_matrix(site: Site, kernel) -> np.ndarray:
+    """``kernel`` (in ``site``'s layout) as the (inputs, outputs) matrix the layer applies
+    to its input rows (``lowrank.kernels``; an ungrouped layer, so one matrix)."""
     return np.asarray(RULES[site.eqn.primitive].kernel_matrices(site.eqn, site.operand,
                                                                 jnp.asarray(kernel)))[0]
 
@@ -141,12 +143,12 @@ def _layers(original, variables, pruned: Pruned, example_inputs) -> List[_Layer]
         if twin is None or site.geometry.groups != 1 or twin.geometry.groups != 1:
             continue
         shape = np.shape(full[site.path])
-        flat = _matrix(site, np.arange(int(np.prod(shape))).reshape(shape))
+        flat = kernel_matrix(site, np.arange(int(np.prod(shape))).reshape(shape))
         column_of = np.empty(flat.size, np.int64)
         column_of[flat] = np.broadcast_to(np.arange(flat.shape[1]), flat.shape)
-        kept = _matrix(twin, _kept_flat(pruned, site.path, shape))
+        kept = kernel_matrix(twin, _kept_flat(pruned, site.path, shape))
         columns = column_of[kept[0]]
-        bias = _bias_of(original, site)
+        bias = bias_of(original, site)
         if bias is not None and not np.array_equal(
                 _kept_flat(pruned, bias, np.shape(full[bias])), columns):
             bias = None
@@ -228,7 +230,7 @@ def _error(s, w, b) -> float:
 def _as_kernel(site: Site, w: np.ndarray, like) -> np.ndarray:
     """The matrix ``w`` written back in the layout of the kernel ``like``."""
     shape = np.shape(like)
-    position = _matrix(site, np.arange(int(np.prod(shape))).reshape(shape))
+    position = kernel_matrix(site, np.arange(int(np.prod(shape))).reshape(shape))
     kernel = np.zeros(int(np.prod(shape)), np.float64)
     kernel[position] = w
     return kernel.reshape(shape).astype(np.asarray(like).dtype)
@@ -295,7 +297,7 @@ def reconstruct(fn: Callable, variables, pruned: Pruned, batches: Iterable, *exa
         for layer in stage:
             s = totals[layer.original.path]
             kernel = now[layer.pruned.path]
-            old_w = _matrix(layer.pruned, kernel).astype(np.float64)
+            old_w = kernel_matrix(layer.pruned, kernel).astype(np.float64)
             old_b = (np.asarray(now[layer.bias_path], np.float64)
                      if layer.bias_path is not None else None)
             w, b = _solve(s, old_w, old_b, ridge)
