@@ -17,6 +17,12 @@ rows ``R`` of one channel and re-fitting the others optimally raises the squared
 with everything else kept). A channel's score sums that over its group's consumers, each
 relative to its consumer's output energy so that layers of any scale count alike. Groups
 without a consumer that is a ``lowrank.sites`` site keep their L1 scores.
+
+One-shot, it ignores how removed channels stand in for each other: correlated channels all
+score low and go together, and then none is left to compensate. Measured on the selfie
+segmenter (keep 75% of every group, then ``reconstruct`` on 32 images, mask IoU on 120
+held-out images): 0.14 against L1's 0.31. It ranks single removals exactly; removing many
+channels wants the greedy form (re-score after each removal), not built yet.
 """
 from typing import Callable, Dict, Iterable, List, Sequence
 

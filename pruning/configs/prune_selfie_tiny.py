@@ -12,6 +12,7 @@ def get_config():
     config.data.train_images = 16
     config.data.eval_images = 4
     config.int8.enabled = False        # tests/experiments/test_real_model_int8.py covers it
+    config.reconstruct.enabled = True   # the stage runs end to end here (few images)
     config.reconstruct.images = 8
     config.reconstruct.batch_size = 4
     config.gates.steps = 4
