@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-DEFAULT_EXPERIMENT = "prune_resnet20_2x"
+DEFAULT_EXPERIMENT = "prune_selfie_2x"
 
 
 def parse_args(argv):

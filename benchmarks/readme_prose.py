@@ -34,7 +34,7 @@ def _block_pruning_steps(results) -> str:
 # (README phrase with {} for each figure, the files it quotes, the figures as the README
 # writes them). Whitespace in the phrase matches any run of whitespace (line breaks).
 PROSE_FIGURES: Tuple[Tuple[str, Tuple[str, ...], Callable], ...] = (
-    ("not cached yet ({}% test accuracy", ("prune_resnet20_2x",),
+    ("trains its teacher first ({}% test accuracy", ("prune_resnet20_2x",),
      lambda r: pct(r["prune_resnet20_2x"]["accuracy_before"])),
     ("crop/flip augmentation, **{}%** ({}% validation", ("prune_vs_torch_pruning",),
      lambda r: (pct(r["prune_vs_torch_pruning"]["teacher"]["test_accuracy"]),

@@ -23,6 +23,7 @@ import experiments
 from core import cost, losses, train as train_lib
 from data import real_images
 from data.unlabelled_images import UnlabelledImages
+from export import machine
 from export.measure import export_and_compare
 from pruning import find_groups, gates, keep_sets, prune
 from pruning.reconstruct import reconstruct
@@ -262,6 +263,7 @@ def main(config, workdir):
         "before": before, "after": after,
         "kept_channels": {str(g): int(len(k)) for g, k in keep.items()},
         "gate_history": history[-1:], "wall_seconds": time.time() - start,
+        "machine": machine.describe(),
         "settings": {"gates": config.gates.to_dict(), "finetune": config.finetune.to_dict(),
                      "reconstruct": config.reconstruct.to_dict()},
     }
@@ -283,7 +285,9 @@ def main(config, workdir):
                if after_reconstruct is not None else "")
             + f" (before fine-tune)\nFLOPs reduction "
             f"{result['flops_reduction']:.2f}x, ONNX speed-up {result['speedup_batch1']:.2f}x "
-            f"(batch 1, {config.device}), in {result['wall_seconds'] / 60:.1f} min")
+            f"(batch 1, {config.device}), in {result['wall_seconds'] / 60:.1f} min\n"
+            f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
+            f"load {result['machine']['load_average_at_start']}")
     if int8 is not None:
         from experiments.real_model_int8 import table as int8_table
         text += f"\n\nint8 of the pruned model (choices on validation images):\n{int8_table(int8)}"

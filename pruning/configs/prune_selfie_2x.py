@@ -8,13 +8,19 @@ from the original on augmented real images (no labels), fine-tune, ONNX export, 
 and onnxruntime's quantize_static), one-thread onnxruntime latency, mask IoU against the
 original on the 324 held-out real images; writes result.json/result.md and outputs.png.
 
-Not yet good: this small, already efficient model (106k parameters) is fragile to channel
-removal. Removing the 25% lowest-L1 channels of one group alone drops the mask IoU to 0.28
-for 5 of its 25 groups (L1 ranks are no better than random there), one channel of one group
-to 0.47. Measured with these settings (2026-12-02, 14 min, original and pruned timed one
-after the other): 1.56x fewer FLOPs (200.6 -> 129.0 M), mask IoU against the original 0.377
-after pruning and 0.410 after fine-tuning (the goal is 0.95 at 2x); int8 of the pruned
-model 0.424 (ours) and 0.436 (quantize_static), both slower than float on a CPU without VNNI.
+The default experiment (``python run.py``). Not yet good: this small, already efficient
+model (106k parameters) is fragile to channel removal. Removing the 25% lowest-L1 channels
+of one group alone drops the mask IoU to 0.28 for 5 of its 25 groups (L1 ranks are no
+better than random there), one channel of one group to 0.47; least-squares reconstruction
+(``pruning.reconstruct``) repairs single removals (0.33 -> 0.91) but not 25% of every group
+(0.29 -> 0.33), and after gate training it undoes what the gates adapted (0.73 -> 0.49), so
+it is off here. Measured with these settings (2026-12-02, 11 min, original and pruned timed
+in interleaved rounds; benchmarks/results/prune_selfie_2x.json): 1.56x fewer FLOPs
+(200.6 -> 129.0 M), mask IoU against the original 0.729 after pruning and 0.760 after
+fine-tuning (the goal is 0.95 at 2x), 0.97x the original's speed at batch 1 (the pruned
+convs are no faster in onnxruntime: issue 20); int8 of the pruned model 0.730 (ours) and
+0.756 (quantize_static), both slower than float on this CPU without VNNI. The same settings
+on the code of 608e6eb gave 0.377 / 0.410; what changed the outcome is not isolated yet.
 """
 import ml_collections
 
