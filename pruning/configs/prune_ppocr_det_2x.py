@@ -1,4 +1,4 @@
-"""PP-OCRv4 text detection (real, pretrained DBNet on MobileNetV3) pruned 2x by distillation on real images.
+"""PP-OCRv4 text detection (pretrained DBNet, MobileNetV3) pruned 2x by distillation on real images.
 
 Run:  python run.py --exp=prune_ppocr_det_2x
 The same program as the default job (experiments/real_model_pruning.py, prune_selfie_2x):
