@@ -45,7 +45,7 @@ PROSE_FIGURES: Tuple[Tuple[str, Tuple[str, ...], Callable], ...] = (
      lambda r: pct(r["prune_vit_2x"]["accuracy_before"])),
     ("MLP-Mixer, 3 epochs of AdamW, {}%", ("lowrank_mixer",),
      lambda r: pct(r["lowrank_mixer"]["original"]["test_accuracy"])),
-    ("the last run stopped at {} models: {} mismatches, {} crashes", ("fuzz",),
+    ("the last run stopped at {} models: mismatches {}, crashes {}", ("fuzz",),
      lambda r: tuple(str(r["fuzz"][k]) for k in ("models", "mismatches", "crashes"))),
     ("trails the FLOPs reduction ({}-{}x of it)", tuple(n for n, _ in PRUNING_EXPERIMENTS),
      _resnet20_speedup_over_flops),
