@@ -38,7 +38,7 @@ from lowrank import calibration
 from lowrank.function import FactoredFunction
 from lowrank.sites import Site, find_sites
 from pruning import importance
-from pruning.reconstruct import bias_of, kernel_matrix
+from pruning.reconstruct import bias_of, flat_index, kernel_matrix
 
 Scores = Dict[int, np.ndarray]
 
@@ -59,12 +59,11 @@ def _channel_rows(site: Site, member, kernel) -> List[np.ndarray]:
     """Per channel of the group: the kernel-matrix rows it occupies, or [] if the member is
     not on the kernel's input side (a channel owns whole rows only there)."""
     shape = np.shape(kernel)
-    flat = kernel_matrix(site, np.arange(int(np.prod(shape))).reshape(shape))
+    flat = kernel_matrix(site, flat_index(shape))
     row_of = np.empty(flat.size, np.int64)
     row_of[flat] = np.broadcast_to(np.arange(flat.shape[0])[:, None], flat.shape)
     rows = []
-    index = np.arange(int(np.prod(shape))).reshape(shape)
-    for entries in importance.member_slices(member, index).astype(np.int64):
+    for entries in importance.member_slices(member, flat_index(shape)).astype(np.int64):
         owned = np.unique(row_of[entries])
         if len(entries) != len(owned) * flat.shape[1]:
             return []

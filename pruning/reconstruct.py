@@ -14,19 +14,19 @@ for every linear layer (``lowrank.sites``: a conv or dot whose kernel is a param
 nowhere else), with ``X_p`` its input rows in the PRUNED model and ``X_o W + b`` its output
 in the ORIGINAL model on the same images, solve
 
-    min_{W', b'}  || X_p W' + b' - (X_o W + b) ||^2 + ridge ||W'||^2
+    min_{W', b'}  || X_p W' + b' - (X_o W + b) ||^2 + lam ||W' - W_p||^2 + lam_b ||b' - b_p||^2
 
 through the Gram matrices (``lowrank.calibration`` explains why never X itself), for the
-kept output columns only. Layers whose inputs lost channels get the compensation; every
-other layer also corrects the error that reaches it from upstream. One round solves every
-layer on the statistics of the model as it was; later rounds recompute them with the
-corrected upstream layers, converging towards the layer-by-layer sequential solution at a
-fraction of its passes. ``b'`` is solved only where the layer's bias is found
+kept output columns only; the ridge pulls towards the pruned model's own weights ``W_p, b_p``
+(``_solve`` says why). Layers whose inputs lost channels get the compensation; every
+other layer also corrects the error that reaches it from upstream. Layers are solved in
+program order, each on the inputs its already corrected predecessors give it; layers that
+do not read each other's outputs share one pass over the data (``_stages``). ``b'`` is solved only where the layer's bias is found
 (``bias_of``: a 1-D parameter added on the output's feature axis); without it, the
 layer is solved without an intercept.
 """
 import dataclasses
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -117,13 +117,19 @@ def bias_of(traced, site: Site) -> Optional[str]:
     return params[value] if at == axis and other[0].aval.ndim == out.aval.ndim else None
 
 
+def flat_index(shape) -> np.ndarray:
+    """Each entry's own flat position, in ``shape``: passed through a layout change
+    (``kernel_matrix``, pruning's slicing) it says where every entry went."""
+    return np.arange(int(np.prod(shape))).reshape(shape)
+
+
 def _kept_flat(pruned: Pruned, path: str, shape) -> np.ndarray:
     """The original flat indices of a parameter's entries that the pruned model keeps,
     in the pruned parameter's shape."""
     fn = pruned.fn
     hook = PruneHook(fn.plan, pruned.keep, {})
-    index = np.arange(int(np.prod(shape))).reshape(shape)
-    return np.asarray(hook.conform(index, fn.plan.invars[fn.param_paths.index(path)]))
+    return np.asarray(hook.conform(flat_index(shape),
+                                   fn.plan.invars[fn.param_paths.index(path)]))
 
 
 def kernel_matrix(site: Site, kernel) -> np.ndarray:
@@ -143,7 +149,7 @@ def _layers(original, variables, pruned: Pruned, example_inputs) -> List[_Layer]
         if twin is None or site.geometry.groups != 1 or twin.geometry.groups != 1:
             continue
         shape = np.shape(full[site.path])
-        flat = kernel_matrix(site, np.arange(int(np.prod(shape))).reshape(shape))
+        flat = kernel_matrix(site, flat_index(shape))
         column_of = np.empty(flat.size, np.int64)
         column_of[flat] = np.broadcast_to(np.arange(flat.shape[1]), flat.shape)
         kept = kernel_matrix(twin, _kept_flat(pruned, site.path, shape))
@@ -157,9 +163,9 @@ def _layers(original, variables, pruned: Pruned, example_inputs) -> List[_Layer]
 
 
 def _statistics(fn, variables, pruned_fn, layers: List[_Layer]):
-    """A jitted ``(variables, pruned variables, inputs) -> per-layer sums`` of ``layers``: the pruned
-    input's Gram and row sums, its cross product with the original output, and that
-    output's column sums and energy."""
+    """A jitted ``(variables, pruned variables, inputs) -> per-layer sums`` of ``layers``:
+    the pruned input's Gram and row sums, its cross product with the original output, and
+    that output's column sums and energy."""
     original = FactoredFunction(fn, variables, [l.original.path for l in layers])
     by_path = {l.original.path: l for l in layers}
 
@@ -230,7 +236,7 @@ def _error(s, w, b) -> float:
 def _as_kernel(site: Site, w: np.ndarray, like) -> np.ndarray:
     """The matrix ``w`` written back in the layout of the kernel ``like``."""
     shape = np.shape(like)
-    position = kernel_matrix(site, np.arange(int(np.prod(shape))).reshape(shape))
+    position = kernel_matrix(site, flat_index(shape))
     kernel = np.zeros(int(np.prod(shape)), np.float64)
     kernel[position] = w
     return kernel.reshape(shape).astype(np.asarray(like).dtype)
@@ -265,7 +271,7 @@ def _stages(traced, layers: List[_Layer]) -> List[List[_Layer]]:
 
 def reconstruct(fn: Callable, variables, pruned: Pruned, batches: Iterable, *example_inputs,
                 ridge: float = 1e-2, include: Callable[[str], bool] = None
-                ) -> (Pruned, List[LayerFit]):
+                ) -> Tuple[Pruned, List[LayerFit]]:
     """``pruned`` with its linear layers (and their biases) re-solved so that, on
     ``batches`` (arrays or tuples of the model's inputs), each reproduces the original
     model's layer output from the pruned model's layer input (module docstring).
