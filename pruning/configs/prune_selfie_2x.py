@@ -19,8 +19,9 @@ in interleaved rounds; benchmarks/results/prune_selfie_2x.json): 1.56x fewer FLO
 (200.6 -> 129.0 M), mask IoU against the original 0.729 after pruning and 0.760 after
 fine-tuning (the goal is 0.95 at 2x), 0.97x the original's speed at batch 1 (the pruned
 convs are no faster in onnxruntime: issue 20); int8 of the pruned model 0.730 (ours) and
-0.756 (quantize_static), both slower than float on this CPU without VNNI. The same settings
-on the code of 608e6eb gave 0.377 / 0.410; what changed the outcome is not isolated yet.
+0.756 (quantize_static), both slower than float on this AMD EPYC although it has
+AVX-512 VNNI. The same settings on the code of 608e6eb gave 0.377 / 0.410; what changed
+the outcome is not isolated yet.
 """
 import ml_collections
 
