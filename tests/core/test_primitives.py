@@ -2,8 +2,8 @@
 the tools that dispatch on them (latency model, fake-quant, dataflow, block graph) see
 ``copy`` and ``remat2`` (the names that string lists got wrong: ``"copy_p"``, ``"remat"``).
 
-The last tests read the project's source: no string list of primitive names outside
-core/primitives.py, except in the files listed in ``PENDING`` (owned by others, to convert).
+The last tests read the project's source: no string list of primitive names, and no
+comparison of ``eqn.primitive.name`` with one, anywhere outside core/primitives.py.
 """
 import ast
 import glob
@@ -227,10 +227,7 @@ def test_block_graph_is_the_same_through_remat2_and_copy():
 
 
 # ----------------------------------------------------- no string lists of primitive names
-# Files still holding string lists of primitive names, owned by others at the time of
-# writing (issue 16 item 2); remove an entry once its file dispatches on core.primitives.
-PENDING = {"core/rewrite.py", "pruning/prune.py"}
-SCANNED = ("core", "pruning", "quant", "lowrank", "nas", "export", "models", "benchmarks")
+SCANNED = ("core", "pruning", "quant", "lowrank", "nas", "export", "models", "data", "benchmarks")
 # Names that string lists used but no primitive of this JAX has (kept so they are caught).
 STALE = {"copy_p", "remat", "pjit", "core_call", "checkpoint", "custom_vjp_call_jaxpr",
          "expand_dims", "mesh_cast", "custom_jvp_call_jaxpr_stub", "reduce_window_and",
@@ -320,8 +317,6 @@ def test_the_scan_finds_what_it_should():
 def test_no_string_lists_of_primitive_names_outside_core_primitives():
     offenders = {}
     for rel in _project_files():
-        if rel in PENDING:
-            continue
         with open(os.path.join(ROOT, rel)) as f:
             found = string_dispatch(f.read())
         if found:
