@@ -10,7 +10,10 @@ killed run resumes.
 
 Fidelity is measured against the original model, never against labels (there are none):
 mask IoU for a probability map (segmentation, text maps), top-1 agreement for a classifier
-(``FIDELITY``). The real models and how their inputs are made are in ``SOURCES``.
+(``FIDELITY``); a config's ``extra_fidelity`` names measures recorded beside it after every
+stage (``EXTRA_MEASURES``: box F1 of a text detector's boxes after PaddleOCR's DB
+post-processing, ``experiments.text_boxes``). The real models and how their inputs are made
+are in ``SOURCES``.
 """
 import os
 import time
@@ -20,6 +23,7 @@ import jax
 import numpy as np
 
 import experiments
+from experiments import text_boxes
 from core import cost, losses, train as train_lib
 from data import real_images
 from data.unlabelled_images import UnlabelledImages
@@ -112,6 +116,36 @@ def top1_agreement(outputs, reference) -> float:
 
 
 FIDELITY = {"mask_iou": mask_iou, "top1_agreement": top1_agreement}
+
+# Measures recorded beside the fidelity when ``config.extra_fidelity`` names them: each maps
+# (outputs, reference) to a dict of figures. box_f1: the DB post-processing's text boxes of
+# a text detector's maps, matched against the original's (experiments/text_boxes.py).
+EXTRA_MEASURES = {"box_f1": text_boxes.box_f1_of_maps}
+
+
+def check_extra_measures(config) -> None:
+    """Unknown names in ``config.extra_fidelity`` fail before any training."""
+    unknown = sorted(set(config.get("extra_fidelity", ())) - set(EXTRA_MEASURES))
+    if unknown:
+        raise ValueError(f"extra_fidelity {unknown}: choose from {sorted(EXTRA_MEASURES)}")
+
+
+def extra_measures(config, outputs, reference) -> Dict:
+    """The figures of every measure in ``config.extra_fidelity`` (empty: none)."""
+    figures = {}
+    for name in config.get("extra_fidelity", ()):
+        figures.update(EXTRA_MEASURES[name](outputs, reference))
+    return figures
+
+
+def extra_measures_table(per_stage: Dict[str, Dict]) -> str:
+    """Markdown: one row per stage, one column per figure of the extra measures."""
+    names = list(next(iter(per_stage.values())))
+    rows = [f"| {stage.replace('_', ' ')} | " + " | ".join(
+        f"{v:.4f}" if isinstance(v, float) else str(v) for v in figures.values()) + " |"
+        for stage, figures in per_stage.items()]
+    return ("| vs original | " + " | ".join(n.replace("_", " ") for n in names) + " |\n|---|"
+            + "---|" * len(names) + "\n" + "\n".join(rows))
 
 
 def task_losses(kind: str):
@@ -227,52 +261,82 @@ def _table(before, after, kind):
                                                          ("pruned + fine-tuned", after)))
 
 
-def main(config, workdir):
-    start = time.time()
-    model = load_model(config.model)
+class HeldOut(NamedTuple):
+    images: np.ndarray              # uint8 RGB at the model's resolution
+    inputs: np.ndarray              # the model's inputs made from them
+    reference: np.ndarray           # the original model's (headed) outputs on them
+
+
+def _load_images(config, model: RealModel):
+    """Training images (stored at a margin for random crops) and the held-out images with
+    the original model's outputs on them."""
     h, w = model.size
     margin = config.data.crop_margin
     data = UnlabelledImages(real_images.load("calibration", size=(h + margin, w + margin),
                                              limit=config.data.train_images or None),
                             model.size, model.to_input, "real calibration images")
-    held_out = real_images.load("evaluation", size=model.size,
-                                limit=config.data.eval_images or None)
-    eval_inputs = model.to_input(held_out)
+    images = real_images.load("evaluation", size=model.size,
+                              limit=config.data.eval_images or None)
+    inputs = model.to_input(images)
     print(f"{config.model.source} model {config.model.name} at {h}x{w}; "
-          f"{len(data)} training images, {len(held_out)} held-out images")
-    teacher_fn = jax.jit(lambda x: model.fn(model.variables, x))
-    reference = predict(with_head(model, model.fn), model.variables, eval_inputs)
+          f"{len(data)} training images, {len(images)} held-out images")
+    reference = predict(with_head(model, model.fn), model.variables, inputs)
+    return data, HeldOut(images, inputs, reference)
+
+
+def _score_stage(config, model: RealModel, name: str, fn, variables, held_out: HeldOut,
+                 scores: Dict) -> np.ndarray:
+    """The config's fidelity of one stage on the held-out images into ``scores[name]``
+    (and its extra measures into ``scores['extra'][name]``); returns the outputs."""
+    outputs = predict(with_head(model, fn), variables, held_out.inputs)
+    scores[name] = FIDELITY[config.fidelity](outputs, held_out.reference)
+    extra = extra_measures(config, outputs, held_out.reference)
+    if extra:
+        scores.setdefault("extra", {})[name] = extra
+    print(f"{config.fidelity} {name.replace('_', ' ')}: {scores[name]:.4f}"
+          + "".join(f", {k} {v:.4f}" for k, v in extra.items() if isinstance(v, float)))
+    return outputs
+
+
+def _prune_and_score(config, model: RealModel, data, held_out: HeldOut, teacher_fn,
+                     workdir):
+    """Gates, pruning, optional reconstruction and fine-tune, each stage scored."""
+    scores = {"after_reconstruction": None}
     pruned, keep, history = _learn_and_prune(config, model, data, teacher_fn, workdir)
-    after_prune = fidelity(config.fidelity, with_head(model, pruned.fn), pruned.variables,
-                           eval_inputs, reference)
-    print(f"{config.fidelity} right after pruning: {after_prune:.4f}")
-    after_reconstruct = None
+    _score_stage(config, model, "after_pruning", pruned.fn, pruned.variables, held_out, scores)
     if config.reconstruct.enabled:
         pruned = _reconstruct(config, model, pruned, data)
-        after_reconstruct = fidelity(config.fidelity, with_head(model, pruned.fn),
-                                     pruned.variables, eval_inputs, reference)
-        print(f"{config.fidelity} after reconstruction: {after_reconstruct:.4f}")
+        _score_stage(config, model, "after_reconstruction", pruned.fn, pruned.variables,
+                     held_out, scores)
     tuned = _finetune(config, pruned, data, teacher_fn, workdir)
-    tuned_outputs = predict(with_head(model, pruned.fn), tuned["variables"], eval_inputs)
-    # Parity is checked on a held-out real image, not on the zeros of model.example (a
-    # sigmoid head gives ~1e-16 there and any comparison passes by accident); both models
-    # are timed in interleaved rounds.
+    tuned_outputs = _score_stage(config, model, "after_finetune", pruned.fn,
+                                 tuned["variables"], held_out, scores)
+    return pruned, tuned, tuned_outputs, keep, history, scores
+
+
+def _export_and_time(config, model: RealModel, pruned, tuned, held_out: HeldOut, scores,
+                     workdir):
+    """ONNX of both models, parity-checked on a held-out real image, not on the zeros of
+    model.example (a sigmoid head gives ~1e-16 there and any comparison passes by
+    accident); both are timed in interleaved rounds."""
     measured = export_and_compare(
         {"original": (with_head(model, model.fn), model.variables),
          "pruned": (with_head(model, pruned.fn), tuned["variables"])},
-        eval_inputs[:1], os.path.join(workdir, "onnx"), config.device, batches=(1,),
+        held_out.inputs[:1], os.path.join(workdir, "onnx"), config.device, batches=(1,),
         rtol=config.get("export_rtol", 1e-4))
     measured["original"]["fidelity"] = 1.0
-    measured["pruned"]["fidelity"] = FIDELITY[config.fidelity](tuned_outputs, reference)
-    before, after = measured["original"], measured["pruned"]
-    int8 = _int8(config, model, pruned.fn, tuned["variables"], data, eval_inputs, reference,
-                 workdir) if config.int8.enabled else None
+    measured["pruned"]["fidelity"] = scores["after_finetune"]
+    return measured["original"], measured["pruned"]
+
+
+def _result(config, model, data, held_out, before, after, keep, history, scores, start):
+    h, w = model.size
     result = {
         "experiment": config.experiment_name, "model": config.model.to_dict(),
         "resolution": [h, w], "fidelity_metric": config.fidelity,
-        "train_images": len(data), "eval_images": len(held_out),
-        "fidelity_after_pruning": after_prune, "fidelity_after_reconstruction":
-            after_reconstruct, "fidelity_after_finetune": after["fidelity"],
+        "train_images": len(data), "eval_images": len(held_out.images),
+        "fidelity_after_pruning": scores["after_pruning"], "fidelity_after_reconstruction":
+            scores["after_reconstruction"], "fidelity_after_finetune": after["fidelity"],
         "flops_reduction": before["flops"] / after["flops"],
         "params_reduction": before["params"] / after["params"],
         "speedup_batch1": before["batch1_median_ms"] / after["batch1_median_ms"],
@@ -285,16 +349,24 @@ def main(config, workdir):
     }
     result["speedup_over_flops_reduction"] = (result["speedup_batch1"]
                                               / result["flops_reduction"])
-    if int8 is not None:
-        result["int8"] = int8
-    if config.fidelity == "mask_iou":
-        ious = per_image_iou(tuned_outputs, reference)
-        shown = shown_image(ious, reference)
-        save_comparison_png(os.path.join(workdir, "outputs.png"), held_out[shown],
-                            reference[shown], tuned_outputs[shown],
-                            f"{config.model.name}: held-out image {shown}, IoU {ious[shown]:.3f}"
-                            f" (median of the held-out images where the original's map covers 5%"
-                            f" or more), {result['flops_reduction']:.2f}x fewer FLOPs")
+    if "extra" in scores:
+        result["extra_fidelity"] = scores["extra"]
+    return result
+
+
+def _save_png(config, workdir, held_out: HeldOut, tuned_outputs, flops_reduction) -> None:
+    ious = per_image_iou(tuned_outputs, held_out.reference)
+    shown = shown_image(ious, held_out.reference)
+    save_comparison_png(os.path.join(workdir, "outputs.png"), held_out.images[shown],
+                        held_out.reference[shown], tuned_outputs[shown],
+                        f"{config.model.name}: held-out image {shown}, IoU {ious[shown]:.3f}"
+                        f" (median of the held-out images where the original's map covers 5%"
+                        f" or more), {flops_reduction:.2f}x fewer FLOPs")
+
+
+def _report(config, result, before, after, int8) -> str:
+    after_prune, after_reconstruct = (result["fidelity_after_pruning"],
+                                      result["fidelity_after_reconstruction"])
     text = (f"{_table(before, after, config.fidelity)}\n\n{config.fidelity} right after "
             f"pruning: {after_prune:.4f}"
             + (f", after reconstruction: {after_reconstruct:.4f}"
@@ -304,9 +376,32 @@ def main(config, workdir):
             f"(batch 1, {config.device}), in {result['wall_seconds'] / 60:.1f} min\n"
             f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
             f"load {result['machine']['load_average_at_start']}")
+    if "extra_fidelity" in result:
+        text += "\n\n" + extra_measures_table(result["extra_fidelity"])
     if int8 is not None:
         from experiments.real_model_int8 import table as int8_table
         text += f"\n\nint8 of the pruned model (choices on validation images):\n{int8_table(int8)}"
+    return text
+
+
+def main(config, workdir):
+    start = time.time()
+    check_extra_measures(config)
+    model = load_model(config.model)
+    data, held_out = _load_images(config, model)
+    teacher_fn = jax.jit(lambda x: model.fn(model.variables, x))
+    pruned, tuned, tuned_outputs, keep, history, scores = _prune_and_score(
+        config, model, data, held_out, teacher_fn, workdir)
+    before, after = _export_and_time(config, model, pruned, tuned, held_out, scores, workdir)
+    int8 = _int8(config, model, pruned.fn, tuned["variables"], data, held_out.inputs,
+                 held_out.reference, workdir) if config.int8.enabled else None
+    result = _result(config, model, data, held_out, before, after, keep, history, scores,
+                     start)
+    if int8 is not None:
+        result["int8"] = int8
+    if config.fidelity == "mask_iou":
+        _save_png(config, workdir, held_out, tuned_outputs, result["flops_reduction"])
+    text = _report(config, result, before, after, int8)
     print(text)
     experiments.write_result(workdir, result, text)
     return result

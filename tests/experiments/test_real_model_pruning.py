@@ -37,6 +37,46 @@ def test_unknown_model_source_is_a_clear_error():
         showcase.load_model(ml_collections.ConfigDict(dict(source="caffe", name="x", outputs=[], head="sigmoid")))
 
 
+def _text_map(rows):
+    """A 64x96 probability map with a 40x8 text line (probability 0.9) at each row."""
+    probability = np.zeros((64, 96), np.float32)
+    for row in rows:
+        probability[row:row + 8, 20:60] = 0.9
+    return probability
+
+
+def test_box_f1_is_recorded_beside_the_fidelity_when_the_config_asks():
+    import ml_collections
+    config = ml_collections.ConfigDict(dict(fidelity="mask_iou", extra_fidelity=("box_f1",)))
+    # Original: two lines on image 0, one on image 1. Compressed: image 0's lines found,
+    # image 1's missed, a stray line on image 2 -> 2 matches, 3 found, 3 expected.
+    reference = np.stack([_text_map([10, 40]), _text_map([20]), _text_map([])])[:, None]
+    outputs = np.stack([_text_map([10, 40]), _text_map([]), _text_map([30])])[:, None]
+    figures = showcase.extra_measures(config, outputs, reference)
+    assert figures["matched_boxes"] == 2
+    assert figures["boxes"] == 3 and figures["reference_boxes"] == 3
+    assert figures["box_f1"] == pytest.approx(2 / 3)
+    assert showcase.extra_measures(config, reference, reference)["box_f1"] == 1.0
+    table = showcase.extra_measures_table({"after_pruning": figures,
+                                           "after_finetune": figures})
+    assert "| after finetune | 0.6667 | 0.6667 | 0.6667 | 2 | 3 | 3 |" in table
+    assert showcase.extra_measures(ml_collections.ConfigDict(dict(fidelity="mask_iou")),
+                                   outputs, reference) == {}
+
+
+def test_unknown_extra_measure_fails_before_training():
+    import ml_collections
+    with pytest.raises(ValueError, match="choose from"):
+        showcase.check_extra_measures(ml_collections.ConfigDict(dict(extra_fidelity=["f2"])))
+
+
+def test_detector_config_records_box_f1():
+    from pruning.configs import prune_ppocr_det_2x
+    config = prune_ppocr_det_2x.get_config()
+    assert "box_f1" in config.extra_fidelity
+    showcase.check_extra_measures(config)
+
+
 @pytest.mark.slow
 def test_selfie_showcase_end_to_end(tmp_path):
     try:
