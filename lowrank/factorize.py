@@ -127,14 +127,7 @@ def factorize(fn: Callable, variables, *example_inputs,
     include: which param paths may be factorized (list or predicate; default all).
     stats: precomputed ``lowrank.calibration.collect`` result, to reuse across calls.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if (ranks is None) == (budget is None):
-        raise ValueError("give exactly one of ranks= or budget=")
-    data = list(data) if data is not None else None
-    if method != "svd" and not data and stats is None:
-        raise ValueError(f"method {method!r} needs calibration data (data=...)")
-
+    data = _checked_arguments(method, ranks, budget, data, stats)
     traced = trace_lib.trace(fn, variables, *example_inputs)
     all_sites, skipped = find_sites(traced)
     sites = _select(all_sites, include)
@@ -149,58 +142,95 @@ def factorize(fn: Callable, variables, *example_inputs,
     chosen_budget, flops_before = None, None
     if budget is not None:
         chosen_budget = allocation.Budget.of(budget)
-        site_cost = (allocation.FlopsCost() if chosen_budget.metric == "flops" else
-                     allocation.LatencyCost(_require(latency_model, chosen_budget)))
-        total = site_cost.model(fn, variables, *example_inputs)
-        options = []
+        per_group, flops_before = _allocated_ranks(
+            fn, variables, example_inputs, sites, matrices, grams, chosen_budget,
+            solve_method, eps, rank_multiple, latency_model)
         for s in sites:
-            curve = solvers.error_curve(matrices[s.path], solve_method, grams.get(s.path), eps)
-            options.append(allocation.site_options(s, curve, site_cost, rank_multiple))
-        fixed = total - sum(float(o.costs[0]) for o in options)
-        per_group = allocation.allocate(options, fixed, chosen_budget.fraction * total)
-        if chosen_budget.metric == "flops":
-            flops_before = total
+            if s.path not in per_group:
+                skipped[s.path] = "left alone by the budget allocation"
     else:
-        per_group = {}
-        known = {s.path: s for s in sites}
-        for path, r in ranks.items():
-            if path not in known:
-                why = skipped.get(path, "not a dense/conv kernel of this model")
-                raise ValueError(f"cannot factorize {path!r}: {why}")
-            per_group[path] = _per_group_rank(path, r, known[path].geometry)
+        per_group = _requested_ranks(ranks, sites, skipped)
 
     layers, factors = [], {}
     for s in sites:
-        r = per_group.get(s.path)
-        if r is None:
-            for_reason = "left alone by the budget allocation" if budget is not None else None
-            if for_reason:
-                skipped[s.path] = for_reason
-            continue
-        w, gram = matrices[s.path], grams.get(s.path)
-        a, b = solvers.solve(solve_method, w, gram, r, eps)
-        dtype = kernels[s.path].dtype
-        w0, w1 = s.rule.factor_arrays(s.eqn, s.operand, a.astype(np.float32),
-                                      b.astype(np.float32))
-        factors[s.path] = LowRankKernel(np.asarray(w0, dtype), np.asarray(w1, dtype))
-        error, kind = ((solvers.output_error(w, a, b, gram), "output") if gram is not None
-                       else (solvers.weight_error(w, a, b), "weight"))
-        geo = s.geometry
-        layers.append(LayerReport(s.path, s.primitive, s.source, geo.groups, geo.m, geo.n,
-                                  r * geo.groups, geo.full_rank * geo.groups, geo.macs(),
-                                  geo.macs(r), error, kind))
+        if s.path in per_group:
+            factors[s.path], layer = _factor_site(
+                s, per_group[s.path], matrices[s.path], grams.get(s.path),
+                kernels[s.path].dtype, solve_method, eps)
+            layers.append(layer)
 
-    new_variables = replace_kernels(variables, factors)
     from core import cost
-    result = Factorized(_as_plain_function(original), new_variables, method, layers, skipped,
-                        budget=chosen_budget, sites=sites, original=original,
-                        _flops_before=flops_before,
+    result = Factorized(_as_plain_function(original), replace_kernels(variables, factors),
+                        method, layers, skipped, budget=chosen_budget, sites=sites,
+                        original=original, _flops_before=flops_before,
                         _count_original=lambda: cost.count(fn, variables,
                                                            *example_inputs).flops)
     if method == "learned":
         from lowrank import learned
         result = learned.refine(result, variables, data, **(learn or {}))
     return result
+
+
+def _checked_arguments(method: str, ranks, budget, data, stats) -> Optional[list]:
+    """Refuses contradictory or incomplete options before any tracing; ``data`` as a list
+    (it is iterated twice: calibration, then learned refinement)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if (ranks is None) == (budget is None):
+        raise ValueError("give exactly one of ranks= or budget=")
+    data = list(data) if data is not None else None
+    if method != "svd" and not data and stats is None:
+        raise ValueError(f"method {method!r} needs calibration data (data=...)")
+    return data
+
+
+def _allocated_ranks(fn, variables, example_inputs, sites: List[Site], matrices, grams,
+                     budget: allocation.Budget, solve_method: str, eps: float,
+                     rank_multiple: int, latency_model):
+    """``({path: rank per group}, FLOPs before or None)``: ranks chosen from each site's
+    error curve so the model costs at most ``budget.fraction`` of its FLOPs or latency;
+    sites the allocation leaves alone (``None``: they would not get cheaper or are not worth
+    it) are not in the result."""
+    site_cost = (allocation.FlopsCost() if budget.metric == "flops" else
+                 allocation.LatencyCost(_require(latency_model, budget)))
+    total = site_cost.model(fn, variables, *example_inputs)
+    options = []
+    for s in sites:
+        curve = solvers.error_curve(matrices[s.path], solve_method, grams.get(s.path), eps)
+        options.append(allocation.site_options(s, curve, site_cost, rank_multiple))
+    fixed = total - sum(float(o.costs[0]) for o in options)
+    chosen = allocation.allocate(options, fixed, budget.fraction * total)
+    per_group = {path: r for path, r in chosen.items() if r is not None}
+    return per_group, (total if budget.metric == "flops" else None)
+
+
+def _requested_ranks(ranks: Dict[str, int], sites: List[Site], skipped) -> Dict[str, int]:
+    """``{path: rank per group}`` of the user's total ranks; a path that is no site of this
+    model is an error saying why (``skipped`` holds the reasons ``find_sites`` gave)."""
+    known = {s.path: s for s in sites}
+    per_group = {}
+    for path, r in ranks.items():
+        if path not in known:
+            why = skipped.get(path, "not a dense/conv kernel of this model")
+            raise ValueError(f"cannot factorize {path!r}: {why}")
+        per_group[path] = _per_group_rank(path, r, known[path].geometry)
+    return per_group
+
+
+def _factor_site(s: Site, rank: int, w: np.ndarray, gram, dtype, solve_method: str,
+                 eps: float):
+    """``(LowRankKernel, LayerReport)`` of one site at ``rank`` per group: the two factors
+    in the kernel's dtype and layout, and the error measured before any refinement
+    (on the calibration statistics when there are some, of the weights otherwise)."""
+    a, b = solvers.solve(solve_method, w, gram, rank, eps)
+    w0, w1 = s.rule.factor_arrays(s.eqn, s.operand, a.astype(np.float32), b.astype(np.float32))
+    error, kind = ((solvers.output_error(w, a, b, gram), "output") if gram is not None
+                   else (solvers.weight_error(w, a, b), "weight"))
+    geo = s.geometry
+    layer = LayerReport(s.path, s.primitive, s.source, geo.groups, geo.m, geo.n,
+                        rank * geo.groups, geo.full_rank * geo.groups, geo.macs(),
+                        geo.macs(rank), error, kind)
+    return LowRankKernel(np.asarray(w0, dtype), np.asarray(w1, dtype)), layer
 
 
 def _per_group_rank(path: str, rank, geo) -> int:
