@@ -143,11 +143,22 @@ def activations(jaxpr: jcore.Jaxpr, sources: Iterable[Any]) -> Set[jcore.Var]:
     return found
 
 
-def matching_equations(a: Sequence[str], b: Sequence[str]) -> List[Tuple[int, int]]:
+def equation_signature(eqn) -> Tuple:
+    """What must agree for two equations of one program traced at different shapes to be
+    the same equation: the primitive and the ranks of its operands and results (shapes and
+    sizes may differ, ranks may not)."""
+    return (eqn.primitive, tuple(len(shape_of(a)) for a in eqn.invars),
+            tuple(len(shape_of(a)) for a in eqn.outvars))
+
+
+def matching_equations(a: Sequence, b: Sequence) -> List[Tuple[int, int]]:
     """``(i, j)`` pairs matching equation i of a program to equation j of the same program
-    traced at other shapes, given their primitive names: one to one when the sequences
-    agree, else the longest matching runs (a symbolic batch adds shape computations)."""
-    if list(a) == list(b):
+    traced at other shapes: one to one when their signatures agree, else the longest
+    matching runs (a symbolic batch adds shape computations, e.g. the float count of a mean
+    over the batch, a ``convert_element_type`` of rank 0 that must not be taken for the
+    model's own casts of activations)."""
+    a, b = [equation_signature(e) for e in a], [equation_signature(e) for e in b]
+    if a == b:
         return [(i, i) for i in range(len(a))]
     matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
     return [(m.a + t, m.b + t) for m in matcher.get_matching_blocks() for t in range(m.size)]

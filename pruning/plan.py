@@ -97,7 +97,7 @@ class Plan:
         self.group_sizes = {g.id: g.size for g in analysis.groups}
         self._memo: Dict[Any, Optional[AxisSpec]] = {}
         self.eqns: Dict[Path, EquationPlan] = {}
-        self.names: Dict[Path, list] = {}       # jaxpr prefix -> its primitives, in order
+        self.eqns_at: Dict[Path, list] = {}     # jaxpr prefix -> its equations, in order
         scope = analysis.scope
         self.invars: Tuple[VarSpec, ...] = tuple(
             self._var(scope, v) for v in analysis.traced.jaxpr.invars)
@@ -138,7 +138,7 @@ class Plan:
         return specs if any(s is not None for s in specs) else None
 
     def _walk(self, scope, prefix: Path) -> None:
-        self.names[prefix] = [e.primitive.name for e in scope.jaxpr.eqns]
+        self.eqns_at[prefix] = list(scope.jaxpr.eqns)
         for i, eqn in enumerate(scope.jaxpr.eqns):
             path = prefix + (i,)
             self.eqns[path] = EquationPlan(
@@ -165,13 +165,13 @@ class Plan:
         return Aligned(found)
 
     def _align(self, old_prefix: Path, jaxpr, new_prefix: Path, found) -> None:
-        old = self.names.get(old_prefix, [])
-        for i, j in matching_equations(old, [e.primitive.name for e in jaxpr.eqns]):
+        old = self.eqns_at.get(old_prefix, [])
+        for i, j in matching_equations(old, jaxpr.eqns):
             plan, eqn = self.eqns[old_prefix + (i,)], jaxpr.eqns[j]
             _check_ranks(plan, eqn)
             found[new_prefix + (j,)] = plan
             for k, sub in enumerate(sub_jaxprs(eqn)):
-                if old_prefix + (i, k) in self.names:
+                if old_prefix + (i, k) in self.eqns_at:
                     self._align(old_prefix + (i, k), sub.jaxpr, new_prefix + (j, k), found)
 
 

@@ -71,8 +71,7 @@ class FlatFunction(RewrittenFunction):
     def rewrite(self, *input_specs) -> "Retraced":
         other = core_flatten(self.original_fn, self.variables_spec, *input_specs)
         old, new = self.analysed.jaxpr, other.jaxpr
-        pairs = trace_lib.matching_equations(*[[e.primitive.name for e in j.eqns]
-                                               for j in (old, new)])
+        pairs = trace_lib.matching_equations(old.eqns, new.eqns)
         var_map = dict(zip(old.invars, new.invars))
         var_map.update(zip(old.constvars, new.constvars))
         for i, j in pairs:

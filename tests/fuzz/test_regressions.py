@@ -156,6 +156,34 @@ def test_pruned_bfloat16_model_with_a_scan_exports():
         assert to_onnx(pruned.fn, pruned.variables, x).parity.ok
 
 
+# --------- fixed: a symbolic batch's own casts are not the model's (core.trace.matching_equations)
+def test_pruned_bfloat16_conds_on_token_ids_export_with_a_symbolic_batch():
+    """Fuzz model 440 (bfloat16, token ids, two conds whose predicate is a float32 mean):
+    under a symbolic batch the mean's count becomes a rank-0 ``convert_element_type``, and
+    aligning the re-trace with the analysed jaxpr by primitive names alone took it for the
+    model's rank-3 cast of the activations (StructureMismatch, export refused). Equations
+    are now matched by primitive and operand/result ranks."""
+    from export import to_onnx
+
+    def fn(p, ids):
+        def branch(x, first, second):
+            return lax.cond(jnp.mean(x.astype(jnp.float32)) > 0,
+                            lambda x: jax.nn.relu(x @ p[first]),
+                            lambda x: jnp.tanh(x @ p[second]), x)
+        return branch(branch(p["emb"][ids], "wa", "wb"), "wc", "wd")
+
+    shapes = {"emb": (7, 3), "wa": (3, 4), "wb": (3, 4), "wc": (4, 2), "wd": (4, 2)}
+    p = {k: _normal(i, s).astype(jnp.bfloat16) for i, (k, s) in enumerate(shapes.items())}
+    ids = jnp.asarray(np.random.default_rng(5).integers(0, 7, (2, 5)), jnp.int32)
+    analysis = analyze(fn, p, ids)
+    hidden = max(analysis.prunable(), key=lambda g: g.size)
+    pruned = prune(fn, p, ids, keep={hidden.id: [0, 2]}, analysis=analysis)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = to_onnx(pruned.fn, pruned.variables, ids)
+    assert result.parity.ok and result.op_counts.get("If") == 2
+
+
 # -------------------- fixed: subgraphs' outer reads kept by the ONNX clean-up (onnx_graph)
 def test_branch_reading_an_outer_constant_exports():
     """An If branch (a cond) that reads a weight: jax2onnx makes the weight an initializer of
