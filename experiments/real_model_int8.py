@@ -39,6 +39,8 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 
+from core import primitives as P
+
 # Our PTQ variants (``quant.comparison.ptq`` settings). Percentiles clip rare outliers;
 # ``mse`` searches the clipping that minimises the quantization error of each tensor;
 # ``cle_bc`` equalizes consecutive layers' channel ranges and corrects the output bias.
@@ -75,7 +77,7 @@ PROFILE = "ort_cpu_int8"
 # layer domain, and stayed a float Conv after dequantized weights: the int8 selfie model
 # measured 0.68x the float speed. With products and sigmoids requantized (what
 # quantize_static does: QLinearMul, QLinearSigmoid) every conv becomes QLinearConv.
-ELEMENTWISE_REQUANTIZED = ("mul", "logistic")
+ELEMENTWISE_REQUANTIZED = (P.mul_p.name, P.logistic_p.name)   # profile names
 # onnxruntime's histogram calibrators keep every intermediate tensor of every calibration
 # batch until the end; flushing into the histograms every few batches bounds the memory.
 ORT_FLUSH_EVERY = 4
