@@ -10,6 +10,11 @@ config sets `publish` and it runs in its default workdir.
 A workdir belongs to one run at a time (a second one fails at once) and remembers its
 settings (config.json): rerunning resumes where it stopped, but a rerun with settings that
 change the result is refused with the list of changed keys; --fresh starts over.
+
+Several processes (hosts of a cluster, or processes of one machine) run one job when the
+environment says so: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or a
+SLURM/Open MPI launch (core/distributed.py). Every process runs the same command with the
+same --workdir; process 0 prints and writes the result files, the others print errors only.
 """
 import argparse
 import os
@@ -39,8 +44,18 @@ def parse_args(argv):
     return known, overrides
 
 
+def start_processes() -> None:
+    """JAX's distributed runtime when the environment asks for it (before any JAX backend
+    exists; importing core applies the XLA workarounds first); processes other than 0 keep
+    stderr but not stdout, so a job prints its progress once."""
+    from core import distributed
+    if distributed.initialize_from_environment() and not distributed.is_primary():
+        sys.stdout = open(os.devnull, "w")
+
+
 def main(argv=None):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    start_processes()
     from core import config as config_lib
     from experiments import registry
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from core import config as config_lib, fast_depthwise, losses, sharding
+from core import config as config_lib, distributed, fast_depthwise, losses, sharding
 from core import workdir as workdir_lib
 from core.checkpoint import Checkpointer
 from core.progress import MetricsLog, progress_bar
@@ -137,7 +137,8 @@ def make_train_step(model: TrainableModel, tx, loss_fn, ema_decay: float, seed: 
 
 
 class DataParallel:
-    """The default placement: state replicated, the batch axis split over a 1-D mesh."""
+    """The default placement: state replicated, the batch axis split over a 1-D mesh of the
+    devices of every process; each process loads only its rows of the global batch."""
 
     def __init__(self, mesh=None):
         self.mesh = mesh or sharding.data_mesh()
@@ -145,8 +146,12 @@ class DataParallel:
     def check(self, cfg) -> None:
         sharding.check_batch_size(cfg.batch_size, self.mesh)
 
+    def rows(self) -> tuple:
+        """(index, count): the share of every global batch this process loads."""
+        return sharding.host_shard()
+
     def place_state(self, state):
-        return jax.device_put(state, sharding.replicated(self.mesh))
+        return sharding.put(state, sharding.replicated(self.mesh))
 
     def place_batch(self, images, labels):
         return sharding.global_batch(self.mesh, images, labels)
@@ -158,7 +163,8 @@ class DataParallel:
 class IteratorData:
     """Any iterable of ``(images, labels)`` batches as training data: batch ``step`` is the
     next one (a resumed run skips the batches already used, so an iterable that yields the
-    same sequence each time resumes exactly). It has no evaluation splits."""
+    same sequence each time resumes exactly). Every process iterates the same global batches
+    and keeps the rows of its ``shard`` (as the data sets do). It has no evaluation splits."""
 
     def __init__(self, batches: Iterable):
         self._batches, self._iterator, self._next = batches, None, 0
@@ -170,7 +176,9 @@ class IteratorData:
             next(self._iterator)
             self._next += 1
         self._next += 1
-        return next(self._iterator)
+        batch = next(self._iterator)
+        index, count = shard or (0, 1)
+        return batch if count == 1 else tuple(np.asarray(a)[index::count] for a in batch)
 
 
 def as_data(data):
@@ -180,7 +188,8 @@ def as_data(data):
 
 def evaluate(apply_eval, variables, dataset, split: str = "test", batch_size: int = 500,
              mesh=None) -> dict:
-    """Accuracy and loss over a whole split (the padded last batch is masked out)."""
+    """Accuracy and loss over a whole split (the padded last batch is masked out); every
+    process reads the split and puts its block of each batch on the mesh."""
     mesh = mesh or sharding.data_mesh()
     batch_size = int(math.ceil(batch_size / mesh.size) * mesh.size)
     apply_eval = fast_depthwise.on_cpu(apply_eval)
@@ -193,7 +202,7 @@ def evaluate(apply_eval, variables, dataset, split: str = "test", batch_size: in
         return jnp.sum(correct * w), jnp.sum(ce * w), jnp.sum(w)
     totals = np.zeros(3)
     for x, y, w in dataset.eval_batches(split, batch_size):
-        x, y, w = sharding.global_batch(mesh, x, y, w)
+        x, y, w = sharding.global_batch(mesh, *map(sharding.process_rows, (x, y, w)))
         totals += np.asarray([float(t) for t in sums(variables, x, y, w)])
     return {"accuracy": totals[0] / totals[2], "loss": totals[1] / totals[2]}
 
@@ -264,21 +273,24 @@ def _train(model, data, cfg, workdir, loss_fn, placement, show_progress, tx, ext
                                     cfg.get("checkpoint_every", 0))
         if checkpointer.latest_step() is not None:
             state = checkpointer.restore(state)
-            print(f"resumed from step {int(state.step)} in {checkpointer.directory}")
-        log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=int(state.step))
+            if distributed.is_primary():
+                print(f"resumed from step {int(state.step)} in {checkpointer.directory}")
+        if distributed.is_primary():   # one metrics file for the job, written by process 0
+            log = MetricsLog(os.path.join(workdir, "metrics.jsonl"),
+                             resume_step=int(state.step))
     step_fn = placement.compile(make_train_step(model, tx, loss_fn, cfg.get("ema_decay", 0.0),
                                                 cfg.seed))
     loop = _Loop(cfg, data, placement, log, log_metrics, total_steps, steps_per_epoch,
                  progress_bar(total_steps, int(state.step), description,
-                              enabled=show_progress))
+                              enabled=show_progress and distributed.is_primary()))
     try:
         state = loop.run(state, step_fn, checkpointer, model)
     finally:
         loop.bar.close()
         if checkpointer:
             checkpointer.close()
-    trained = jax.device_get(state.ema)
-    variables = {"params": trained["params"], **jax.device_get(state.collections)}
+    trained = sharding.to_host(state.ema)
+    variables = {"params": trained["params"], **sharding.to_host(state.collections)}
     result = {"variables": variables, "trained": trained, "steps": total_steps,
               "history": loop.history}
     for split in evaluate_splits if hasattr(data, "eval_batches") else ():
@@ -304,8 +316,9 @@ class _Loop:
 
     def batch(self, step):
         cfg = self.cfg
+        rows = getattr(self.placement, "rows", sharding.host_shard)()
         x, y = self.data.train_batch(step, cfg.batch_size, cfg.get("data_seed", cfg.seed),
-                                     cfg.get("augment", True), sharding.host_shard())
+                                     cfg.get("augment", True), rows)
         return self.placement.place_batch(x, y)
 
     def run(self, state, step_fn, checkpointer, model):
@@ -320,15 +333,16 @@ class _Loop:
                                "validation", mesh=getattr(self.placement, "mesh", None))
                 if self.log:
                     self.log.write(done, **{"val_" + k: v for k, v in val.items()})
-                self.bar.write(f"step {done}: validation accuracy {val['accuracy']:.4f}")
+                if distributed.is_primary():
+                    self.bar.write(f"step {done}: validation accuracy {val['accuracy']:.4f}")
             if checkpointer:
                 checkpointer.maybe_save(done, state, force=done == self.total_steps)
             self.bar.update(1)
         return state
 
     def write_window(self, done):
-        mean = {k: np.mean(np.stack([np.asarray(m[k]) for m in self.running]), 0)
-                for k in self.running[0]}
+        running = sharding.to_host(self.running)     # every process: it may communicate
+        mean = {k: np.mean(np.stack([m[k] for m in running]), 0) for k in running[0]}
         self.running = []
         record = self.log_metrics(mean)
         shown = [(k, v) for k, v in record.items() if np.ndim(v) == 0][:3]

@@ -3,7 +3,10 @@
 Two processes on one workdir would interleave metrics.jsonl and race orbax on the same
 step folders, so a run holds an exclusive ``fcntl.flock`` on a lock file in its workdir;
 the kernel releases it when the process ends, however it ends (no stale locks after a
-kill). A second run fails at once with the holder's pid and command.
+kill). A second run fails at once with the holder's pid and command. A job of several
+processes (``core.distributed``) is one run: process 0 takes the lock for all of them and
+tells the others whether it got it, so they fail or proceed together; only process 0 moves
+old content aside and records the settings.
 
 A workdir also records the settings of the run that made it (``config.json``: the
 result-relevant settings and their ``config_hash``). Resuming it with other settings
@@ -24,7 +27,7 @@ import sys
 import time
 from typing import Dict, Iterator, Optional
 
-from core import config as config_lib
+from core import config as config_lib, distributed
 
 LOCK_NAME = ".lock"
 CONFIG_NAME = "config.json"
@@ -52,11 +55,31 @@ def _holder(path: str) -> str:
         return "unknown process"
 
 
+def _take(path: str, directory: str, wait: bool, what: str):
+    """The open lock file holding the lock, or None when another run holds it (no wait)."""
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if not wait:
+            handle.close()
+            return None
+        print(f"waiting for another {what} in {directory} ({_holder(path)})", file=sys.stderr)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n")
+    handle.flush()
+    return handle
+
+
 @contextlib.contextmanager
 def locked(directory: str, name: str = LOCK_NAME, wait: bool = False,
            what: str = "run") -> Iterator[str]:
     """Holds an exclusive lock on ``directory/name`` while the block runs. ``wait``: block
-    until the holder finishes (with a message) instead of failing."""
+    until the holder finishes (with a message) instead of failing. In a job of several
+    processes, process 0 holds it for the job (every process must enter the block)."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.realpath(os.path.join(directory, name))
     if path in _HELD:
@@ -66,31 +89,20 @@ def locked(directory: str, name: str = LOCK_NAME, wait: bool = False,
         finally:
             _HELD[path][1] -= 1
         return
-    handle = open(path, "a+")
+    primary = distributed.is_primary()
+    handle = _take(path, directory, wait, what) if primary else None
+    if not distributed.broadcast_from_primary(handle is not None or not primary):
+        holder = _holder(path) if primary else "see process 0"
+        raise WorkdirBusyError(
+            f"{directory} is in use by another {what} ({holder}); wait for it to finish or "
+            f"use another workdir. The lock ({path}) is released when that process ends.")
+    _HELD[path] = [handle, 1]
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                raise WorkdirBusyError(
-                    f"{directory} is in use by another {what} ({_holder(path)}); wait for it "
-                    f"to finish or use another workdir. The lock ({path}) is released when "
-                    "that process ends.") from None
-            print(f"waiting for another {what} in {directory} ({_holder(path)})",
-                  file=sys.stderr)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n")
-        handle.flush()
-        _HELD[path] = [handle, 1]
-        try:
-            yield path
-        finally:
-            del _HELD[path]
+        yield path
     finally:
-        handle.close()   # closing the file releases the lock
+        del _HELD[path]
+        if handle:
+            handle.close()   # closing the file releases the lock
 
 
 def move_aside(directory: str) -> Optional[str]:
@@ -121,7 +133,7 @@ def check_settings(config, directory: str) -> None:
     otherwise records this run's settings there."""
     path = os.path.join(directory, CONFIG_NAME)
     new = record(config)
-    if os.path.exists(path):
+    if os.path.exists(path):   # every process checks, process 0 records
         with open(path) as f:
             old = json.load(f)
         if old.get("hash") != new["hash"]:
@@ -133,12 +145,14 @@ def check_settings(config, directory: str) -> None:
                     "(workdir -> now):\n  " + "\n  ".join(changes) + "\nRerun with --fresh "
                     f"to move the old content to {directory}.old-<time> and start over, set "
                     "the old values again to resume, or choose another --workdir.")
-    elif any(e != LOCK_NAME for e in os.listdir(directory)):
+    elif any(e != LOCK_NAME for e in os.listdir(directory)) and distributed.is_primary():
         print(f"warning: {directory} has no record of the settings it was made with "
               f"({CONFIG_NAME}); recording the current ones", file=sys.stderr)
-    with open(path + ".tmp", "w") as f:
-        json.dump(new, f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    if distributed.is_primary():
+        with open(path + ".tmp", "w") as f:
+            json.dump(new, f, indent=1, sort_keys=True)
+        os.replace(path + ".tmp", path)
+    distributed.barrier("workdir settings recorded")
 
 
 @contextlib.contextmanager
@@ -147,9 +161,10 @@ def prepared(config, directory: str, fresh: bool = False) -> Iterator[str]:
     against (and then recording) the settings of the run that made it."""
     directory = os.path.abspath(directory)
     with locked(directory):
-        if fresh:
+        if fresh and distributed.is_primary():
             moved = move_aside(directory)
             if moved:
                 print(f"--fresh: moved the previous content of {directory} to {moved}")
+        distributed.barrier("workdir prepared")
         check_settings(config, directory)
         yield directory

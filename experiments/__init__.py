@@ -33,7 +33,11 @@ def run(config, workdir: str):
 
 
 def write_result(workdir: str, result: dict, markdown: str = None) -> None:
-    """A program's result as ``workdir/result.json`` (and its table as ``result.md``)."""
+    """A program's result as ``workdir/result.json`` (and its table as ``result.md``); in a
+    job of several processes only process 0 writes."""
+    from core import distributed
+    if not distributed.is_primary():
+        return
     with open(os.path.join(workdir, "result.json"), "w") as f:
         json.dump(result, f, indent=2, default=float)
     if markdown is not None:
@@ -43,7 +47,10 @@ def write_result(workdir: str, result: dict, markdown: str = None) -> None:
 
 def publish_json(config, result: dict) -> None:
     """A program's result as the published ``benchmarks/results/<experiment>.json``."""
+    from core import distributed
     from experiments import registry
+    if not distributed.is_primary():
+        return
     os.makedirs(registry.RESULTS, exist_ok=True)
     with open(os.path.join(registry.RESULTS, f"{config.experiment_name}.json"), "w") as f:
         json.dump(result, f, indent=2, default=float)

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from core import checkpoint, config as config_lib, train as train_lib
+from core import checkpoint, config as config_lib, distributed, train as train_lib
 from core import workdir as workdir_lib
 from data import pipeline
 from experiments import registry
@@ -81,10 +81,12 @@ def get_teacher(config, workdir: str = None, show_progress: bool = True):
                    "devices": jax.device_count(), "key": teacher_key(config)}
         check_trained(result, workdir)
         checkpoint.save_pytree(os.path.join(directory, "variables"), result["variables"])
-        tmp = summary_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(tmp, summary_path)  # the summary marks the cache entry complete
+        if distributed.is_primary():   # one writer in a job of several processes
+            tmp = summary_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(summary, f, indent=2)
+            os.replace(tmp, summary_path)  # the summary marks the cache entry complete
+        distributed.barrier("teacher cached")
     summary["cached"] = False
     return module, result["variables"], summary
 

@@ -7,7 +7,9 @@ in ONE compiled step: their variables are stacked on a leading "member" axis and
 ``vmap``-ed over it (on CPU unrolled inside the step, see ``over_members``),
 each member seeing its own teacher block's activations for the same
 images. The member axis is sharded over a 1-D device mesh ("students"), so a group spreads
-over all devices of a host or a cluster; groups run one after the other. Members never
+over all devices of a host or of every process of a job (``core.distributed``: each process
+reads the same images and steps the members on its devices; students are gathered to every
+process at the end, and process 0 writes the files); groups run one after the other. Members never
 interact (per-member losses, a vmapped optimizer), so training in parallel gives the same
 students as training each alone. The step is a ``shard_map`` (each device vmaps over its
 own members) rather than left to XLA's SPMD partitioner: on jax 0.10 the partitioner
@@ -35,7 +37,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import ml_collections
 
-from core import checkpoint, config as config_lib, losses, train as train_lib
+from core import checkpoint, config as config_lib, distributed, losses, sharding
+from core import train as train_lib
 from core.progress import MetricsLog
 from data import pipeline
 from nas.search_space import TEACHER, SearchSpace
@@ -190,14 +193,18 @@ class MemberParallel:
     def check(self, cfg) -> None:
         pass                            # every device sees the whole batch
 
+    def rows(self) -> tuple:
+        return 0, 1                     # every process loads the whole batch
+
     def place_state(self, state):
         self.specs = jax.tree.map(lambda a: self.members if jnp.ndim(a) else PartitionSpec(),
                                   state)
-        return jax.device_put(state, jax.tree.map(lambda s: NamedSharding(self.mesh, s),
-                                                  self.specs))
+        return sharding.put(state, jax.tree.map(lambda s: NamedSharding(self.mesh, s),
+                                                self.specs))
 
     def place_batch(self, images, labels):
-        return self.io(jnp.asarray(images))          # (member inputs, member targets)
+        images = sharding.put(images, sharding.replicated(self.mesh))
+        return self.io(images)                       # (member inputs, member targets)
 
     def compile(self, step_fn):
         return jax.jit(jax.shard_map(step_fn, mesh=self.mesh,
@@ -264,7 +271,7 @@ def train_group(group: Group, blocks: Sequence[TeacherBlock], dataset, cfg,
     params, collections = _split(trained)
     state = {"params": params, "collections": collections}
     val = evaluate_group(module, state, io, dataset, cfg, mesh, batching)[:len(members)]
-    if workdir:
+    if workdir and distributed.is_primary():
         MetricsLog(os.path.join(workdir, "metrics.jsonl"), cfg.steps).write(
             cfg.steps, **{f"val_nsr/{n}": float(v) for n, v in zip(names, val)})
     return [Student(p, b, group.choice, module, jax.tree.map(lambda a, i=i: a[i], trained),
@@ -276,13 +283,16 @@ def evaluate_group(module, state, io, dataset, cfg, mesh, batching="vmap") -> np
     members = PartitionSpec("students")
     evaluate = jax.jit(jax.shard_map(make_eval(module, batching), mesh=mesh, in_specs=members,
                                      out_specs=members, check_vma=False))
+    state = sharding.put(state, NamedSharding(mesh, members))
     batch = cfg.get("eval_batch_size", 256)
     x_all = pipeline.normalize(dataset.validation[0], dataset.mean, dataset.std)
     n_batches = min(cfg.get("eval_batches", 4), max(1, len(x_all) // batch))
     totals = []
     for i in range(n_batches):
-        x, target = io(jnp.asarray(x_all[i * batch:(i + 1) * batch]))
-        totals.append(np.asarray(evaluate(state["params"], state["collections"], x, target)))
+        x, target = io(sharding.put(x_all[i * batch:(i + 1) * batch],
+                                    sharding.replicated(mesh)))
+        totals.append(sharding.to_host(evaluate(state["params"], state["collections"], x,
+                                                target)))
     return np.mean(totals, 0)
 
 
@@ -292,9 +302,12 @@ def _save_group(directory: str, group: Group, students: List[Student]):
                            [s.variables for s in students])
     record = {"choice": group.choice.as_dict(), "members": group.members,
               "val_nsr": [s.val_nsr for s in students], "done": True}
-    with open(os.path.join(directory, "group.json.tmp"), "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(os.path.join(directory, "group.json.tmp"), os.path.join(directory, "group.json"))
+    if distributed.is_primary():
+        with open(os.path.join(directory, "group.json.tmp"), "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(os.path.join(directory, "group.json.tmp"),
+                   os.path.join(directory, "group.json"))
+    distributed.barrier("distilled group saved")
 
 
 def _load_group(directory: str, group: Group) -> Optional[List[Student]]:
