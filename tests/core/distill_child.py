@@ -1,12 +1,12 @@
 """Runs the tiny blockwise distillation in its own process, alone or as one process of a
 job (the environment of core.distributed), for tests/core/test_multiprocess.py.
 
-usage: python distill_child.py WORKDIR OUT.npz
+usage: python distill_child.py WORKDIR OUT.npz [STEPS]
 The tiny NAS setting (nas_fmnist_tiny: untrained tiny ResNet teacher, 3 steps), cut so that
 two teacher blocks of equal shape (stem_bn and stage0_block0) are searched with one student
 choice: one group of two members, one on each device of a 2-device mesh (one compilation).
 Process 0 writes every student's variables to OUT.npz, keyed by position, choice and leaf
-path.
+path. STEPS (default: the config's 3) lengthens the run for timing (scripts/gpu_check.sh).
 """
 import os
 import sys
@@ -28,8 +28,8 @@ CUTS = ("stem_bn", "stage0_block0", "stage1_block0")
 SEARCHED = ("stem_bn", "stage0_block0")      # both (28, 28, 4) -> (28, 28, 4)
 
 
-def main(workdir: str, out: str) -> None:
-    config = registry.load("nas_fmnist_tiny")
+def main(workdir: str, out: str, steps: str = "") -> None:
+    config = registry.load("nas_fmnist_tiny", [("distill.steps", steps)] if steps else [])
     fn, variables, dataset, _ = nas_search.load_teacher(config)
     x = jnp.zeros((config.distill.batch_size,) + dataset.image_shape, jnp.float32)
     blocks = teacher_blocks.split_by_modules(fn, variables, x, list(CUTS))
@@ -48,4 +48,4 @@ def main(workdir: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from core import checkpoint
+from core import checkpoint, distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN = os.path.join(ROOT, "run.py")
@@ -36,10 +36,18 @@ TEACHER = ["--exp=train_teacher_tiny", "--exp.train.steps=4", "--exp.train.augme
 PARAM_TOLERANCE = 3e-3
 
 
+_PORTS_GIVEN = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on, never the same twice (jobs started together need two)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def _env(tmp_path, **extra) -> dict:
@@ -49,25 +57,22 @@ def _env(tmp_path, **extra) -> dict:
     return env
 
 
-def single_process(tmp_path, argv, log_name):
-    """One process with two CPU devices; returns its stdout."""
-    env = _env(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    with open(tmp_path / f"{log_name}.log", "w") as log:
-        done = subprocess.run([sys.executable, *argv], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=log, text=True, timeout=TIMEOUT_S)
-    assert done.returncode == 0, (tmp_path / f"{log_name}.log").read_text()[-3000:]
-    return done.stdout
+def _job_env(tmp_path, processes: int, index: int, port: int) -> dict:
+    if processes == 1:      # the reference: one process with the same two devices
+        return _env(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    return _env(tmp_path, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(index))
 
 
 @contextlib.contextmanager
 def job(tmp_path, argv, log_name, processes=2):
-    """``processes`` local processes forming one JAX job; yields the Popen objects and kills
-    whatever still runs when the block ends (on failure too)."""
+    """``processes`` local processes forming one JAX job (1: a single process with two CPU
+    devices); yields the Popen objects and kills whatever still runs when the block ends
+    (on failure too). Output goes to ``tmp_path/<log_name>.<index>.log``."""
     port, running, logs = free_port(), [], []
     try:
         for index in range(processes):
-            env = _env(tmp_path, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                       JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(index))
+            env = _job_env(tmp_path, processes, index, port)
             logs.append(open(tmp_path / f"{log_name}.{index}.log", "w"))
             running.append(subprocess.Popen([sys.executable, *argv], env=env, cwd=ROOT,
                                             stdout=logs[-1], stderr=subprocess.STDOUT,
@@ -90,9 +95,13 @@ def wait_all(processes, tmp_path, log_name):
         assert process.returncode == 0, f"process {index} failed:\n{log[-3000:]}"
 
 
-def run_job(tmp_path, argv, log_name):
-    with job(tmp_path, argv, log_name) as processes:
-        wait_all(processes, tmp_path, log_name)
+def run_jobs(*jobs):
+    """Runs ``(tmp_path, argv, log_name, processes)`` jobs at the same time (the machine's
+    cores are better used while one job waits on another's collectives) until all end."""
+    with contextlib.ExitStack() as stack:
+        started = [(stack.enter_context(job(*spec)), spec) for spec in jobs]
+        for processes, (tmp_path, _, log_name, _) in started:
+            wait_all(processes, tmp_path, log_name)
 
 
 def cached_teacher(tmp_path):
@@ -127,14 +136,42 @@ def kill_after_first_checkpoint(processes, checkpoints, total_steps):
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.parametrize("env, expected", [
+    ({}, None),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4",
+      "JAX_PROCESS_ID": "3"},
+     {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3}),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, None),         # one task: stay alone
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, {}),          # srun: JAX detects
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, {}),
+    ({"COMPRESS_DISTRIBUTED": "1"}, {}),
+    ({"COMPRESS_DISTRIBUTED": "0", "SLURM_NTASKS": "16"}, None),
+])
+def test_the_environment_decides_whether_processes_join(env, expected):
+    assert distributed.launch_arguments(env) == expected
+
+
+def test_a_partial_explicit_setting_is_an_error():
+    with pytest.raises(ValueError, match="JAX_PROCESS_ID"):
+        distributed.launch_arguments({"JAX_COORDINATOR_ADDRESS": "h:1",
+                                      "JAX_NUM_PROCESSES": "2"})
+
+
 @pytest.mark.slow
 def test_two_processes_train_like_one_and_resume_after_sigkill(tmp_path):
     one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
     for path in (one, two, killed):
         path.mkdir()
-    single_process(one, [RUN, *TEACHER, f"--workdir={one / 'run'}"], "run")
-    run_job(two, [RUN, *TEACHER, f"--workdir={two / 'run'}"], "run")
-
+    argv = [RUN, *TEACHER, f"--workdir={killed / 'run'}"]
+    with contextlib.ExitStack() as stack:    # the three jobs at once, one killed midway
+        reference = stack.enter_context(job(one, [RUN, *TEACHER, f"--workdir={one / 'run'}"],
+                                            "run", processes=1))
+        pair = stack.enter_context(job(two, [RUN, *TEACHER, f"--workdir={two / 'run'}"], "run"))
+        doomed = stack.enter_context(job(killed, argv, "killed"))
+        step = kill_after_first_checkpoint(doomed, killed / "run" / "train" / "checkpoints",
+                                           total_steps=4)
+        wait_all(reference, one, "run")
+        wait_all(pair, two, "run")
     reference, variables = cached_teacher(one), cached_teacher(two)
     assert max_difference(reference["params"], variables["params"]) < PARAM_TOLERANCE
     assert max_difference(reference["batch_stats"], variables["batch_stats"]) < PARAM_TOLERANCE
@@ -143,21 +180,17 @@ def test_two_processes_train_like_one_and_resume_after_sigkill(tmp_path):
     assert "trained teacher" in (two / "run.0.log").read_text()
     assert "trained teacher" not in (two / "run.1.log").read_text()
 
-    argv = [RUN, *TEACHER, f"--workdir={killed / 'run'}"]
-    with job(killed, argv, "killed") as processes:
-        step = kill_after_first_checkpoint(processes, killed / "run" / "train" / "checkpoints",
-                                           total_steps=4)
-    run_job(killed, argv, "resumed")
+    run_jobs((killed, argv, "resumed", 2))
     assert f"resumed from step {step}" in (killed / "resumed.0.log").read_text()
     assert max_difference(cached_teacher(killed), variables) == 0.0
 
 
 @pytest.mark.slow
 def test_two_processes_distill_the_students_of_one(tmp_path):
-    single_process(tmp_path, [DISTILL_CHILD, str(tmp_path / "one"), str(tmp_path / "one.npz")],
-                   "distill")
-    run_job(tmp_path, [DISTILL_CHILD, str(tmp_path / "two"), str(tmp_path / "two.npz")],
-            "distill")
+    run_jobs((tmp_path, [DISTILL_CHILD, str(tmp_path / "one"), str(tmp_path / "one.npz")],
+              "one", 1),
+             (tmp_path, [DISTILL_CHILD, str(tmp_path / "two"), str(tmp_path / "two.npz")],
+              "two", 2))
     reference, students = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     assert sorted(students.files) == sorted(reference.files)
     nsr = [float(students[k]) for k in students.files if k.endswith("val_nsr")]
