@@ -173,8 +173,9 @@ def test_two_processes_train_like_one_and_resume_after_sigkill(tmp_path):
         wait_all(reference, one, "run")
         wait_all(pair, two, "run")
     reference, variables = cached_teacher(one), cached_teacher(two)
-    assert max_difference(reference["params"], variables["params"]) < PARAM_TOLERANCE
-    assert max_difference(reference["batch_stats"], variables["batch_stats"]) < PARAM_TOLERANCE
+    differences = {c: max_difference(reference[c], variables[c]) for c in reference}
+    print(f"2 processes vs 1 process with 2 devices, max difference: {differences}")
+    assert max(differences.values()) < PARAM_TOLERANCE
     # Process 0 alone logs: each step once in metrics.jsonl, the summary printed once.
     assert _steps_in(two / "run" / "train" / "metrics.jsonl") == [4]
     assert "trained teacher" in (two / "run.0.log").read_text()
@@ -182,7 +183,9 @@ def test_two_processes_train_like_one_and_resume_after_sigkill(tmp_path):
 
     run_jobs((killed, argv, "resumed", 2))
     assert f"resumed from step {step}" in (killed / "resumed.0.log").read_text()
-    assert max_difference(cached_teacher(killed), variables) == 0.0
+    resumed = max_difference(cached_teacher(killed), variables)
+    print(f"killed at step {step} of 4 and resumed vs uninterrupted: max difference {resumed}")
+    assert resumed == 0.0
 
 
 @pytest.mark.slow
