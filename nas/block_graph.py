@@ -11,6 +11,13 @@ that JAX wraps in a named call (``relu``, ``relu6``, ``silu``, ``hard_silu``,
 Node features: a one-hot of the op kind (``kind_of``, a table keyed by primitive), then
 log2 of input and output channels, kernel size, stride, log2 of the output's spatial size
 and a depthwise flag, all scaled to about [0, 1].
+
+Graph-level features (``globals``, ``BLOCK_FEATURES``): the block's measured quality (its
+distillation NSR) and its position in the network, scaled to [0, 1]. ``block_graph`` leaves
+them zero; ``with_block_features`` sets them for a (position, option) of the search space.
+Without them, an option's graph is the same at every position of equal shape and two options
+of equal structure but unequal training look identical: the GNN could only learn a per-slot
+identity, a one-hot model in disguise.
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -48,6 +55,7 @@ KIND_OF_PRIMITIVE = P.rule_table({
 })
 NUM_NUMERIC = 6
 NODE_FEATURES = len(OP_KINDS) + NUM_NUMERIC
+BLOCK_FEATURES = ("nsr", "position")
 
 
 def kind_of(eqn) -> str:
@@ -141,7 +149,16 @@ def block_graph(fn, variables, x) -> jraph.GraphsTuple:
         senders=np.asarray(builder.senders, np.int32),
         receivers=np.asarray(builder.receivers, np.int32),
         n_node=np.asarray([len(builder.kinds)], np.int32),
-        n_edge=np.asarray([len(builder.senders)], np.int32), globals=np.zeros((1, 1), np.float32))
+        n_edge=np.asarray([len(builder.senders)], np.int32),
+        globals=np.zeros((1, len(BLOCK_FEATURES)), np.float32))
+
+
+def with_block_features(graph: jraph.GraphsTuple, nsr: float, position: int,
+                        n_positions: int) -> jraph.GraphsTuple:
+    """``graph`` (one block) with its measured NSR and its position (0 first, 1 last) as the
+    graph-level features the GNN reads beside the pooled node states."""
+    place = position / max(1, n_positions - 1)
+    return graph._replace(globals=np.asarray([[nsr, place]], np.float32))
 
 
 def node_kinds(graph: jraph.GraphsTuple) -> List[str]:
@@ -153,4 +170,5 @@ def batch_graphs(graphs: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
     return jax.tree.map(np.asarray, jraph.batch_np(list(graphs)))
 
 
-__all__ = ["block_graph", "batch_graphs", "node_kinds", "kind_of", "OP_KINDS", "NODE_FEATURES"]
+__all__ = ["block_graph", "batch_graphs", "node_kinds", "kind_of", "with_block_features",
+           "OP_KINDS", "NODE_FEATURES", "BLOCK_FEATURES"]

@@ -2,7 +2,11 @@
 
 Block embedding: node features -> Dense, then ``layers`` rounds of a jraph ``GraphNetwork``
 (edge MLP over sender and receiver states, node MLP over the node and its summed incoming
-and outgoing messages, residual), then mean and max over each graph's nodes -> Dense.
+and outgoing messages, residual), then mean and max over each graph's nodes, concatenated
+with the graph-level features (``globals``: the block's measured NSR and its position, see
+``nas.block_graph.with_block_features``) -> Dense. The block features enter at the readout, so
+the message passing over the op graph is unchanged and a graph without them (zeros) embeds as
+before.
 
 An architecture is one option per position, so its embedding is the concatenation over
 positions of the chosen blocks' embeddings. All distinct block graphs are embedded in one
@@ -54,7 +58,8 @@ class BlockEncoder(nn.Module):
                                    total_repeat_length=graphs.nodes.shape[0])
         mean = jraph.segment_mean(graphs.nodes, graph_of_node, n_graph)
         top = jraph.segment_max(graphs.nodes, graph_of_node, n_graph)
-        return nn.Dense(self.embed_dim, name="readout")(jnp.concatenate([mean, top], -1))
+        pooled = jnp.concatenate([mean, top, jnp.asarray(graphs.globals, mean.dtype)], -1)
+        return nn.Dense(self.embed_dim, name="readout")(pooled)
 
 
 class ArchitectureEmbedding(nn.Module):

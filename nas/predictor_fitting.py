@@ -1,9 +1,10 @@
 """The measured half of the NAS search: sampled architectures measured for real (held-out
 accuracy, cost from the jaxpr, ONNX latency), every (position, option) block embedded as a
-graph, and predictors (GNN vs baselines) fitted on some architectures and judged on the
-rest. ``experiments/nas_search.py`` runs it between distillation and NSGA-II.
+graph (with its NSR and position), and the predictors to compare (GNN vs baselines), judged
+over many random splits by ``nas.predictor_evaluation``. ``experiments/nas_search.py`` runs
+it between distillation and NSGA-II.
 """
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import jax.numpy as jnp
 import numpy as np
@@ -31,54 +32,50 @@ def measure_architectures(library, archs, dataset, cfg, runner, with_latency,
 
 
 def build_graphs(library, dataset):
-    """One batched GraphsTuple of every (position, option) block, and the index table."""
+    """One batched GraphsTuple of every (position, option) block, each carrying its measured
+    NSR and position as graph-level features, and the index table ``[p][k] -> graph``."""
     graphs, table = [], []
+    n_positions = len(library.space.positions)
     for p, index in enumerate(library.space.positions):
         x = jnp.zeros((1,) + tuple(library.blocks[index].in_shape[1:]), jnp.float32)
         row = []
         for option in library.options[p]:
             row.append(len(graphs))
-            graphs.append(block_graph.block_graph(option.fn, option.variables, x))
+            graph = block_graph.block_graph(option.fn, option.variables, x)
+            graphs.append(block_graph.with_block_features(graph, option.val_nsr, p,
+                                                          n_positions))
         table.append(row)
     return block_graph.batch_graphs(graphs), table
 
 
-def fit_predictors(library, graphs, table, train_rows, test_rows, cfg,
-                   log=print) -> Dict:
-    """GNN predictors and baselines, judged on held-out architectures."""
+def predictor_factories(library, graphs, table, rows, cfg) -> Dict[str, Dict[str, Callable]]:
+    """Per target, the predictors to compare as factories (fresh, unfitted instances): the
+    GNN, DONNA's linear model on per-block NSR, the one-hot MLP, and the FLOPs baseline."""
     pcfg = cfg.predictor
-    gnn = lambda log: predictors.GraphPredictor(graphs, table, log_target=log,
-                                                hidden=pcfg.hidden, embed_dim=pcfg.embed_dim,
-                                                layers=pcfg.layers, steps=pcfg.steps,
-                                                learning_rate=pcfg.learning_rate)
-    nsr = lambda a: library.per_block_nsr(a)
-    flops_of = {tuple(r["arch"]): r["flops"] for r in train_rows + test_rows}
-    log_flops = lambda a: [np.log(flops_of.get(tuple(a)) or
-                                  architecture.cost(library, a)["flops"])]
-    candidates = {
-        "accuracy": {"gnn": gnn(False), "donna_linear_nsr": predictors.LinearOnFeatures(nsr),
-                     "onehot_mlp": predictors.OneHotMLP(library.space.sizes,
-                                                        steps=pcfg.steps),
-                     "flops": predictors.LinearOnFeatures(log_flops)},
-        "latency_ms": {"gnn": gnn(True), "onehot_mlp": predictors.OneHotMLP(
-            library.space.sizes, log_target=True, steps=pcfg.steps),
-            "flops": predictors.LinearOnFeatures(log_flops, log_target=True)},
-        "peak_activation_bytes": {"gnn": gnn(True), "flops": predictors.LinearOnFeatures(
-            log_flops, log_target=True)},
+
+    def gnn(log_target):
+        return lambda: predictors.GraphPredictor(
+            graphs, table, log_target=log_target, hidden=pcfg.hidden, embed_dim=pcfg.embed_dim,
+            layers=pcfg.layers, steps=pcfg.steps, learning_rate=pcfg.learning_rate)
+
+    flops_of = {tuple(r["arch"]): r["flops"] for r in rows}
+
+    def log_flops(arch):
+        return [np.log(flops_of.get(tuple(arch)) or architecture.cost(library, arch)["flops"])]
+
+    def flops(log_target):
+        return lambda: predictors.LinearOnFeatures(log_flops, log_target=log_target)
+
+    def onehot(log_target):
+        return lambda: predictors.OneHotMLP(library.space.sizes, log_target=log_target,
+                                            steps=pcfg.steps)
+
+    def donna_linear():
+        return predictors.LinearOnFeatures(library.per_block_nsr)
+
+    return {
+        "accuracy": {"gnn": gnn(False), "donna_linear_nsr": donna_linear,
+                     "onehot_mlp": onehot(False), "flops": flops(False)},
+        "latency_ms": {"gnn": gnn(True), "onehot_mlp": onehot(True), "flops": flops(True)},
+        "peak_activation_bytes": {"gnn": gnn(True), "flops": flops(True)},
     }
-    fitted, report = {}, {}
-    for target, models in candidates.items():
-        train = [r for r in train_rows if r.get(target) is not None]
-        test = [r for r in test_rows if r.get(target) is not None]
-        if len(train) < 4 or len(test) < 3:
-            continue
-        report[target] = {"train": len(train), "test": len(test)}
-        for name, model in models.items():
-            model.fit([tuple(r["arch"]) for r in train], np.array([r[target] for r in train]))
-            pred = model.predict([tuple(r["arch"]) for r in test])
-            report[target][name] = predictors.ranking_metrics(pred, [r[target] for r in test])
-            fitted[(target, name)] = model
-        log(f"{target}: " + ", ".join(f"{n} tau={m['kendall_tau']:.3f}"
-                                          for n, m in report[target].items()
-                                          if isinstance(m, dict)))
-    return {"fitted": fitted, "report": report}

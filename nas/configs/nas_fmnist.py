@@ -42,8 +42,8 @@ def get_config():
     c.measure = ml_collections.ConfigDict(dict(
         architectures=100, latency_architectures=60, eval_limit=2000, runs=50, warmup=5))
     c.predictor = ml_collections.ConfigDict(dict(
-        train_fraction=0.7, hidden=32, embed_dim=16, layers=3, steps=1500,
-        learning_rate=3e-3))
+        train_fraction=0.7, splits=20, hidden=32, embed_dim=16, layers=3, steps=1500,
+        learning_rate=3e-3))        # judged over `splits` random train/test splits
     c.search = ml_collections.ConfigDict(dict(
         population=64, generations=40, latency_budget=0.7, measure_front=5,
         int8_profile="npu_int8_per_tensor"))  # third objective: quant.lint penalties ("" off)

@@ -54,3 +54,14 @@ def test_gnn_embeds_every_graph_and_concatenates_over_positions():
     np.testing.assert_allclose(z[0, :4], z[1, 4:], rtol=1e-6)    # same block, same embedding
     np.testing.assert_allclose(z[2, :4], z[2, 4:], rtol=1e-6)
     assert np.abs(z[0, :4] - z[0, 4:]).max() > 1e-4              # different blocks differ
+
+
+def test_block_features_are_the_graph_globals():
+    variables = {"w": jnp.ones((3, 3, 4, 4)), "scale": jnp.ones((4,))}
+    g = block_graph.block_graph(residual_fn, variables, jnp.ones((1, 8, 8, 4)))
+    assert g.globals.shape == (1, len(block_graph.BLOCK_FEATURES)) and not g.globals.any()
+    placed = [block_graph.with_block_features(g, nsr, p, 3)
+              for p, nsr in enumerate((0.1, 0.2, 0.3))]
+    batched = block_graph.batch_graphs(placed)
+    np.testing.assert_allclose(batched.globals, [[0.1, 0.0], [0.2, 0.5], [0.3, 1.0]], rtol=1e-6)
+    np.testing.assert_array_equal(placed[2].nodes, g.nodes)        # the op graph is unchanged
