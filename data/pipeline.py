@@ -91,18 +91,28 @@ def normalize(images: np.ndarray, mean: float, std: float) -> np.ndarray:
     return ((images.astype(np.float32) / 255.0) - mean) / std
 
 
+def augmentation_draws(rng: np.random.Generator, n: int, pad: int = 4, flip: bool = True):
+    """The random crop offsets ``(dy, dx)`` and flips of ``n`` images, drawn in one fixed
+    order so that a batch split between processes gets the draws of the whole batch."""
+    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
+    flipped = rng.random(n) < 0.5 if flip else np.zeros(n, bool)
+    return dy, dx, flipped
+
+
+def apply_augmentation(images: np.ndarray, dy, dx, flipped, pad: int = 4) -> np.ndarray:
+    """Crops each zero-padded image at ``(dy, dx)`` and mirrors the flipped ones."""
+    n, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    rows = dy[:, None] + np.arange(h)[None]
+    cols = dx[:, None] + np.arange(w)[None]
+    cols = np.where(flipped[:, None], cols[:, ::-1], cols)
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
 def augment(images: np.ndarray, rng: np.random.Generator, pad: int = 4,
             flip: bool = True) -> np.ndarray:
     """Random crop after zero padding, and random horizontal flip (uint8 in, uint8 out)."""
-    n, h, w, _ = images.shape
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
-    rows = dy[:, None] + np.arange(h)[None]
-    cols = dx[:, None] + np.arange(w)[None]
-    if flip:
-        flipped = rng.random(n) < 0.5
-        cols = np.where(flipped[:, None], cols[:, ::-1], cols)
-    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return apply_augmentation(images, *augmentation_draws(rng, len(images), pad, flip), pad=pad)
 
 
 @functools.lru_cache(maxsize=4)
@@ -112,7 +122,8 @@ def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 def train_batch(dataset: ImageDataset, step: int, batch_size: int, seed: int,
                 augmentation: bool = True, shard: Tuple[int, int] = (0, 1)):
-    """The (normalized images, labels) of global batch ``step``, or this host's shard of it."""
+    """The (normalized images, labels) of global batch ``step``, or this host's shard of it:
+    the same rows, crops and flips whatever the number of processes."""
     x, y = dataset.train
     if not 0 < batch_size <= len(x):
         raise ValueError(f"batch_size={batch_size}: must be between 1 and the {len(x)} "
@@ -121,11 +132,12 @@ def train_batch(dataset: ImageDataset, step: int, batch_size: int, seed: int,
     epoch, within = divmod(step, steps_per_epoch)
     idx = _epoch_order(len(x), seed, epoch)[within * batch_size:(within + 1) * batch_size]
     index, count = shard
-    idx = idx[index::count]
-    images = x[idx]
+    mine = slice(index, None, count)
+    images = x[idx[mine]]
     if augmentation:
-        images = augment(images, np.random.default_rng([seed, step, index, 1]))
-    return normalize(images, dataset.mean, dataset.std), y[idx]
+        draws = augmentation_draws(np.random.default_rng([seed, step, 1]), len(idx))
+        images = apply_augmentation(images, *(d[mine] for d in draws))
+    return normalize(images, dataset.mean, dataset.std), y[idx[mine]]
 
 
 def eval_batches(dataset: ImageDataset, split: str, batch_size: int) -> Iterator:

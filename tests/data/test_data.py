@@ -54,6 +54,17 @@ def test_host_shards_partition_the_global_batch(dataset):
     assert sorted(np.concatenate(parts).tolist()) == sorted(whole.tolist())
 
 
+def test_augmented_shards_are_rows_of_the_augmented_global_batch(dataset):
+    """Crops and flips are drawn for the whole global batch, so a 2-process run trains on
+    the images a 1-process run does (issue 19: parameters equal with augmentation on)."""
+    whole, _ = pipeline.train_batch(dataset, 3, 64, 0, True)
+    for i in range(2):
+        part, _ = pipeline.train_batch(dataset, 3, 64, 0, True, shard=(i, 2))
+        np.testing.assert_array_equal(part, whole[i::2])
+    plain, _ = pipeline.train_batch(dataset, 3, 64, 0, False)
+    assert not np.array_equal(whole, plain), "augmentation changed the images"
+
+
 def test_normalization(dataset):
     x = pipeline.normalize(dataset.train[0][:5000], dataset.mean, dataset.std)
     assert abs(x.mean()) < 0.05 and abs(x.std() - 1) < 0.05
