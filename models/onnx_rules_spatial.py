@@ -54,16 +54,27 @@ def _window_pads(node: Node, sizes, kernel, strides, dilations) -> List[Tuple[in
     return [(pads[i], pads[i + nd]) for i in range(nd)]
 
 
-def _conv(node: Node, x, w, b=None):
+def _strides_dilations(node: Node, nd: int):
+    """A window op's ``strides`` and ``dilations``, 1 on each of its ``nd`` axes if absent."""
+    return node.attr("strides") or [1] * nd, node.attr("dilations") or [1] * nd
+
+
+def _dilated_conv(node: Node, x, w, b, pads_of, transposed: bool):
+    """Conv or ConvTranspose as one lax conv: a ConvTranspose is the conv of its input
+    dilated by the strides (``transposed``), with the padding ``pads_of`` gives."""
     nd = x.ndim - 2
-    kernel = w.shape[:nd]
-    strides = node.attr("strides") or [1] * nd
-    dilations = node.attr("dilations") or [1] * nd
-    pads = _window_pads(node, x.shape[1:-1], kernel, strides, dilations)
-    y = lax.conv_general_dilated(x, w, tuple(strides), pads, rhs_dilation=tuple(dilations),
-                                 dimension_numbers=_SPECS[nd],
+    strides, dilations = _strides_dilations(node, nd)
+    pads = pads_of(node, x.shape[1:-1], w.shape[:nd], strides, dilations)
+    window_strides, lhs_dilation = (((1,) * nd, tuple(strides)) if transposed
+                                    else (tuple(strides), None))
+    y = lax.conv_general_dilated(x, w, window_strides, pads, lhs_dilation=lhs_dilation,
+                                 rhs_dilation=tuple(dilations), dimension_numbers=_SPECS[nd],
                                  feature_group_count=node.attr("group", 1))
     return y if b is None else y + b
+
+
+def _conv(node: Node, x, w, b=None):
+    return _dilated_conv(node, x, w, b, _window_pads, transposed=False)
 
 
 def _conv_transpose_pads(node: Node, sizes, kernel, strides, dilations):
@@ -88,15 +99,7 @@ def _conv_transpose_pads(node: Node, sizes, kernel, strides, dilations):
 
 
 def _conv_transpose(node: Node, x, w, b=None):
-    nd = x.ndim - 2
-    kernel = w.shape[:nd]
-    strides = node.attr("strides") or [1] * nd
-    dilations = node.attr("dilations") or [1] * nd
-    pads = _conv_transpose_pads(node, x.shape[1:-1], kernel, strides, dilations)
-    y = lax.conv_general_dilated(x, w, (1,) * nd, pads, lhs_dilation=tuple(strides),
-                                 rhs_dilation=tuple(dilations), dimension_numbers=_SPECS[nd],
-                                 feature_group_count=node.attr("group", 1))
-    return y if b is None else y + b
+    return _dilated_conv(node, x, w, b, _conv_transpose_pads, transposed=True)
 
 
 def _batch_norm(node: Node, x, scale, bias, mean, var):
@@ -107,8 +110,7 @@ def _batch_norm(node: Node, x, scale, bias, mean, var):
 def _pool_geometry(node: Node, x):
     nd = x.ndim - 2
     kernel = node.attr("kernel_shape")
-    strides = node.attr("strides") or [1] * nd
-    dilations = node.attr("dilations") or [1] * nd
+    strides, dilations = _strides_dilations(node, nd)
     sizes = x.shape[1:-1]
     pads = _window_pads(node, sizes, kernel, strides, dilations)
     if node.attr("ceil_mode", 0):
