@@ -156,6 +156,32 @@ def _spread(ranges: np.ndarray) -> float:
     return float(ranges.max() / max(median, 1e-12))
 
 
+# Per range warning: the THRESHOLDS entry its ratio must exceed, and the fix it suggests.
+_CALIBRATE = "calibrate with 'percentile' or 'mse' ranges"
+RANGE_WARNINGS = {
+    "weight_range_spread": ("weight_spread", "apply cross-layer equalization "
+                            "(quant.equalization.equalize) after folding BatchNorm, or use "
+                            "per-channel weights"),
+    "activation_outliers": ("outlier_ratio", _CALIBRATE),
+    "unbounded_activation": ("outlier_ratio", "use a bounded activation (ReLU6 / clipped "
+                             "ReLU) here, " + _CALIBRATE),
+    "activation_channel_spread": ("channel_spread", "equalize the producing and consuming "
+                                  "layers (cross-layer equalization), or rescale the channels "
+                                  "(SmoothQuant-style)"),
+    "concat_range_mismatch": ("concat_ratio", "normalize the branches before concatenating "
+                              "(BatchNorm), or requantize each input to its own scale"),
+}
+
+
+def _warning_above(kind: str, ratio: float, message: str, source: str) -> List[Finding]:
+    """The end of every range check: one warning carrying ``ratio`` when it exceeds the
+    kind's threshold (``RANGE_WARNINGS``), none otherwise."""
+    threshold, fix = RANGE_WARNINGS[kind]
+    if ratio > THRESHOLDS[threshold]:
+        return [Finding(kind, "warning", message, source, fix, ratio)]
+    return []
+
+
 def _weight_spread(flat, profile) -> List[Finding]:
     if profile.weights.per_channel:
         return []
@@ -175,13 +201,9 @@ def _weight_spread(flat, profile) -> List[Finding]:
             if per_channel.size < 2:
                 continue
             ratio = _spread(per_channel)
-            if ratio > THRESHOLDS["weight_spread"]:
-                out.append(Finding(
-                    "weight_range_spread", "warning",
-                    f"output-channel weight ranges differ {ratio:.0f}x (max / median) under "
-                    f"per-tensor {profile.weights.bits}-bit weights", flat.source(i),
-                    "apply cross-layer equalization (quant.equalization.equalize) after "
-                    "folding BatchNorm, or use per-channel weights", ratio))
+            out += _warning_above("weight_range_spread", ratio, (
+                f"output-channel weight ranges differ {ratio:.0f}x (max / median) under "
+                f"per-tensor {profile.weights.bits}-bit weights"), flat.source(i))
     return out
 
 
@@ -206,25 +228,18 @@ def _activation_findings(flat, sites, values, profile) -> List[Finding]:
             a = np.abs(x).reshape(-1)
             p999 = float(np.percentile(a, 99.9))
             ratio = float(a.max() / max(p999, 1e-12))
-            if ratio > THRESHOLDS["outlier_ratio"]:
-                unbounded = _producer_chain_unbounded(flat, site.var)
-                out.append(Finding(
-                    "unbounded_activation" if unbounded else "activation_outliers", "warning",
+            unbounded = (ratio > THRESHOLDS["outlier_ratio"]
+                         and _producer_chain_unbounded(flat, site.var))
+            out += _warning_above(
+                "unbounded_activation" if unbounded else "activation_outliers", ratio, (
                     f"max |x| = {a.max():.3g} is {ratio:.0f}x the 99.9th percentile "
-                    f"({p999:.3g}): min-max ranges waste the int{site.spec.bits} grid",
-                    source,
-                    ("use a bounded activation (ReLU6 / clipped ReLU) here, " if unbounded
-                     else "") + "calibrate with 'percentile' or 'mse' ranges", ratio))
+                    f"({p999:.3g}): min-max ranges waste the int{site.spec.bits} grid"), source)
         if x.ndim >= 2 and x.shape[-1] >= 4:
             per_channel = np.abs(x).reshape(-1, x.shape[-1]).max(axis=0)
             ratio = _spread(per_channel)
-            if ratio > THRESHOLDS["channel_spread"]:
-                out.append(Finding(
-                    "activation_channel_spread", "warning",
-                    f"channel ranges of this per-tensor activation differ {ratio:.0f}x "
-                    "(max / median)", source,
-                    "equalize the producing and consuming layers (cross-layer "
-                    "equalization), or rescale the channels (SmoothQuant-style)", ratio))
+            out += _warning_above("activation_channel_spread", ratio, (
+                f"channel ranges of this per-tensor activation differ {ratio:.0f}x "
+                "(max / median)"), source)
     return out
 
 
@@ -238,13 +253,9 @@ def _concat_findings(flat, values) -> List[Finding]:
         if len(ranges) < 2:
             continue
         ratio = max(ranges) / max(min(ranges), 1e-12)
-        if ratio > THRESHOLDS["concat_ratio"]:
-            out.append(Finding(
-                "concat_range_mismatch", "warning",
-                f"concatenated tensors have ranges {', '.join(f'{r:.3g}' for r in ranges)} "
-                f"({ratio:.0f}x apart) and share one scale after the concat", flat.source(i),
-                "normalize the branches before concatenating (BatchNorm), or requantize "
-                "each input to its own scale", ratio))
+        out += _warning_above("concat_range_mismatch", ratio, (
+            f"concatenated tensors have ranges {', '.join(f'{r:.3g}' for r in ranges)} "
+            f"({ratio:.0f}x apart) and share one scale after the concat"), flat.source(i))
     return out
 
 
