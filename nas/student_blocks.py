@@ -69,16 +69,29 @@ class SqueezeExcite(nn.Module):
         return x * jax.nn.hard_sigmoid(nn.Conv(c, (1, 1), name="expand")(s))
 
 
-class PlainConvBlock(nn.Module):
-    """``depth`` kxk conv-BN-act layers with a residual (ResNet basic block at depth 2)."""
+class StudentBlock(nn.Module):
+    """What every student block is given: its choice, and the teacher block's output width
+    and stride."""
     choice: BlockChoice
     out_channels: int
     stride: int
 
+    def _settings(self):
+        """(choice, activation function, kernel size): what each block's layers read."""
+        return self.choice, ACTIVATIONS[self.choice.activation], self.choice.kernel
+
+    def _inner_width(self) -> int:
+        """The width between layers of the blocks whose ``width`` is relative to the output."""
+        return _channels(self.out_channels * self.choice.width)
+
+
+class PlainConvBlock(StudentBlock):
+    """``depth`` kxk conv-BN-act layers with a residual (ResNet basic block at depth 2)."""
+
     @nn.compact
     def __call__(self, x, train: bool = False):
-        c, act, k = self.choice, ACTIVATIONS[self.choice.activation], self.choice.kernel
-        inner = _channels(self.out_channels * c.width)
+        c, act, k = self._settings()
+        inner = self._inner_width()
         y = x
         for i in range(c.depth):
             last = i == c.depth - 1
@@ -95,16 +108,13 @@ class PlainConvBlock(nn.Module):
         return act(x + y)
 
 
-class InvertedResidual(nn.Module):
+class InvertedResidual(StudentBlock):
     """MobileNetV2 layers: 1x1 expand, kxk depthwise, [SE], 1x1 linear project."""
-    choice: BlockChoice
-    out_channels: int
-    stride: int
     fused: bool = False             # fused IR: the expand and depthwise become one kxk conv
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        c, act, k = self.choice, ACTIVATIONS[self.choice.activation], self.choice.kernel
+        c, act, k = self._settings()
         for i in range(c.depth):
             stride = self.stride if i == 0 else 1
             cin = x.shape[-1]
@@ -128,16 +138,13 @@ class InvertedResidual(nn.Module):
         return x
 
 
-class DepthwiseSeparable(nn.Module):
+class DepthwiseSeparable(StudentBlock):
     """``depth`` x (kxk depthwise-BN-act, 1x1 pointwise-BN-act), residual when shapes allow."""
-    choice: BlockChoice
-    out_channels: int
-    stride: int
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        c, act, k = self.choice, ACTIVATIONS[self.choice.activation], self.choice.kernel
-        inner = _channels(self.out_channels * c.width)
+        c, act, k = self._settings()
+        inner = self._inner_width()
         y = x
         for i in range(c.depth):
             cin = y.shape[-1]
@@ -156,16 +163,13 @@ class DepthwiseSeparable(nn.Module):
         return act(y)
 
 
-class MixerBlock(nn.Module):
+class MixerBlock(StudentBlock):
     """MLP-Mixer layers on the feature map's positions (tokens) and channels; a strided
     patch-merging conv first when the block changes resolution or width."""
-    choice: BlockChoice
-    out_channels: int
-    stride: int
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        c, act = self.choice, ACTIVATIONS[self.choice.activation]
+        c, act, _ = self._settings()
         if self.stride != 1 or x.shape[-1] != self.out_channels:
             x = nn.Conv(self.out_channels, (self.stride, self.stride), self.stride,
                         name="patch_merge")(x)
@@ -248,4 +252,4 @@ def init_from_teacher(student_variables, teacher_variables: Dict[str, jax.Array]
 
 __all__ = ["BlockChoice", "ACTIVATIONS", "BLOCK_BUILDERS", "register_block", "build_student",
            "init_student", "init_from_teacher", "stride_between", "PlainConvBlock",
-           "InvertedResidual", "DepthwiseSeparable", "MixerBlock", "SqueezeExcite"]
+           "InvertedResidual", "DepthwiseSeparable", "MixerBlock", "SqueezeExcite", "StudentBlock"]
