@@ -46,8 +46,9 @@ from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 from export.onnx_graph import Graph, attr as _attr
-from export.transpose_sinking import (einsum_terms, set_einsum_terms, sink_and_cancel,
-                                      sink_transposes, singleton_transposes_to_reshape)
+from export.transpose_sinking import (einsum_terms, rewrite_until_stable, set_einsum_terms,
+                                      sink_and_cancel, sink_transposes,
+                                      singleton_transposes_to_reshape)
 
 MAX_FOLDED_ELEMENTS = 1 << 24
 
@@ -276,46 +277,52 @@ def pools_to_nchw(graph: Graph) -> bool:
 # ---------------------------------------------------------------- Conv + affine folding
 
 def fold_conv_affine(graph: Graph) -> bool:
-    changed = False
-    progress = True
-    while progress:
-        progress = False
+    """Folds a constant per-channel Mul or Add that alone reads a Conv into its weights."""
+    return rewrite_until_stable(graph, Graph.consumers, _fold_chain_into_conv)
+
+
+def _fold_chain_into_conv(graph, conv, uses) -> bool:
+    """Folds the Mul/Add chain after ``conv`` one node at a time, as long as one folds."""
+    folded = False
+    while _fold_user_into_conv(graph, conv, uses):
+        folded = True
         uses = graph.consumers()
-        for conv in list(graph.nodes):
-            if conv.op_type != "Conv" or conv.input[1] not in graph.consts:
-                continue
-            users = uses.get(conv.output[0], [])
-            if len(users) != 1 or conv.output[0] in graph.outputs or \
-                    users[0].op_type not in ("Mul", "Add") or len(users[0].input) != 2:
-                continue
-            user = users[0]
-            other = user.input[1] if user.input[0] == conv.output[0] else user.input[0]
-            weight = graph.consts[conv.input[1]]
-            cout, rank = weight.shape[0], weight.ndim
-            c = graph.consts.get(other)
-            if c is None or c.ndim > rank or c.dtype != weight.dtype:
-                continue
-            full = c.reshape((1,) * (rank - c.ndim) + c.shape)
-            if full.shape[0] != 1 or any(s != 1 for s in full.shape[2:]) or \
-                    full.shape[1] not in (1, cout):
-                continue
-            per_channel = np.broadcast_to(full.reshape(-1), (cout,)).astype(weight.dtype)
-            bias = (graph.consts[conv.input[2]] if len(conv.input) > 2 and conv.input[2]
-                    else np.zeros(cout, weight.dtype))
-            if user.op_type == "Mul":
-                weight = weight * per_channel.reshape((cout,) + (1,) * (rank - 1))
-                bias = bias * per_channel
-            else:
-                bias = bias + per_channel
-            new_inputs = [conv.input[0], graph.add_const("conv_w", weight),
-                          graph.add_const("conv_b", bias)]
-            del conv.input[:]
-            conv.input.extend(new_inputs)
-            conv.output[0] = user.output[0]
-            graph.nodes.remove(user)
-            progress = changed = True
-            break
-    return changed
+    return folded
+
+
+def _fold_user_into_conv(graph, conv, uses) -> bool:
+    if conv.op_type != "Conv" or conv.input[1] not in graph.consts:
+        return False
+    users = uses.get(conv.output[0], [])
+    if len(users) != 1 or conv.output[0] in graph.outputs or \
+            users[0].op_type not in ("Mul", "Add") or len(users[0].input) != 2:
+        return False
+    user = users[0]
+    other = user.input[1] if user.input[0] == conv.output[0] else user.input[0]
+    weight = graph.consts[conv.input[1]]
+    cout, rank = weight.shape[0], weight.ndim
+    c = graph.consts.get(other)
+    if c is None or c.ndim > rank or c.dtype != weight.dtype:
+        return False
+    full = c.reshape((1,) * (rank - c.ndim) + c.shape)
+    if full.shape[0] != 1 or any(s != 1 for s in full.shape[2:]) or \
+            full.shape[1] not in (1, cout):
+        return False
+    per_channel = np.broadcast_to(full.reshape(-1), (cout,)).astype(weight.dtype)
+    bias = (graph.consts[conv.input[2]] if len(conv.input) > 2 and conv.input[2]
+            else np.zeros(cout, weight.dtype))
+    if user.op_type == "Mul":
+        weight = weight * per_channel.reshape((cout,) + (1,) * (rank - 1))
+        bias = bias * per_channel
+    else:
+        bias = bias + per_channel
+    new_inputs = [conv.input[0], graph.add_const("conv_w", weight),
+                  graph.add_const("conv_b", bias)]
+    del conv.input[:]
+    conv.input.extend(new_inputs)
+    conv.output[0] = user.output[0]
+    graph.nodes.remove(user)
+    return True
 
 
 # ---------------------------------------------------------------- constant-matrix Einsums

@@ -10,7 +10,7 @@ An Einsum has no fixed layout: the Transposes at its inputs, and one that alone 
 output, are absorbed into its equation (3 per bilinear resize of the TFLite importer).
 Rules are keyed by op type in ``SINK_RULES``.
 """
-from typing import Dict
+from typing import Callable, Dict
 
 import numpy as np
 import onnx
@@ -41,20 +41,33 @@ def _inverse(perm):
     return inv
 
 
-def sink_transposes(graph: Graph) -> bool:
-    """Move Transposes towards the outputs, through elementwise ops, reductions, Concat and
-    Gather; the Transposes that meet are composed and dropped by onnxoptimizer."""
+def rewrite_until_stable(graph: Graph, index_of: Callable[[Graph], dict],
+                         rewrite: Callable[[Graph, onnx.NodeProto, dict], bool]) -> bool:
+    """Sweeps ``rewrite(graph, node, index)`` over the nodes, in order, until a whole sweep
+    changes nothing; True when anything changed. ``index_of(graph)`` (the producer or the
+    consumers of each tensor) is recomputed after every change, since a rewrite rewires the
+    graph. The fixed-point loop of the graph passes that rewrite one node at a time."""
     changed = False
     progress = True
     while progress:
         progress = False
-        producers = graph.producer()
+        index = index_of(graph)
         for node in list(graph.nodes):
-            rule = SINK_RULES.get(node.op_type)
-            if rule is not None and rule(graph, node, producers):
+            if rewrite(graph, node, index):
                 progress = changed = True
-                producers = graph.producer()
+                index = index_of(graph)
     return changed
+
+
+def sink_transposes(graph: Graph) -> bool:
+    """Move Transposes towards the outputs, through elementwise ops, reductions, Concat and
+    Gather; the Transposes that meet are composed and dropped by onnxoptimizer."""
+    return rewrite_until_stable(graph, Graph.producer, _sink_one)
+
+
+def _sink_one(graph, node, producers) -> bool:
+    rule = SINK_RULES.get(node.op_type)
+    return rule is not None and rule(graph, node, producers)
 
 
 def _transposed_input(graph, name, producers):
