@@ -9,6 +9,8 @@ what this family tests.
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.patch_tokens import embed_patches
+
 
 class MlpBlock(nn.Module):
     hidden: int
@@ -44,10 +46,7 @@ class MlpMixer(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         del train  # no batch statistics or dropout; kept for the zoo's common signature
-        p = self.patch
-        x = nn.Conv(self.dim, (p, p), p, padding="VALID", name="patch_embed")(x)
-        batch, h, w, _ = x.shape
-        x = x.reshape(batch, h * w, self.dim)
+        x = embed_patches(x, self.dim, self.patch)
         for i in range(self.depth):
             x = MixerBlock(self.token_mlp_dim, self.channel_mlp_dim, name=f"block{i}")(x)
         x = nn.LayerNorm(name="final_norm")(x)

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models.patch_tokens import embed_patches
+
 
 class FusedQKVAttention(nn.Module):
     """Self-attention with one fused qkv projection and explicit head reshapes."""
@@ -75,13 +77,11 @@ class ViT(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         del train  # no batch statistics or dropout; kept for the zoo's common signature
-        p = self.patch
-        x = nn.Conv(self.dim, (p, p), p, padding="VALID", name="patch_embed")(x)
-        batch, h, w, _ = x.shape
-        x = x.reshape(batch, h * w, self.dim)
+        x = embed_patches(x, self.dim, self.patch)
+        batch, tokens, _ = x.shape
         cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.dim))
         x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.dim)), x], axis=1)
-        x = x + self.param("pos_embed", nn.initializers.normal(0.02), (1, h * w + 1, self.dim))
+        x = x + self.param("pos_embed", nn.initializers.normal(0.02), (1, tokens + 1, self.dim))
         head_dim = self.dim // self.num_heads
         for i in range(self.depth):
             x = EncoderBlock(self.num_heads, head_dim, self.mlp_dim, self.attention,
