@@ -11,7 +11,7 @@ from typing import Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.mobilenetv2 import round_channels
+from models.mobilenetv2 import MobileNetV2, round_channels
 
 # (expansion, output channels, repeats, first stride, kernel): B0's stages, strides for 28x28.
 B0_SETTING = ((1, 16, 1, 1, 3), (6, 24, 2, 1, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3),
@@ -48,31 +48,22 @@ class MBConv(nn.Module):
         return y
 
 
-class EfficientNet(nn.Module):
-    num_classes: int = 10
-    width: float = 1.0
+class EfficientNet(MobileNetV2):
+    """MobileNetV2's skeleton (stem, stages, 1x1 conv, pool, dropout, classifier) with MBConv
+    blocks, swish, and the last width scaled like every other."""
     setting: Tuple[Tuple[int, int, int, int, int], ...] = B0_SETTING
-    stem_channels: int = 32
-    last_channels: int = 1280
-    dropout: float = 0.0
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
-        scale = lambda c: round_channels(c * self.width)
-        x = nn.swish(norm("stem_bn")(nn.Conv(scale(self.stem_channels), (3, 3), use_bias=False,
-                                             name="stem")(x)))
-        index = 0
-        for expansion, out, repeats, stride, kernel in self.setting:
-            for i in range(repeats):
-                x = MBConv(scale(out), stride if i == 0 else 1, expansion, kernel,
-                           name=f"block{index}")(x, train)
-                index += 1
-        x = nn.swish(norm("last_bn")(nn.Conv(scale(self.last_channels), (1, 1), use_bias=False,
-                                             name="last")(x)))
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, name="head")(x)
+    def _activation(self, x):
+        return nn.swish(x)
+
+    def _block(self, row, first: bool, name: str) -> nn.Module:
+        """The block of setting row ``row`` (expansion, out, repeats, stride, kernel)."""
+        expansion, out, _, stride, kernel = row
+        return MBConv(round_channels(out * self.width), stride if first else 1, expansion,
+                      kernel, name=name)
+
+    def _last_width(self) -> int:
+        return round_channels(self.last_channels * self.width)
 
 
 def efficientnet_b0(num_classes: int = 10) -> EfficientNet:

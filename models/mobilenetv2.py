@@ -44,6 +44,10 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
+    """Stem, stages of inverted residuals, 1x1 conv, global pool, dropout, classifier.
+
+    EfficientNet shares this skeleton and overrides the three hooks: ``_activation``,
+    ``_block`` (the block of one setting row) and ``_last_width``."""
     num_classes: int = 10
     width: float = 1.0
     setting: Tuple[Tuple[int, int, int, int], ...] = FULL_SETTING
@@ -51,20 +55,30 @@ class MobileNetV2(nn.Module):
     last_channels: int = 1280
     dropout: float = 0.0
 
+    def _activation(self, x):
+        return nn.relu6(x)
+
+    def _block(self, row, first: bool, name: str) -> nn.Module:
+        """The block of setting row ``row`` (t, c, n, s); ``first`` of its stage."""
+        t, c, _, s = row
+        return InvertedResidual(round_channels(c * self.width), s if first else 1, t, name=name)
+
+    def _last_width(self) -> int:
+        return round_channels(self.last_channels * max(1.0, self.width))
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
         x = nn.Conv(round_channels(self.stem_channels * self.width), (3, 3), use_bias=False,
                     name="stem")(x)
-        x = nn.relu6(norm("stem_bn")(x))
+        x = self._activation(norm("stem_bn")(x))
         index = 0
-        for t, c, n, s in self.setting:
-            for i in range(n):
-                x = InvertedResidual(round_channels(c * self.width), s if i == 0 else 1, t,
-                                     name=f"block{index}")(x, train)
+        for row in self.setting:
+            for i in range(row[2]):  # the row's repeats
+                x = self._block(row, i == 0, f"block{index}")(x, train)
                 index += 1
-        last = round_channels(self.last_channels * max(1.0, self.width))
-        x = nn.relu6(norm("last_bn")(nn.Conv(last, (1, 1), use_bias=False, name="last")(x)))
+        x = nn.Conv(self._last_width(), (1, 1), use_bias=False, name="last")(x)
+        x = self._activation(norm("last_bn")(x))
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes, name="head")(x)
