@@ -191,6 +191,8 @@ def main(argv=None):
     baselines = [r for r in models if r.get("kind") in ("scaled", "pruned")] + models[:1]
     results = {"experiment": cfg.experiment_name, "machine": machine.describe(), "device": cfg.device,
                "predictors": nas["predictors"], "models": models,
+               **{k: nas[k] for k in ("accuracy_tau_mean", "accuracy_tau_sd", "latency_tau_mean",
+                                      "latency_tau_sd", "predictor_splits") if k in nas},
                "equal_accuracy": speedups_at_equal_accuracy(front, baselines),
                "claim_check": nas["claim_check"], "timings": nas["timings"],
                "latency_budget_ms": nas["latency_budget_ms"], "space_size": nas["space_size"],

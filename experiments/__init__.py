@@ -45,6 +45,37 @@ def write_result(workdir: str, result: dict, markdown: str = None) -> None:
             f.write(markdown + "\n")
 
 
+def shared_json(path: str, compute):
+    """A stage's JSON value, cached at ``path``: read when the file exists, else computed
+    by every process (stages may run collectives) and agreed on (``agreed_json``)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return agreed_json(path, compute())
+
+
+def agreed_json(path: str, value):
+    """``value`` as process 0 computed it, in every process: process 0 writes it to
+    ``path`` atomically and the others read it back (measured latencies differ between
+    processes, and the stages after them must agree on one value). In a single process
+    it writes ``value`` and returns it unchanged."""
+    from core import distributed
+    if distributed.process_count() == 1:
+        _write_atomically(path, value)
+        return value
+    if distributed.is_primary():
+        _write_atomically(path, value)
+    distributed.barrier(f"agreed_json:{os.path.basename(path)}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_atomically(path: str, value) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1, default=float)
+    os.replace(path + ".tmp", path)
+
+
 def publish_json(config, result: dict) -> None:
     """A program's result as the published ``benchmarks/results/<experiment>.json``."""
     from core import distributed

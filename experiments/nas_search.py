@@ -21,7 +21,8 @@ import ml_collections
 import numpy as np
 
 from core import config as config_lib
-from experiments import preamble
+from core import distributed
+from experiments import agreed_json, preamble, shared_json
 from export.runners import get_runner
 from nas import architecture, distill, evolution, finetune, int8_friendliness, pareto_plot
 from nas import search_space, teacher_blocks
@@ -52,17 +53,6 @@ def split_teacher(cfg, fn, variables, dataset):
     if cfg.blocks == "auto":
         return teacher_blocks.split_at_cut_points(fn, variables, x)
     return teacher_blocks.split_by_modules(fn, variables, x, list(cfg.blocks))
-
-
-def _cached_json(path, compute):
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    value = compute()
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
-    return value
 
 
 def stage_hash(cfg, *sections: str) -> str:
@@ -107,7 +97,7 @@ def _measured_samples(cfg, library, dataset, runner, workdir):
     archs = library.space.sample(np.random.default_rng(cfg.seed), cfg.measure.architectures,
                                  include_teacher=True)
     with_latency = [k < cfg.measure.latency_architectures for k in range(len(archs))]
-    return _cached_json(sampled_path(cfg, workdir), lambda: measure_architectures(
+    return shared_json(sampled_path(cfg, workdir), lambda: measure_architectures(
         library, archs, dataset, cfg, runner, with_latency, _log))
 
 
@@ -176,17 +166,19 @@ def _measure_front(cfg, library, dataset, runner, search, columns, models, workd
             **({"int8_penalty": float(columns[2]([arch])[0])} if len(columns) > 2 else {}),
             "test_accuracy": architecture.evaluate(library, arch, dataset, "test"),
             **architecture.cost(library, arch),
-            **architecture.export_and_measure(library, arch, dataset.image_shape, runner,
-                                              os.path.join(workdir, f"front{k}.onnx"),
-                                              parity=True)})
-    return rows
+            **architecture.export_and_measure(
+                library, arch, dataset.image_shape, runner,
+                os.path.join(workdir, f"front{k}.onnx") if distributed.is_primary() else None,
+                parity=True)})
+    return agreed_json(os.path.join(workdir, "front_measured.json"), rows)
 
 
-def _teacher_measured(library, dataset, runner):
+def _teacher_measured(library, dataset, runner, workdir):
     arch = library.space.teacher()
-    return {"test_accuracy": architecture.evaluate(library, arch, dataset, "test"),
-            **architecture.cost(library, arch),
-            **architecture.export_and_measure(library, arch, dataset.image_shape, runner)}
+    return agreed_json(os.path.join(workdir, "teacher_measured.json"), {
+        "test_accuracy": architecture.evaluate(library, arch, dataset, "test"),
+        **architecture.cost(library, arch),
+        **architecture.export_and_measure(library, arch, dataset.image_shape, runner)})
 
 
 def main(cfg, workdir):
@@ -208,14 +200,15 @@ def main(cfg, workdir):
     front = _measure_front(cfg, library, dataset, runner, search, columns,
                            (acc_model, lat_model), workdir)
     timings["search_s"] = time.time() - t3
-    teacher_final = _teacher_measured(library, dataset, runner)
+    teacher_final = _teacher_measured(library, dataset, runner, workdir)
     chosen = max(front, key=lambda r: (r["latency_ms"] <= budget, r["predicted_accuracy"]))
     t4 = time.time()
     claim = finetune.claim_check(library, tuple(chosen["arch"]), fn, variables, dataset,
                                  cfg.finetune, finetune_dir(cfg, workdir, chosen["arch"]))
     timings["finetune_s"] = time.time() - t4
-    png = pareto_plot.plot_fronts(rows, front, teacher_final,
-                                  os.path.join(workdir, "pareto.png"), budget)
+    png = os.path.join(workdir, "pareto.png")
+    if distributed.is_primary():
+        png = pareto_plot.plot_fronts(rows, front, teacher_final, png, budget)
     timings["total_s"] = time.time() - t0
     results = {"teacher": teacher_summary, "teacher_measured": teacher_final,
                "blocks": [{"name": b.name, "in": b.in_shape[1:], "out": b.out_shape[1:]}
@@ -232,8 +225,9 @@ def main(cfg, workdir):
                                   if penalties is not None else {}),
                "config_hash": stage_hash(cfg, *cfg.keys()),
                "sampled_path": sampled_path(cfg, workdir)}
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1, default=float)
+    if distributed.is_primary():
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=1, default=float)
     _log(f"done in {timings['total_s'] / 60:.1f} min: chosen {chosen['choices']} "
          f"test acc {chosen['test_accuracy']:.4f} at {chosen['latency_ms']:.3f} ms "
          f"(teacher {teacher_final['test_accuracy']:.4f} at {teacher_final['latency_ms']:.3f} ms)")

@@ -1,7 +1,8 @@
 """DONNA-style NAS at cluster scale: a large grid space, long distillation, 500 architectures.
 
 Run:  python run.py --exp=nas_fmnist_cluster --workdir=/shared/runs/nas_cluster
-(on every host of a multi-host GPU/TPU job, after jax.distributed.initialize())
+(every process of a GPU/TPU job runs this same command; run.py starts JAX's distributed
+runtime from the cluster's environment: see the README's cluster section)
 Students of one structure are stacked and vmapped (``distill.batching = "vmap"``) and their
 member axis is sharded over every device of the mesh; 24 choices per block from the grid
 below (all five block types, depth 1-4, kernels 3/5/7, five activations, SE on/off) give 216

@@ -6,8 +6,10 @@ The tiny NAS setting (nas_fmnist_tiny: untrained tiny ResNet teacher, 3 steps), 
 two teacher blocks of equal shape (stem_bn and stage0_block0) are searched with one student
 choice: one group of two members, one on each device of a 2-device mesh (one compilation).
 Process 0 writes every student's variables to OUT.npz, keyed by position, choice and leaf
-path. STEPS (default: the config's 3) lengthens the run for timing (scripts/gpu_check.sh).
+path. Each process then writes, to WORKDIR/agreed-<index>.json, what
+``experiments.agreed_json`` gave it for a value that differs per process. STEPS (default: the config's 3) lengthens the run for timing (scripts/gpu_check.sh).
 """
+import json
 import os
 import sys
 
@@ -21,7 +23,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments import nas_search, registry  # noqa: E402
+from experiments import agreed_json, nas_search, registry  # noqa: E402
 from nas import distill, search_space, teacher_blocks  # noqa: E402
 
 CUTS = ("stem_bn", "stage0_block0", "stage1_block0")
@@ -37,6 +39,10 @@ def main(workdir: str, out: str, steps: str = "") -> None:
                                               "choices": config.space.choices[:1]})
     students = distill.distill_space(space, blocks, dataset, config.distill, workdir,
                                      distill.student_mesh(), show_progress=False)
+    agreed = agreed_json(os.path.join(workdir, "measured.json"),
+                         {"process": distributed.process_index()})
+    with open(os.path.join(workdir, f"agreed-{distributed.process_index()}.json"), "w") as f:
+        f.write(json.dumps(agreed))
     if not distributed.is_primary():
         return
     arrays = {}
