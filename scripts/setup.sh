@@ -19,6 +19,9 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   .venv/bin/python -m pip install --quiet -r requirements.txt
   echo "$WANT" > "$STAMP"
 fi
+# Extra: TensorFlow for .tflite export (export/tflite_export.py); +1.4 GB in .venv, 21 s to install
+# (measured); NO_TFLITE=1 skips it and the tests that convert then skip.
+if [ -z "${NO_TFLITE:-}" ]; then .venv/bin/python -m pip install --quiet -r requirements-tflite.txt; fi
 
 # Debian packages: the real Fashion-MNIST data, and qemu-user on x86, with which the int8
 # tests run onnxruntime on an emulated AVX2 CPU without VNNI (tests/quant/test_target_cpu.py).
