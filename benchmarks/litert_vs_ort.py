@@ -10,7 +10,7 @@ the file MediaPipe ships. All variants are timed in interleaved rounds (every ru
 model once per round, every other round in reverse order), so load drift on a shared machine
 hits them alike.
 
-  nice -n 10 python benchmarks/litert_vs_ort.py                 # ~3 min on 2 shared cores
+  nice -n 10 python benchmarks/litert_vs_ort.py                 # ~1 min on 2 shared cores
   python benchmarks/litert_vs_ort.py --models resnet20 --rounds 3
 
 Writes benchmarks/results/litert_vs_ort.json and .md (``--out`` to change).
