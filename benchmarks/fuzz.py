@@ -123,7 +123,7 @@ class Tally:
             "ok": self.status["ok"], "exported": self.exported,
             "known_only": self.known_only,
             "seconds": round(self.seconds_before + seconds, 1), "seed": args.seed,
-            "export_every": args.export_every,
+            "export_every": args.export_every, "only": args.only,
             "checks_passed": dict(self.passed), "features": dict(self.tags),
             "classes": [{"class": k, "findings": n, "example": self.examples[k]}
                         for k, n in self.classes.most_common()],
@@ -174,7 +174,7 @@ def resumed_tally(args) -> Tally:
         return Tally()
     with open(args.out) as f:
         result = json.load(f)
-    for key in ("seed", "export_every"):
+    for key in ("seed", "export_every", "only"):
         if result.get(key, getattr(args, key)) != getattr(args, key):
             raise SystemExit(f"--resume: {args.out} was written with --{key.replace('_', '-')}"
                              f" {result[key]}, not {getattr(args, key)}")
@@ -184,15 +184,20 @@ def resumed_tally(args) -> Tally:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000, help="distinct models to check")
+    parser.add_argument("--n", type=int, default=2000,
+                        help="distinct models to draw (all are checked unless --only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--export-every", type=int, default=10)
     parser.add_argument("--out", default=os.path.join(RESULTS, "fuzz.json"))
+    parser.add_argument("--only", default="",
+                        help="comma-separated tags (e.g. cond,dtype:bfloat16): check only the "
+                             "drawn models that have all of them, e.g. to recheck a failure "
+                             "class after a fix with --export-every 1")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run whose last written result is --out")
     args = parser.parse_args(argv)
     tally, seen, start = resumed_tally(args), set(), time.time()
-    skip = tally.models
+    skip, only = tally.models, set(filter(None, args.only.split(",")))
 
     @seed(args.seed)
     @settings(max_examples=args.n, database=None, deadline=None, phases=(Phase.generate,),
@@ -203,6 +208,8 @@ def main(argv=None):
         summary = arch.summary()
         assume(summary not in seen)
         seen.add(summary)
+        if not only <= set(arch.tags):
+            return
         if skip:                     # counted by the run this one resumes
             skip -= 1
             return
