@@ -120,6 +120,10 @@ def markdown(results) -> str:
             if isinstance(m, dict):
                 lines.append(f"| {target} | {name} | {m['kendall_tau']:.3f} | "
                              f"{m['spearman']:.3f} | {m['within_10pct']:.2f} |")
+    if results.get("retest_tau") is not None:
+        lines += ["", f"Latency labels ({results.get('latency_statistic', 'median')} of "
+                  f"interleaved rounds): test-retest Kendall tau {results['retest_tau']:.3f} "
+                  "between two independent passes over the same sampled architectures."]
     lines += ["", "## Models (test accuracy, latency measured side by side)", "",
               "| model | test accuracy | latency ms | note |", "|---|---|---|---|"]
     for r in results["models"]:
@@ -192,7 +196,8 @@ def main(argv=None):
     results = {"experiment": cfg.experiment_name, "machine": machine.describe(), "device": cfg.device,
                "predictors": nas["predictors"], "models": models,
                **{k: nas[k] for k in ("accuracy_tau_mean", "accuracy_tau_sd", "latency_tau_mean",
-                                      "latency_tau_sd", "predictor_splits") if k in nas},
+                                      "latency_tau_sd", "predictor_splits", "retest_tau",
+                                      "front_retest_tau", "latency_statistic") if k in nas},
                "equal_accuracy": speedups_at_equal_accuracy(front, baselines),
                "claim_check": nas["claim_check"], "timings": nas["timings"],
                "latency_budget_ms": nas["latency_budget_ms"], "space_size": nas["space_size"],

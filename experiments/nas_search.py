@@ -2,14 +2,15 @@
 
 teacher -> blocks -> search space -> blockwise distillation of every student (in parallel,
 resumable) -> N sampled architectures assembled and measured for real (held-out accuracy,
-FLOPs, peak activation memory from the jaxpr, ONNX latency on the runner) -> predictors
+FLOPs, peak activation memory from the jaxpr, ONNX latency on the runner: all timed together
+in interleaved rounds, twice, the second pass shuffled, for ``retest_tau``) -> predictors
 (GNN vs baselines) judged over ``predictor.splits`` random train/test splits (Kendall tau
 mean +- sd), the GNNs then fitted on every sample -> NSGA-II on the predictors under a
-latency budget -> the front assembled, evaluated on the test split,
-exported and measured -> the chosen architecture fine-tuned end to end by distillation
-(the claim: blockwise distillation needs no fine-tune) -> results.json and a Pareto PNG in
-the workdir. Every stage caches its output in the workdir, so a re-run after an
-interruption continues where it stopped.
+latency budget -> the front assembled, evaluated on the test split, exported and timed
+together with the teacher in one set of interleaved rounds -> the chosen architecture
+fine-tuned end to end by distillation (the claim: blockwise distillation needs no fine-tune)
+-> results.json and a Pareto PNG in the workdir. Every stage caches its output in the
+workdir, so a re-run after an interruption continues where it stopped.
 """
 import json
 import os
@@ -152,33 +153,44 @@ def _search(cfg, library, dataset, rows, acc_model, lat_model):
     return result, budget, columns, penalties
 
 
-def _measure_front(cfg, library, dataset, runner, search, columns, models, workdir):
-    """The front (thinned to ``search.measure_front`` + the best) assembled and measured."""
-    acc_model, lat_model = models
+def _front_archs(cfg, search):
+    """The front thinned to ``search.measure_front`` architectures, plus the best."""
     front = search.front[:: max(1, len(search.front) // cfg.search.measure_front)]
-    front = list(dict.fromkeys(front + search.front[:1]))[:cfg.search.measure_front + 1]
-    rows = []
-    for k, arch in enumerate(front):
-        rows.append({
-            "arch": list(arch), "choices": [c.key for c in library.space.choices(arch)],
+    return list(dict.fromkeys(front + search.front[:1]))[:cfg.search.measure_front + 1]
+
+
+def _front_row(library, dataset, arch, columns, models):
+    acc_model, lat_model = models
+    return {"arch": list(arch), "choices": [c.key for c in library.space.choices(arch)],
             "predicted_accuracy": float(acc_model.predict([arch])[0]),
             "predicted_latency_ms": float(lat_model.predict([arch])[0]),
             **({"int8_penalty": float(columns[2]([arch])[0])} if len(columns) > 2 else {}),
             "test_accuracy": architecture.evaluate(library, arch, dataset, "test"),
-            **architecture.cost(library, arch),
-            **architecture.export_and_measure(
-                library, arch, dataset.image_shape, runner,
-                os.path.join(workdir, f"front{k}.onnx") if distributed.is_primary() else None,
-                parity=True)})
-    return agreed_json(os.path.join(workdir, "front_measured.json"), rows)
+            **architecture.cost(library, arch)}
 
 
-def _teacher_measured(library, dataset, runner, workdir):
-    arch = library.space.teacher()
-    return agreed_json(os.path.join(workdir, "teacher_measured.json"), {
-        "test_accuracy": architecture.evaluate(library, arch, dataset, "test"),
-        **architecture.cost(library, arch),
-        **architecture.export_and_measure(library, arch, dataset.image_shape, runner)})
+def _measure_front_and_teacher(cfg, library, dataset, runner, search, columns, models,
+                               workdir):
+    """The front (``_front_archs``) and the teacher assembled, evaluated on the test split,
+    exported once (the front parity-checked, saved as frontK.onnx) and timed together in one
+    set of interleaved rounds, twice (``architecture.measure_latencies``), so the front's
+    latencies and the teacher's compare. (front rows, teacher row), process 0's values."""
+    archs = _front_archs(cfg, search) + [library.space.teacher()]
+    n_front = len(archs) - 1
+    rows = [_front_row(library, dataset, arch, columns, models) for arch in archs[:-1]]
+    rows.append({"test_accuracy": architecture.evaluate(library, archs[-1], dataset, "test"),
+                 **architecture.cost(library, archs[-1])})
+    save = distributed.is_primary()
+    exported = [architecture.export_onnx(
+        library, arch, dataset.image_shape,
+        os.path.join(workdir, f"front{k}.onnx") if save and k < n_front else None,
+        parity=k < n_front) for k, arch in enumerate(archs)]
+    timed = architecture.measure_latencies(runner, [m for m, _ in exported],
+                                           cfg.measure.rounds, cfg.measure.runs, cfg.seed)
+    for row, (_, fields), latency in zip(rows, exported, timed):
+        row.update({**fields, **latency})
+    return (agreed_json(os.path.join(workdir, "front_measured.json"), rows[:-1]),
+            agreed_json(os.path.join(workdir, "teacher_measured.json"), rows[-1]))
 
 
 def main(cfg, workdir):
@@ -197,10 +209,9 @@ def main(cfg, workdir):
     t3 = time.time()
     search, budget, columns, penalties = _search(cfg, library, dataset, rows, acc_model,
                                                  lat_model)
-    front = _measure_front(cfg, library, dataset, runner, search, columns,
-                           (acc_model, lat_model), workdir)
+    front, teacher_final = _measure_front_and_teacher(
+        cfg, library, dataset, runner, search, columns, (acc_model, lat_model), workdir)
     timings["search_s"] = time.time() - t3
-    teacher_final = _teacher_measured(library, dataset, runner, workdir)
     chosen = max(front, key=lambda r: (r["latency_ms"] <= budget, r["predicted_accuracy"]))
     t4 = time.time()
     claim = finetune.claim_check(library, tuple(chosen["arch"]), fn, variables, dataset,
@@ -217,6 +228,9 @@ def main(cfg, workdir):
                "students": {f"{p}:{c.key}": s.val_nsr
                             for (p, c), s in students.items()},
                "predictors": report, **headline_taus(report), "latency_budget_ms": budget,
+               "retest_tau": architecture.retest_tau(rows),
+               "front_retest_tau": architecture.retest_tau(front + [teacher_final]),
+               "latency_statistic": f"p{architecture.LATENCY_PERCENTILE}",
                "search_history": search.history, "front": front, "chosen": chosen,
                "claim_check": claim, "pareto_png": png, "timings": timings,
                "device": cfg.device, "jax_devices": jax.device_count(),

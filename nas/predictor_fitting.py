@@ -1,10 +1,11 @@
 """The measured half of the NAS search: sampled architectures measured for real (held-out
-accuracy, cost from the jaxpr, ONNX latency), every (position, option) block embedded as a
+accuracy, cost from the jaxpr, ONNX latency timed in interleaved rounds, twice for a
+test-retest tau), every (position, option) block embedded as a
 graph (with its NSR and position), and the predictors to compare (GNN vs baselines), judged
 over many random splits by ``nas.predictor_evaluation``. ``experiments/nas_search.py`` runs
 it between distillation and NSGA-II.
 """
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,20 +15,37 @@ from nas import architecture, block_graph, predictors
 
 def measure_architectures(library, archs, dataset, cfg, runner, with_latency,
                           log=print) -> List[dict]:
-    """Held-out accuracy, cost and (optionally) measured latency of every architecture."""
+    """Held-out accuracy and cost of every architecture; those marked in ``with_latency``
+    are exported once and then timed together (``attach_latencies``)."""
     rows = []
     for k, arch in enumerate(archs):
-        row = {"arch": list(arch),
-               "accuracy": architecture.evaluate(library, arch, dataset, "validation",
-                                                 cfg.measure.eval_limit),
-               "block_nsr": library.per_block_nsr(arch).tolist(),
-               **architecture.cost(library, arch)}
-        if with_latency[k]:
-            row.update(architecture.export_and_measure(library, arch, dataset.image_shape,
-                                                       runner))
-        rows.append(row)
+        rows.append({"arch": list(arch),
+                     "accuracy": architecture.evaluate(library, arch, dataset, "validation",
+                                                       cfg.measure.eval_limit),
+                     "block_nsr": library.per_block_nsr(arch).tolist(),
+                     **architecture.cost(library, arch)})
         if (k + 1) % 10 == 0 or k + 1 == len(archs):
-            log(f"measured {k + 1}/{len(archs)} architectures")
+            log(f"evaluated {k + 1}/{len(archs)} architectures")
+    exported = {k: architecture.export_onnx(library, arch, dataset.image_shape)
+                for k, arch in enumerate(archs) if with_latency[k]}
+    attach_latencies(rows, exported, runner, cfg.measure, cfg.seed, log)
+    return rows
+
+
+def attach_latencies(rows: List[dict], exported: Dict[int, Tuple], runner, measure_cfg,
+                     seed: int, log=print) -> List[dict]:
+    """``exported``: ``{row index: (ONNX model, export fields)}``. All those models are timed
+    side by side (``architecture.measure_latencies``: ``measure_cfg.rounds`` interleaved
+    rounds of ``measure_cfg.runs`` runs, twice, the second pass shuffled) and each row gets
+    its export fields and latencies (``latency_ms`` is the p10); the other rows get none."""
+    if not exported:
+        return rows
+    log(f"timing {len(exported)} architectures in 2 x {measure_cfg.rounds} interleaved rounds")
+    timed = architecture.measure_latencies(runner, [m for m, _ in exported.values()],
+                                           measure_cfg.rounds, measure_cfg.runs, seed)
+    for k, (_, fields), latency in zip(exported, exported.values(), timed):
+        rows[k].update({**fields, **latency})
+    log(f"latency test-retest Kendall tau {architecture.retest_tau(rows)}")
     return rows
 
 

@@ -5,8 +5,9 @@ Needs the trained teacher (python run.py --exp=train_teacher; cached, reused her
 Expected: about 75 minutes on 2 CPU cores: 45 students in 25 groups, 800 steps of batch 64
 each (~40 min; 200 steps of batch 32 left them at noise-to-signal 0.05-0.68 and the assembled
 architectures at 9-93% accuracy), 100 sampled architectures evaluated on 2000 validation
-images, 60 of them exported and timed (~15 min), predictors, NSGA-II, the front on the 10k
-test images, a 300-step fine-tune.
+images, 60 of them exported once and timed side by side (2 passes of 10 interleaved rounds
+of 20 runs, 400 samples each; latency target: their p10) (~15 min), predictors, NSGA-II,
+the front on the 10k test images, a 300-step fine-tune.
 Outputs in runs/nas_fmnist: results.json, pareto.png, distill/ (students, resumable).
 """
 import ml_collections
@@ -40,7 +41,8 @@ def get_config():
         seed=0, augment=False, log_every=25, checkpoint_every=100, eval_batches=4,
         eval_batch_size=250, max_members=0, batching="auto"))
     c.measure = ml_collections.ConfigDict(dict(
-        architectures=100, latency_architectures=60, eval_limit=2000, runs=50, warmup=5))
+        architectures=100, latency_architectures=60, eval_limit=2000,
+        rounds=10, runs=20, warmup=5))   # runs per model per interleaved round, two passes
     c.predictor = ml_collections.ConfigDict(dict(
         train_fraction=0.7, splits=20, hidden=32, embed_dim=16, layers=3, steps=1500,
         learning_rate=3e-3))        # judged over `splits` random train/test splits

@@ -26,7 +26,7 @@ def get_config():
                           checkpoint_every=500, log_every=100, eval_batches=10,
                           batching="vmap", max_members=0))
     c.measure.update(dict(architectures=500, latency_architectures=300, eval_limit=5000,
-                          runs=100, warmup=10))
+                          rounds=10, runs=30, warmup=10))
     c.predictor.update(dict(hidden=64, embed_dim=32, layers=4, steps=4000))
     c.search.update(dict(population=256, generations=100, measure_front=10))
     c.finetune.update(dict(steps=3000, batch_size=256))
