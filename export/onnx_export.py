@@ -27,7 +27,7 @@ import jax
 import onnx
 
 from core.trace import input_specs
-from export import graph_passes, lowering, preflight
+from export import graph_passes, jax2onnx_loading, lowering, preflight
 from export.parity import ParityReport, check_parity, example_batch
 
 logger = logging.getLogger(__name__)
@@ -116,9 +116,7 @@ def to_onnx(fn, variables, *example_inputs, path: Optional[str] = None,
     exported (and checked) in float32, with a logged warning and a note in the result.
     Unsupported primitives and batch-fixing reshapes raise before jax2onnx runs.
     """
-    import jax2onnx  # imported lazily: it takes seconds and patches libraries on import
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # chatty about shape-only values
-
     traced = trace(fn, variables, *example_inputs, dynamic_batch=dynamic_batch)
     fn, variables, example_inputs, traced, notes = _half_to_float32(
         fn, variables, example_inputs, traced, dynamic_batch)
@@ -134,8 +132,10 @@ def to_onnx(fn, variables, *example_inputs, path: Optional[str] = None,
     if len(names) != len(specs):
         raise ValueError(f"{len(names)} input_names for {len(specs)} input leaves")
     output_names = [f"output_{i}" for i in range(traced.out_tree.num_leaves)]
-    model = jax2onnx.to_onnx(flat_fn, specs, model_name=model_name, input_names=names,
-                             output_names=output_names)
+    jax2onnx, _ = jax2onnx_loading.load()
+    with jax2onnx_loading.namespaces_restored():
+        model = jax2onnx.to_onnx(flat_fn, specs, model_name=model_name, input_names=names,
+                                 output_names=output_names)
     if optimize:
         model = graph_passes.optimize(model)
     if path is not None:

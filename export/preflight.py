@@ -53,10 +53,9 @@ class HardCodedBatchError(SymbolicBatchError):
 def jax2onnx_primitives() -> Optional[FrozenSet[str]]:
     """Primitive names jax2onnx has a lowering for (its plugin registry), or None when the
     registry cannot be read (then only ``UNSUPPORTED`` is checked)."""
+    from export import jax2onnx_loading
     try:
-        from jax2onnx.plugins import plugin_system
-        plugin_system.import_all_plugins()
-        return frozenset(plugin_system.PLUGIN_REGISTRY)
+        return frozenset(jax2onnx_loading.load()[1].PLUGIN_REGISTRY)
     except (ImportError, AttributeError):
         return None
 

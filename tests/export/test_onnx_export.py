@@ -96,3 +96,19 @@ def test_transpose_sinking_preserves_values():
     assert raw.op_counts["Transpose"] > clean.op_counts.get("Transpose", 0)
     assert clean.op_counts.get("Transpose", 0) <= 2
     assert graph_passes.count_ops(clean.model).get("Mul", 0) == 0   # scale folded into Conv
+
+
+def test_export_leaves_jax_numpy_as_it_was():
+    """jax2onnx's plugins replace jnp.cumsum on import with one that refuses a positional
+    axis; after an export the user's ``jnp.cumsum(x, -1)`` must still work (and equal
+    numpy's), and an exported cumsum must still match onnxruntime."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from export import to_onnx
+    original = jnp.cumsum
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    result = to_onnx(lambda p, x: jnp.cumsum(x, axis=1) * p, jnp.ones(()), x)
+    assert result.parity.ok and result.op_counts.get("CumSum") == 1
+    assert jnp.cumsum is original and not hasattr(jnp, "cumsum_p")
+    np.testing.assert_array_equal(jnp.cumsum(x, -1), np.cumsum(x, -1))
