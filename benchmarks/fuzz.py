@@ -28,6 +28,7 @@ import argparse
 import collections
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -182,6 +183,34 @@ def resumed_tally(args) -> Tally:
     return Tally.from_dict(result)
 
 
+def failures_dir(out: str) -> str:
+    return os.path.splitext(out)[0] + "_failures"
+
+
+def save_failing(arch, index: int, out: str) -> None:
+    """Pickles a failing model's architecture with the checks it ran, so ``--replay`` can
+    check it again after a fix (a long run's draw depends on more than its seed)."""
+    os.makedirs(failures_dir(out), exist_ok=True)
+    with open(os.path.join(failures_dir(out), f"model{index}.pkl"), "wb") as f:
+        pickle.dump({"arch": arch, "index": index}, f)
+
+
+def replay(paths) -> dict:
+    """``{path: status}`` of the saved failing models, checked again with every check."""
+    statuses = {}
+    for path in paths:
+        with open(path, "rb") as f:
+            saved = pickle.load(f)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            outcome = checks.check(saved["arch"], export=True, lowrank=True, quant=True,
+                                   eager=True)
+        statuses[path] = outcome.status
+        print(f"{path} (model {saved['index']}): {outcome.status} "
+              + "; ".join(f.line()[:200] for f in outcome.failures()), flush=True)
+    return statuses
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000,
@@ -195,7 +224,12 @@ def main(argv=None):
                              "class after a fix with --export-every 1")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run whose last written result is --out")
+    parser.add_argument("--replay", nargs="+", metavar="PICKLE",
+                        help="re-run the checks on failing models saved by an earlier run "
+                             "(the draw of a long run cannot be replayed from its seed)")
     args = parser.parse_args(argv)
+    if args.replay:
+        return replay(args.replay)
     tally, seen, start = resumed_tally(args), set(), time.time()
     skip, only = tally.models, set(filter(None, args.only.split(",")))
 
@@ -219,6 +253,8 @@ def main(argv=None):
             outcome = checks.check(arch, export=i % args.export_every == 0,
                                    lowrank=i % 2 == 0, quant=i % 2 == 1, eager=i % 8 == 0)
         tally.add(i, outcome)
+        if outcome.failures():
+            save_failing(arch, i, args.out)
         print(f"{i} {outcome.status} {time.time() - start:.0f}s "
               + "; ".join(f.line()[:140] for f in outcome.failures()), flush=True)
         if tally.models % 25 == 0:

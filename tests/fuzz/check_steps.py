@@ -49,7 +49,10 @@ def analysis(c, m: Model) -> bool:
 def identity(c, m: Model) -> None:
     """Keeping every channel gives the original function (pruned and masked)."""
     from pruning import keep_to_masks, masked, prune
-    tol = 1e-6 if c.arch.dtype == "float32" else 1e-2
+    # float32: the masked model is another XLA program (its own fusions and summation order):
+    # on an AVX-512 Xeon a layernorm + attention + loop model differed by 1.15e-6 of scale
+    # with every mask one; a wrong channel costs errors of order 1.
+    tol = 1e-5 if c.arch.dtype == "float32" else 1e-2
     ok, same = c.attempt("identity", lambda: prune(m.fn, m.variables, *m.inputs, keep={},
                                                    analysis=m.analysis))
     if ok:
