@@ -16,7 +16,8 @@ again a plain JAX function that computes the same thing:
   The same pad written as slices and a concatenation with a broadcast constant lowers
   fine (ONNX Slice / Expand / Concat), so ``for_jax2onnx`` swaps those pads, and only them.
 """
-from typing import Callable, Sequence, Tuple
+import logging
+from typing import Callable, List, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,7 @@ from jax.extend.core import jaxpr_as_fun
 from core import primitives as P, rewrite, trace as trace_lib
 
 HALF_FLOATS = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
+logger = logging.getLogger(__name__)
 
 
 def _is_half(dtype) -> bool:
@@ -101,6 +103,23 @@ def as_float32(fn: Callable, variables, inputs: Sequence) -> Tuple[Callable, obj
 
     up = lambda tree: jax.tree_util.tree_map(_up_concrete, tree)
     return fn32, up(variables), tuple(up(x) for x in inputs)
+
+
+def half_floats_as_float32(fn, variables, example_inputs, traced, retrace: Callable,
+                           exporter: str) -> Tuple[Callable, object, tuple, object, List[str]]:
+    """``(fn, variables, example_inputs, traced, notes)`` computed in float32 when the traced
+    model uses bfloat16 / float16 anywhere (``retrace(fn, variables, example_inputs)``
+    traces the float32 function again), else returned as they are with no note. The
+    exporters call it first: neither onnxruntime's CPU provider nor the TFLite converter
+    runs half-precision Gemm / Conv, so a half model is exported and checked in float32."""
+    if not uses_half_floats(traced.closed):
+        return fn, variables, example_inputs, traced, []
+    note = ("the model computes in bfloat16/float16, which the target runtime's CPU kernels "
+            "do not run; exported in float32 (variables, inputs and computation cast to "
+            "float32), parity checked against the float32 JAX function")
+    logger.warning("%s: %s", exporter, note)
+    fn, variables, example_inputs = as_float32(fn, variables, example_inputs)
+    return fn, variables, example_inputs, retrace(fn, variables, example_inputs), [note]
 
 
 def pad_by_concatenation(x, value, config):

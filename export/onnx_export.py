@@ -30,8 +30,6 @@ from core.trace import input_specs
 from export import graph_passes, jax2onnx_loading, lowering, preflight
 from export.parity import ParityReport, check_parity, example_batch
 
-logger = logging.getLogger(__name__)
-
 
 @dataclasses.dataclass
 class ExportResult:
@@ -89,19 +87,6 @@ def trace(fn, variables, *example_inputs, dynamic_batch: bool = True) -> Traced:
     return traced
 
 
-def _half_to_float32(fn, variables, example_inputs, traced, dynamic_batch):
-    """``fn`` computed in float32 when it uses bfloat16 / float16 anywhere, else as is."""
-    if not lowering.uses_half_floats(traced.closed):
-        return fn, variables, example_inputs, traced, []
-    note = ("the model computes in bfloat16/float16, which onnxruntime's CPU provider cannot "
-            "run; exported in float32 (variables, inputs and computation cast to float32), "
-            "parity checked against the float32 JAX function")
-    logger.warning("export.to_onnx: %s", note)
-    fn, variables, example_inputs = lowering.as_float32(fn, variables, example_inputs)
-    traced = trace(fn, variables, *example_inputs, dynamic_batch=dynamic_batch)
-    return fn, variables, example_inputs, traced, [note]
-
-
 def to_onnx(fn, variables, *example_inputs, path: Optional[str] = None,
             dynamic_batch: bool = True, parity: bool = True, rtol: float = 1e-4,
             optimize: bool = True, input_names: Optional[Sequence[str]] = None,
@@ -118,8 +103,9 @@ def to_onnx(fn, variables, *example_inputs, path: Optional[str] = None,
     """
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # chatty about shape-only values
     traced = trace(fn, variables, *example_inputs, dynamic_batch=dynamic_batch)
-    fn, variables, example_inputs, traced, notes = _half_to_float32(
-        fn, variables, example_inputs, traced, dynamic_batch)
+    fn, variables, example_inputs, traced, notes = lowering.half_floats_as_float32(
+        fn, variables, example_inputs, traced, exporter="export.to_onnx",
+        retrace=lambda f, v, xs: trace(f, v, *xs, dynamic_batch=dynamic_batch))
     preflight.check_primitives(traced.closed)
     as_fun = lowering.for_jax2onnx(traced.closed)
 

@@ -21,7 +21,6 @@ ImportError saying how to install it; reading and running .tflite needs only ai-
 """
 import collections
 import dataclasses
-import logging
 import os
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
@@ -34,7 +33,6 @@ from export import litert_runner, lowering
 from export.onnx_export import trace
 from export.parity import ExportParityError, OutputParity, ParityReport, _leaf_error, example_batch
 
-logger = logging.getLogger(__name__)
 
 # Of each output's scale: LiteRT's XNNPACK float32 kernels against XLA's. Measured 1e-7..3e-5
 # (tests/export/test_tflite_export.py); the issue measured at most 4e-4 on imported models.
@@ -154,19 +152,6 @@ def check_parity(model: bytes, fn, variables, inputs: Sequence, input_names: Seq
     return report
 
 
-def _half_to_float32(fn, variables, example_inputs, traced):
-    """``fn`` computed in float32 when it uses bfloat16 / float16 anywhere, else as is."""
-    if not lowering.uses_half_floats(traced.closed):
-        return fn, variables, example_inputs, traced, []
-    note = ("the model computes in bfloat16/float16; exported in float32 (variables, inputs "
-            "and computation cast to float32), parity checked against the float32 JAX "
-            "function")
-    logger.warning("export.to_tflite: %s", note)
-    fn, variables, example_inputs = lowering.as_float32(fn, variables, example_inputs)
-    traced = trace(fn, variables, *example_inputs, dynamic_batch=False)
-    return fn, variables, example_inputs, traced, [note]
-
-
 def convert(traced, input_names: Sequence[str], output_names: Sequence[str]) -> bytes:
     """The .tflite flatbuffer of a traced program (``export.onnx_export.trace``), its
     constants inlined, inputs and outputs named in its signature."""
@@ -205,8 +190,9 @@ def to_tflite(fn, variables, *example_inputs, path: Optional[str] = None,
     float32, with a logged warning and a note in the result. Needs TensorFlow
     (``requirements-tflite.txt``)."""
     traced = trace(fn, variables, *example_inputs, dynamic_batch=False)
-    fn, variables, example_inputs, traced, notes = _half_to_float32(
-        fn, variables, example_inputs, traced)
+    fn, variables, example_inputs, traced, notes = lowering.half_floats_as_float32(
+        fn, variables, example_inputs, traced, exporter="export.to_tflite",
+        retrace=lambda f, v, xs: trace(f, v, *xs, dynamic_batch=False))
     input_names = [f"input_{i}" for i in range(len(traced.specs))]
     output_names = [f"output_{j}" for j in range(traced.out_tree.num_leaves)]
     model = convert(traced, input_names, output_names)
