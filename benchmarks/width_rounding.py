@@ -37,22 +37,13 @@ import models  # noqa: E402
 import pruning  # noqa: E402
 from core import cost  # noqa: E402
 from export.measure import export_and_compare  # noqa: E402
+from export.runners import simd_floats  # noqa: E402
 from pruning import importance  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 MODEL = os.path.expanduser("~/.cache/compress-models/tflite/selfie_segmentation.tflite")
 VARIANTS = ((0.75, 1), (0.75, 8), (0.75, 16), (0.5, 1), (0.5, 8), (0.5, 16))
 PROFILED_RUNS = 200
-
-
-def simd_block() -> int:
-    """Floats per SIMD register onnxruntime's NCHWc kernels block channels by (x86)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return 0
-    return 16 if " avx512f" in flags else 8 if " avx2" in flags else 0
 
 
 def time_by_operator(path: str) -> dict:
@@ -107,7 +98,7 @@ def main():
                      "speedup_b1": speedup, "speedup_per_flops": speedup / (base_flops / flops),
                      "ms_by_operator": profiles[name]})
     info["load_average_at_end"] = os.getloadavg()
-    result = {"machine": info, "simd_block": simd_block(), "rows": rows}
+    result = {"machine": info, "simd_block": simd_floats(), "rows": rows}
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "width_rounding.json"), "w") as f:
         json.dump(result, f, indent=1, default=float)

@@ -32,6 +32,16 @@ def run(config, workdir: str):
     return result
 
 
+def gate_settings(config):
+    """``pruning.gates.GateSettings`` of ``config.gates``; ``gates.multiple = 0`` becomes
+    the channel step ``config.device``'s kernels reward (``Runner.channel_multiple``)."""
+    from export.runners import get_runner
+    from pruning import gates
+    device_multiple = (get_runner(config.device).channel_multiple
+                       if config.gates.multiple <= 0 else None)
+    return gates.GateSettings.from_config(config.gates, device_multiple)
+
+
 def write_result(workdir: str, result: dict, markdown: str = None) -> None:
     """A program's result as ``workdir/result.json`` (and its table as ``result.md``); in a
     job of several processes only process 0 writes."""

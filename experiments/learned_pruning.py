@@ -115,7 +115,7 @@ def _measure(config, teacher, pruned, tuned, workdir):
 def main(config, workdir):
     start = time.time()
     teacher = preamble.prepare(config.teacher)
-    settings = gates.GateSettings.from_config(config.gates)
+    settings = experiments.gate_settings(config)
     keep, trained, history, groups = _learn_keep_sets(config, teacher, settings, workdir)
     pruned, after_prune, tuned = _prune_and_finetune(config, teacher, settings, keep, trained,
                                                      groups, workdir)
@@ -136,7 +136,8 @@ def main(config, workdir):
         "kept_channels": {str(g): int(len(k)) for g, k in keep.items()},
         "removed_params": pruned.removed_params, "gate_history": history[-1:],
         "wall_seconds": time.time() - start,
-        "settings": {"gates": config.gates.to_dict(), "finetune": config.finetune.to_dict()},
+        "settings": {"gates": {**config.gates.to_dict(), "multiple": settings.multiple},
+                     "finetune": config.finetune.to_dict()},
     }
     table = _table([("teacher", before), ("pruned + fine-tuned", after)])
     text = (f"{table}\n\naccuracy right after pruning (before fine-tune): "

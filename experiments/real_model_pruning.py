@@ -174,7 +174,7 @@ def _learn_and_prune(config, model: RealModel, data, teacher_fn, workdir):
     groups = find_groups(model.fn, model.variables, model.example)
     prunable = [g for g in groups if g.prunable]
     print(f"{len(prunable)} prunable channel groups of {len(groups)}")
-    settings = gates.GateSettings.from_config(config.gates)
+    settings = experiments.gate_settings(config)
     gate_task, _ = task_losses(config.fidelity)
     trained, logits, history = gates.train_gates(
         model.fn, model.variables, groups, data, settings, workdir,
@@ -344,7 +344,9 @@ def _result(config, model, data, held_out, before, after, keep, history, scores,
         "kept_channels": {str(g): int(len(k)) for g, k in keep.items()},
         "gate_history": history[-1:], "wall_seconds": time.time() - start,
         "machine": machine.describe(),
-        "settings": {"gates": config.gates.to_dict(), "finetune": config.finetune.to_dict(),
+        "settings": {"gates": {**config.gates.to_dict(),
+                               "multiple": experiments.gate_settings(config).multiple},
+                     "finetune": config.finetune.to_dict(),
                      "reconstruct": config.reconstruct.to_dict()},
     }
     result["speedup_over_flops_reduction"] = (result["speedup_batch1"]

@@ -75,11 +75,29 @@ def _as_model(model: Union[str, onnx.ModelProto]) -> onnx.ModelProto:
     return onnx.load(model) if isinstance(model, (str, os.PathLike)) else model
 
 
+def simd_floats(cpuinfo_path: str = "/proc/cpuinfo") -> int:
+    """Floats per SIMD register of this CPU: 16 with AVX-512, 8 with AVX2, else 4 (SSE,
+    NEON). onnxruntime's NCHWc convolutions block channels by it: a conv whose channel
+    counts are not multiples of it falls out of the blocked layout, and a pruned model can
+    run slower than the unpruned one (benchmarks/results/width_rounding.md: unrounded widths
+    0.76x the original's speed at 1.49x fewer FLOPs, multiples of 16 on AVX-512 1.19x)."""
+    try:
+        with open(cpuinfo_path) as f:
+            flags = set(next((line.split(":", 1)[1].split() for line in f
+                              if line.startswith("flags")), []))
+    except OSError:
+        return 4
+    return 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+
+
 class Runner:
-    """Interface: a device name and ``measure``."""
+    """Interface: a device name, ``measure`` and ``channel_multiple``, the channel-count
+    step its kernels reward (pruning rounds kept widths to it when told to follow the
+    device: ``gates.multiple = 0``)."""
     name: str = "abstract"
     warmup: int = 10
     runs: int = 50
+    channel_multiple: int = 8
 
     def measure(self, model, batch: int = 1, inputs: Optional[Dict[str, np.ndarray]] = None,
                 runs: Optional[int] = None, warmup: Optional[int] = None) -> Measurement:
@@ -124,6 +142,7 @@ class OrtCpuRunner(Runner):
                  min_time_s: float = 0.0, name: Optional[str] = None):
         self.threads, self.warmup, self.runs, self.min_time_s = threads, warmup, runs, min_time_s
         self.name = name or f"ort-cpu-{threads}t"
+        self.channel_multiple = simd_floats()
 
     def measure(self, model, batch=1, inputs=None, runs=None, warmup=None) -> Measurement:
         proto = _as_model(model)
@@ -154,12 +173,15 @@ class CommandRunner(Runner):
     ``push`` copies the model to the device (optional); ``run`` runs it there and prints one
     latency per run, or a single summary latency, in milliseconds; every match of
     ``pattern`` (first group) in stdout is a sample. ``scale`` converts to ms (1e-3 for us).
+    ``channel_multiple`` is the channel step the device's kernels reward (NPUs: 8-32).
     """
 
     def __init__(self, name: str, run: str, push: Optional[str] = None,
                  pattern: str = DEFAULT_LATENCY_PATTERN, scale: float = 1.0,
-                 warmup: int = 10, runs: int = 50, threads: int = 1, timeout_s: float = 600):
+                 warmup: int = 10, runs: int = 50, threads: int = 1, timeout_s: float = 600,
+                 channel_multiple: int = 8):
         self.name, self.run_template, self.push_template = name, run, push
+        self.channel_multiple = channel_multiple
         self.pattern, self.scale = re.compile(pattern, re.IGNORECASE), scale
         self.warmup, self.runs, self.threads, self.timeout_s = warmup, runs, threads, timeout_s
 

@@ -47,14 +47,23 @@ class GateSettings:
     kd_temperature: float = 4.0
     kd_alpha: float = 0.9
     min_keep: int = 1
-    multiple: int = 8              # kept counts rounded to a multiple when thresholding
+    multiple: int = 8              # kept counts rounded to a multiple when thresholding;
+    #                                0: the device runner's channel_multiple (from_config)
     log_every: int = 25
     checkpoint_every: int = 200    # gate-training checkpoints (a killed run resumes)
 
     @classmethod
-    def from_config(cls, config) -> "GateSettings":
+    def from_config(cls, config, device_multiple: Optional[int] = None) -> "GateSettings":
+        """Settings from a config; ``multiple = 0`` becomes ``device_multiple`` (the target
+        runner's ``channel_multiple``: widths the device's kernels run fastest at)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in dict(config).items() if k in known})
+        settings = cls(**{k: v for k, v in dict(config).items() if k in known})
+        if settings.multiple <= 0:
+            if not device_multiple:
+                raise ValueError("gates.multiple = 0 rounds kept widths to the device's "
+                                 "channel multiple, but no device runner was given")
+            settings.multiple = int(device_multiple)
+        return settings
 
 
 def init_logits(groups, value: float, spread: float = 0.0,

@@ -100,3 +100,19 @@ def test_measure_interleaved_rounds_visit_every_model_and_pool_samples():
     assert [sorted(m) for m in out] == [[1, 32], [1, 32]]
     assert out[0][1].runs == 6 and out[0][1].median_ms == 5.0      # calls 1, 5, 9 pooled
     assert out[1][32].median_ms == 8.0                                # calls 4, 8, 12
+
+
+@pytest.mark.parametrize("flags, floats", [("fpu sse sse2 avx avx2 fma", 8),
+                                           ("fpu sse avx2 avx512f avx512bw avx512_vnni", 16),
+                                           ("fp asimd evtstrm aes", 4)])
+def test_simd_floats_reads_the_vector_width_from_cpu_flags(tmp_path, flags, floats):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\n")
+    assert runners.simd_floats(str(cpuinfo)) == floats
+    assert runners.simd_floats(str(tmp_path / "missing")) == 4
+
+
+def test_runners_name_the_channel_step_their_kernels_reward():
+    assert runners.get_runner("ort-cpu-1t").channel_multiple == runners.simd_floats()
+    phone = runners.CommandRunner("npu", run="true", channel_multiple=32)
+    assert phone.channel_multiple == 32

@@ -145,3 +145,22 @@ def test_budget_ramp_starts_at_the_full_model_and_ends_at_the_target():
     for step in (50, 99):
         assert float(penalty(full, step)) == pytest.approx(float(plain_penalty(full)), rel=1e-5)
     assert float(penalty(full)) == pytest.approx(float(plain_penalty(full)), rel=1e-5)
+
+
+def test_multiple_zero_follows_the_device_runner():
+    import ml_collections
+    import experiments
+    from export import runners
+    runners.register_runner("test-npu-32", lambda: runners.CommandRunner(
+        "test-npu-32", run="true", channel_multiple=32))
+    try:
+        config = ml_collections.ConfigDict(dict(device="test-npu-32",
+                                                gates=dict(multiple=0, min_keep=1)))
+        settings = experiments.gate_settings(config)
+        assert settings.multiple == 32
+        config.gates.multiple = 8        # an explicit multiple wins over the device's
+        assert experiments.gate_settings(config).multiple == 8
+    finally:
+        runners.RUNNERS.pop("test-npu-32")
+    with pytest.raises(ValueError, match="no device runner"):
+        gates.GateSettings.from_config({"multiple": 0})
