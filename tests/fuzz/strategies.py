@@ -402,7 +402,8 @@ def cond(g: Gen, v: V) -> V:
     t = g.sym()
     params = {"wa": kernel(v.layout, t), "ba": bias(t), "wb": kernel(v.layout, t),
               "bb": bias(t)}
-    ref, = g.node("cond", [v], {}, params, [t], ["cond"])
+    ref, = g.node("cond", [v], {"threshold": g.pick([-100.0, 100.0])}, params, [t],
+                  ["cond"])
     return dataclasses.replace(v, ref=ref, layout=t)
 
 
