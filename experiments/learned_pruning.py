@@ -69,15 +69,18 @@ def _learn_keep_sets(config, teacher, settings, workdir):
     prunable = [g for g in groups if g.prunable]
     print(f"{len(prunable)} prunable channel groups of {len(groups)}; "
           f"teacher test accuracy {teacher.summary['test_accuracy']:.4f}")
+    cost_model, latency_fn = cost.cost_model(fn, variables, x1), _latency_fn(config, teacher,
+                                                                             settings)
     trained, logits, history = gates.train_gates(
-        fn, variables, groups, teacher.dataset, settings, workdir,
-        cost.cost_model(fn, variables, x1), teacher.teacher_fn,
-        _latency_fn(config, teacher, settings))
+        fn, variables, groups, teacher.dataset, settings, workdir, cost_model,
+        teacher.teacher_fn, latency_fn)
     ended_at = history[-1]["budget_relative"] if history else 1.0
     if ended_at > 1.05:
         print(f"warning: the gates ended at {ended_at:.2f}x their {settings.target} budget; "
               "more gates.steps or a larger gates.penalty would bring them to it")
-    return gates.threshold(groups, logits, settings), trained, history, groups
+    keep = gates.threshold(groups, logits, settings,
+                           gates.budget_function(settings, cost_model, latency_fn)[1])
+    return keep, trained, history, groups
 
 
 def _prune_and_finetune(config, teacher, settings, keep, trained, groups, workdir):

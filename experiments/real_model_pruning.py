@@ -28,7 +28,7 @@ from core import cost, losses, train as train_lib
 from data import real_images
 from data.unlabelled_images import UnlabelledImages
 from export import machine
-from export.measure import export_and_compare
+from export.measure import export_and_compare, export_tflite_and_compare
 from pruning import find_groups, gates, keep_sets, prune
 from pruning.reconstruct import reconstruct
 
@@ -176,11 +176,12 @@ def _learn_and_prune(config, model: RealModel, data, teacher_fn, workdir):
     print(f"{len(prunable)} prunable channel groups of {len(groups)}")
     settings = experiments.gate_settings(config)
     gate_task, _ = task_losses(config.fidelity)
+    cost_model = cost.cost_model(model.fn, model.variables, model.example)
     trained, logits, history = gates.train_gates(
-        model.fn, model.variables, groups, data, settings, workdir,
-        cost.cost_model(model.fn, model.variables, model.example), teacher_fn,
+        model.fn, model.variables, groups, data, settings, workdir, cost_model, teacher_fn,
         task_loss=gate_task)
-    keep = gates.threshold(groups, logits, settings)
+    keep = gates.threshold(groups, logits, settings,
+                           gates.budget_function(settings, cost_model)[1])
     keep_sets.save(os.path.join(workdir, "keep.json"), groups, keep)
     return prune(model.fn, trained, model.example, keep=keep, analysis=groups), keep, history
 
@@ -253,12 +254,15 @@ def save_comparison_png(path, image, original, compressed, title: str) -> None:
 
 
 def _table(before, after, kind):
-    header = (f"| model | {kind} vs original | MFLOPs | params (k) | ORT 1 thread b1 (ms) |\n"
-              "|---|---|---|---|---|\n")
+    litert = "litert_batch1_median_ms" in before
+    header = (f"| model | {kind} vs original | MFLOPs | params (k) | ORT 1 thread b1 (ms) |"
+              + (" LiteRT 1 thread b1 (ms) |" if litert else "") + "\n"
+              + "|---" * (6 if litert else 5) + "|\n")
     return header + "\n".join(
         f"| {name} | {r['fidelity']:.4f} | {r['flops'] / 1e6:.1f} | {r['params'] / 1e3:.1f} "
-        f"| {r['batch1_median_ms']:.2f} |" for name, r in (("original", before),
-                                                         ("pruned + fine-tuned", after)))
+        f"| {r['batch1_median_ms']:.2f} |"
+        + (f" {r['litert_batch1_median_ms']:.2f} |" if litert else "")
+        for name, r in (("original", before), ("pruned + fine-tuned", after)))
 
 
 class HeldOut(NamedTuple):
@@ -326,7 +330,26 @@ def _export_and_time(config, model: RealModel, pruned, tuned, held_out: HeldOut,
         rtol=config.get("export_rtol", 1e-4))
     measured["original"]["fidelity"] = 1.0
     measured["pruned"]["fidelity"] = scores["after_finetune"]
+    if config.get("litert_device"):
+        _time_on_litert(config, model, pruned, tuned, held_out, measured, workdir)
     return measured["original"], measured["pruned"]
+
+
+def _time_on_litert(config, model: RealModel, pruned, tuned, held_out: HeldOut, measured,
+                    workdir) -> None:
+    """Both models as .tflite on ``config.litert_device``, interleaved: ``litert_*`` fields
+    in ``measured``. Skipped with a message where TensorFlow (the converter) is missing."""
+    try:
+        timed = export_tflite_and_compare(
+            {"original": (with_head(model, model.fn), model.variables),
+             "pruned": (with_head(model, pruned.fn), tuned["variables"])},
+            held_out.inputs[:1], os.path.join(workdir, "tflite"), config.litert_device)
+    except ImportError as error:
+        print(f"[{config.experiment_name}] no LiteRT timing: {error}")
+        return
+    for name, fields in timed.items():
+        measured[name].update({f"litert_{k}": v for k, v in fields.items()
+                               if k != "op_counts"})
 
 
 def _result(config, model, data, held_out, before, after, keep, history, scores, start):
@@ -351,6 +374,9 @@ def _result(config, model, data, held_out, before, after, keep, history, scores,
     }
     result["speedup_over_flops_reduction"] = (result["speedup_batch1"]
                                               / result["flops_reduction"])
+    if "litert_batch1_median_ms" in before:
+        result["litert_speedup_batch1"] = (before["litert_batch1_median_ms"]
+                                           / after["litert_batch1_median_ms"])
     if "extra" in scores:
         result["extra_fidelity"] = scores["extra"]
     return result
@@ -375,7 +401,10 @@ def _report(config, result, before, after, int8) -> str:
                if after_reconstruct is not None else "")
             + f" (before fine-tune)\nFLOPs reduction "
             f"{result['flops_reduction']:.2f}x, ONNX speed-up {result['speedup_batch1']:.2f}x "
-            f"(batch 1, {config.device}), in {result['wall_seconds'] / 60:.1f} min\n"
+            f"(batch 1, {config.device})"
+            + (f", LiteRT speed-up {result['litert_speedup_batch1']:.2f}x "
+               f"({config.litert_device})" if "litert_speedup_batch1" in result else "")
+            + f", in {result['wall_seconds'] / 60:.1f} min\n"
             f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
             f"load {result['machine']['load_average_at_start']}")
     if "extra_fidelity" in result:

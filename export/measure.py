@@ -6,7 +6,8 @@ jaxpr, so before/after tables of every compression method are made the same way.
 ``export_and_compare`` does it for several models and times them interleaved
 (``runners.measure_interleaved``): on a shared machine, models timed one after the other
 see different loads (a pruned selfie segmenter read 0.85x of the original that way, 1.0x
-interleaved minutes later).
+interleaved minutes later). ``export_tflite_and_compare`` does the same through
+``export.to_tflite`` for the LiteRT runner, where TensorFlow (the converter) is installed.
 """
 import os
 from typing import Dict, Sequence, Tuple
@@ -58,6 +59,30 @@ def export_and_compare(models: Dict[str, Tuple], example_input, directory: str,
                for name, (fn, variables) in models.items()}
     timed = measure_interleaved(get_runner(device), [r["onnx"] for r in results.values()],
                                 batches=tuple(batches), runs=runs, rounds=rounds)
+    for result, measurements in zip(results.values(), timed):
+        result.update(_latency_fields(measurements))
+    return results
+
+
+def export_tflite_and_compare(models: Dict[str, Tuple], example_input, directory: str,
+                              device: str = "litert-cpu-1t", runs: int = 30,
+                              rounds: int = 3) -> Dict[str, Dict]:
+    """``{name: (fn, variables)}`` -> ``{name: {tflite, device, batch1_median_ms, ...}}``,
+    each model converted to ``directory/name.tflite`` at batch 1 (parity-checked on
+    ``example_input``) and all timed in interleaved rounds on ``device``. Raises ImportError
+    naming requirements-tflite.txt when TensorFlow is missing."""
+    from export.tflite_export import to_tflite
+    os.makedirs(directory, exist_ok=True)
+    one = jax.tree_util.tree_map(lambda a: np.asarray(a)[:1], example_input)
+    results = {}
+    for name, (fn, variables) in models.items():
+        path = os.path.join(directory, f"{name}.tflite")
+        converted = to_tflite(fn, variables, one, path=path)
+        results[name] = {"tflite": os.path.abspath(path), "device": device,
+                         "parity_max_rel_error": converted.parity.max_relative_error,
+                         "op_counts": converted.op_counts}
+    timed = measure_interleaved(get_runner(device), [r["tflite"] for r in results.values()],
+                                batches=(1,), runs=runs, rounds=rounds)
     for result, measurements in zip(results.values(), timed):
         result.update(_latency_fields(measurements))
     return results

@@ -145,18 +145,88 @@ def budget_function(settings: GateSettings, cost_model, latency_fn: Optional[Cal
     return penalty, relative
 
 
-def threshold(groups, logits, settings: GateSettings) -> Dict[int, np.ndarray]:
+def gateable(groups, settings: GateSettings):
+    """The prunable groups the keep-set rounding can narrow: wider than ``multiple``
+    (``importance.round_count`` keeps a group of at most one multiple whole, so a gate on it
+    would spend budget that thresholding gives back)."""
+    return [g for g in keep_sets.group_list(groups)
+            if g.prunable and (settings.multiple <= 1 or g.size > settings.multiple)]
+
+
+def check_reachable(gated, full_sizes: np.ndarray, settings: GateSettings,
+                    relative_fn: Callable) -> None:
+    """Raises when the budget lies below the narrowest model the rounding allows (every
+    gated group at one multiple, or ``min_keep``): the gates would strip every layer and
+    still miss it. On an AVX-512 CPU (multiple 16) the selfie segmenter cannot go below
+    0.67 of its FLOPs: 7 of its 25 groups are 8-16 channels wide at full resolution."""
+    floor = np.array(full_sizes, np.float32)
+    for g in gated:
+        floor[g.id] = min(g.size, max(settings.multiple, settings.min_keep, 1))
+    reachable = float(relative_fn(floor))
+    if reachable > 1.0:
+        raise ValueError(
+            f"the {settings.target} budget cannot be met with kept widths rounded to "
+            f"multiples of {settings.multiple}: the narrowest such model is "
+            f"{reachable:.2f}x the target (target_ratio {settings.target_ratio:g}, "
+            f"target_ms {settings.target_ms:g}); raise the target or lower gates.multiple")
+
+
+def threshold(groups, logits, settings: GateSettings,
+              relative_fn: Optional[Callable] = None,
+              tolerance: float = 0.02) -> Dict[int, np.ndarray]:
     """Keep-set from learned logits: channels with positive logit, count rounded to the
     multiple, the highest logits kept. Groups are named as in ``logits`` (position or key);
-    ``pruning.keep_sets.save`` writes the result by key."""
-    keep = {}
-    for name, logit in logits.items():
-        logit = np.asarray(logit)
-        count = importance.round_count(float(np.sum(logit > 0)),
-                                       keep_sets.group_named(groups, name).size,
-                                       settings.multiple, settings.min_keep)
-        keep[name] = np.sort(np.argsort(-logit, kind="stable")[:count])
-    return keep
+    ``pruning.keep_sets.save`` writes the result by key.
+
+    Rounding to a coarse multiple (16 on AVX-512) can give back much of the budget: the
+    selfie segmenter's gates ended at their 2x FLOPs budget and the rounded keep-set had
+    1.13x. With ``relative_fn`` (``budget_function``'s second result: sizes -> budgeted
+    quantity / target) groups are then stepped down one multiple at a time, the step that
+    drops the least gate probability per unit of budget saved first, until the keep-set is
+    within ``1 + tolerance`` of the budget."""
+    named = {name: keep_sets.group_named(groups, name) for name in logits}
+    counts = {name: importance.round_count(float(np.sum(np.asarray(logit) > 0)),
+                                           named[name].size, settings.multiple,
+                                           settings.min_keep)
+              for name, logit in logits.items()}
+    order = {name: np.argsort(-np.asarray(logit), kind="stable")
+             for name, logit in logits.items()}
+    if relative_fn is not None:
+        full = np.array([g.size for g in keep_sets.group_list(groups)], np.float32)
+        counts = _step_down_to_budget(full, named, logits, order, counts, settings,
+                                      relative_fn, tolerance)
+    return {name: np.sort(order[name][:count]) for name, count in counts.items()}
+
+
+def _step_down_to_budget(full, named, logits, order, counts, settings, relative_fn,
+                         tolerance):
+    """``counts`` with groups lowered by one multiple each step (see ``threshold``);
+    ``full``: every group's size, indexed by group id (what ``relative_fn`` reads)."""
+    relative = jax.jit(relative_fn)
+    sizes = full.copy()
+    for name, count in counts.items():
+        sizes[named[name].id] = count
+    counts = dict(counts)
+    step = max(settings.multiple, 1)
+    floor = max(settings.min_keep, 1)
+    while float(relative(sizes)) > 1.0 + tolerance:
+        now, best = float(relative(sizes)), None
+        for name, count in counts.items():
+            lower = step * ((count - 1) // step)
+            if lower < floor:
+                continue
+            trial = sizes.copy()
+            trial[named[name].id] = lower
+            saved = now - float(relative(trial))
+            dropped = np.asarray(logits[name])[order[name][lower:count]]
+            cost = float(np.sum(jax.nn.sigmoid(dropped))) / max(saved, 1e-9)
+            if saved > 0 and (best is None or cost < best[0]):
+                best = (cost, name, lower)
+        if best is None:
+            break                       # every group at its floor: the budget is out of reach
+        counts[best[1]] = best[2]
+        sizes[named[best[1]].id] = best[2]
+    return counts
 
 
 def gate_settings_as_train_config(settings: GateSettings) -> ml_collections.ConfigDict:
@@ -234,7 +304,9 @@ def train_gates(fn, variables, groups, data, settings: GateSettings,
     ``gate_loss`` (default: classification distillation)."""
     full_sizes = np.array([g.size for g in cost_model.groups], np.float32)
     penalty_fn, relative_fn = budget_function(settings, cost_model, latency_fn)
-    logits = init_logits(groups, settings.init_logit, settings.init_spread, variables)
+    gated = gateable(groups, settings)
+    check_reachable(gated, full_sizes, settings, relative_fn)
+    logits = init_logits(gated, settings.init_logit, settings.init_spread, variables)
     result = train_lib.train(
         gated_model(fn, variables, groups, settings, full_sizes), data,
         gate_settings_as_train_config(settings),

@@ -2,6 +2,7 @@
 hand-computed values, and the whole job end to end on the real selfie segmenter in a few
 steps (prune_selfie_tiny: real calibration and held-out images, gates, prune, fine-tune,
 ONNX export with parity on a real image, onnxruntime latency, result files and PNG)."""
+import importlib.util
 import json
 
 import numpy as np
@@ -91,7 +92,8 @@ def test_selfie_showcase_end_to_end(tmp_path):
                      "--exp.gates.checkpoint_every=8"]) == 0
     result = json.loads((workdir / "result.json").read_text())
     assert result["before"]["flops"] == 200_636_136     # the real model at 256x256, batch 1
-    assert 1.5 < result["flops_reduction"] < 3.0, result["flops_reduction"]
+    # The budget (0.75 of the FLOPs) is met after rounding to the device's multiple.
+    assert 1 / (0.75 * 1.02) <= result["flops_reduction"] < 3.0, result["flops_reduction"]
     assert result["params_reduction"] > 1.2
     assert result["after"]["parity_max_rel_error"] < 1e-3
     assert result["eval_images"] == 4 and result["train_images"] == 16
@@ -101,3 +103,12 @@ def test_selfie_showcase_end_to_end(tmp_path):
                  "finetune/metrics.jsonl", "gates/metrics.jsonl"):
         assert (workdir / path).exists(), path
     assert "| pruned + fine-tuned |" in (workdir / "result.md").read_text()
+    from export.runners import simd_floats
+    assert result["settings"]["gates"]["multiple"] == simd_floats(), "the device's step"
+    if importlib.util.find_spec("tensorflow") is not None:   # the LiteRT timing ran
+        for name in ("original", "pruned"):
+            assert (workdir / f"tflite/{name}.tflite").exists()
+        assert result["after"]["litert_parity_max_rel_error"] < 1e-3
+        assert result["litert_speedup_batch1"] == pytest.approx(
+            result["before"]["litert_batch1_median_ms"]
+            / result["after"]["litert_batch1_median_ms"])
