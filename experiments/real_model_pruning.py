@@ -180,8 +180,8 @@ def _learn_and_prune(config, model: RealModel, data, teacher_fn, workdir):
     trained, logits, history = gates.train_gates(
         model.fn, model.variables, groups, data, settings, workdir, cost_model, teacher_fn,
         task_loss=gate_task)
-    keep = gates.threshold(groups, logits, settings,
-                           gates.budget_function(settings, cost_model)[1])
+    keep = gates.threshold(groups, logits, settings, gates.budget_function(
+        settings, cost_model)[1] if settings.fit_budget else None)
     keep_sets.save(os.path.join(workdir, "keep.json"), groups, keep)
     return prune(model.fn, trained, model.example, keep=keep, analysis=groups), keep, history
 

@@ -47,6 +47,7 @@ class GateSettings:
     kd_temperature: float = 4.0
     kd_alpha: float = 0.9
     min_keep: int = 1
+    fit_budget: bool = False       # step the rounded keep-set down to the budget (threshold)
     multiple: int = 8              # kept counts rounded to a multiple when thresholding;
     #                                0: the device runner's channel_multiple (from_config)
     log_every: int = 25

@@ -16,6 +16,7 @@ def get_config():
     config.learn.steps = 10
     config.finetune.steps = 5
     config.finetune.batch_size = 32
+    config.flops_reductions = (2.0,)       # one target: the smoke run checks the plumbing
     config.results_name = "lowrank_tiny"
     config.publish = False                 # a smoke run: results stay in its workdir
     return config

@@ -199,6 +199,8 @@ def check(arch: build.Arch, export: bool = False, lowrank: bool = True,
         cases.append(groups_oracle.random_keep(matching, rng, only=only))
     if keep_sets == 2 and len(cases) == 3:      # a partial keep-set, and one that empties
         cases = [cases[0], cases[1 + arch.seed % 2]]
+    elif keep_sets == 1:                         # one of the kinds, in turn over models
+        cases = [cases[arch.seed % len(cases)]]
     first = None
     for i, keep in enumerate(cases[:keep_sets]):
         pruned = steps.keep_set(c, model, keep, eager=eager and i == 0)

@@ -337,12 +337,17 @@ def cond(node, p, ins, S):
     batch), but a rounding-sized change of the input cannot flip the branch. With threshold
     0 the fuzz's approximate checks (full-rank low-rank, 16-bit fake-quant: tolerances of
     bfloat16 rounding) failed on a bfloat16 model whose activations had a mean near 0: the
-    other branch ran (benchmarks/results/fuzz.json models 1644-1646)."""
+    other branch ran (benchmarks/results/fuzz.json models 1644-1646). With threshold 0 an
+    emptied input (mean NaN) and a masked one (mean 0) both took the second branch; with a
+    threshold below 0 they agree only because NaN is read as 0."""
     x = ins[0]
     first = lambda x: jax.nn.relu(x @ p["wa"] + p["ba"])
     second = lambda x: jnp.tanh(x @ p["wb"] + p["bb"])
     threshold = node.attrs.get("threshold", 0.0)
-    return [lax.cond(jnp.mean(x.astype(jnp.float32)) > threshold, first, second, x)]
+    # A pruned model may have emptied x's channels: the mean of nothing is NaN, read as 0,
+    # what the masked model (all channels zero) computes.
+    mean = jnp.nan_to_num(jnp.mean(x.astype(jnp.float32)))
+    return [lax.cond(mean > threshold, first, second, x)]
 
 
 @op("loop")

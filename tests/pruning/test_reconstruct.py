@@ -101,15 +101,15 @@ def test_the_pull_towards_the_current_weights_keeps_a_layer_that_sees_few_rows()
 def test_one_removed_channel_of_the_selfie_segmenter_is_repaired():
     """MediaPipe's selfie segmenter loses most of its mask when the lowest-L1 channel of
     group 19 goes (IoU 0.33 against the original on held-out real images); least-squares
-    reconstruction on 32 other real images brings it to 0.91 (measured)."""
+    reconstruction on 16 other real images brings it to 0.83 (0.91 with 32; measured)."""
     from experiments import real_model_pruning as experiment
     from pruning.configs import prune_selfie_2x
     try:
         model = experiment.load_model(prune_selfie_2x.get_config().model)
     except FileNotFoundError as error:
         pytest.skip(str(error))
-    calibration = model.to_input(real_images.load("calibration", size=model.size, limit=32))
-    held_out = model.to_input(real_images.load("evaluation", size=model.size, limit=60))
+    calibration = model.to_input(real_images.load("calibration", size=model.size, limit=16))
+    held_out = model.to_input(real_images.load("evaluation", size=model.size, limit=32))
     deployed = experiment.with_head(model, model.fn)
     reference = experiment.predict(deployed, model.variables, held_out)
     groups = find_groups(model.fn, model.variables, model.example)
@@ -117,9 +117,9 @@ def test_one_removed_channel_of_the_selfie_segmenter_is_repaired():
     keep = {19: np.sort(np.argsort(-scores)[:groups[19].size - 1])}
     pruned = prune(model.fn, model.variables, model.example, keep=keep)
     rebuilt, _ = reconstruct(model.fn, model.variables, pruned,
-                             [calibration[:16], calibration[16:]])
+                             [calibration[:8], calibration[8:]])
     iou = {name: experiment.mask_iou(experiment.predict(
         experiment.with_head(model, m.fn), m.variables, held_out), reference)
         for name, m in (("pruned", pruned), ("rebuilt", rebuilt))}
     assert iou["pruned"] < 0.6
-    assert iou["rebuilt"] > 0.85, iou
+    assert iou["rebuilt"] > 0.8, iou
