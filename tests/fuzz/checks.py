@@ -64,6 +64,11 @@ TOLERANCE = {"float32": 3e-4, "bfloat16": 4e-2}
 # through values of order one, whose rounding (3 digits) it cannot be judged by.
 SCALE_FLOOR = {"float32": 1e-3, "bfloat16": 0.1}
 QUANT_TOLERANCE = {"float32": 2e-2, "bfloat16": 8e-2}
+# A layer factorized at full rank rounds two factors and the activation between them: in
+# bfloat16 one more rounding per layer than the model, which attention and a loop repeat
+# (fuzz model 26 of benchmarks/results/fuzz_cond_threshold.json: 0.043 of the scale, and
+# within float32's 3e-4 computed in float32; tests/fuzz/test_regressions.py).
+LOWRANK_TOLERANCE = {"float32": 3e-4, "bfloat16": 8e-2}
 
 
 @dataclasses.dataclass
