@@ -21,7 +21,10 @@ fine-tuning (the goal is 0.95 at 2x), 0.97x the original's speed at batch 1 (the
 convs are no faster in onnxruntime: issue 20); int8 of the pruned model 0.730 (ours) and
 0.756 (quantize_static), both slower than float on this AMD EPYC although it has
 AVX-512 VNNI. The same settings on the code of 608e6eb gave 0.377 / 0.410; what changed
-the outcome is not isolated yet.
+the outcome is not isolated yet. Rerun on cb78e13 (2026-12-03, published; gates only on
+groups wider than 8, timed in onnxruntime and LiteRT, 19 min beside a fuzz run): 1.57x fewer
+FLOPs, IoU 0.292 / 0.336, 0.96x the original's speed in onnxruntime and 1.36x in LiteRT.
+The fidelity of this job swings from run to run of nearly the same code (0.34-0.76).
 """
 import ml_collections
 
