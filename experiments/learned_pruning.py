@@ -78,8 +78,7 @@ def _learn_keep_sets(config, teacher, settings, workdir):
     if ended_at > 1.05:
         print(f"warning: the gates ended at {ended_at:.2f}x their {settings.target} budget; "
               "more gates.steps or a larger gates.penalty would bring them to it")
-    keep = gates.threshold(groups, logits, settings, gates.budget_function(
-        settings, cost_model, latency_fn)[1] if settings.fit_budget else None)
+    keep = gates.keep_from_logits(groups, logits, settings, cost_model, latency_fn)
     return keep, trained, history, groups
 
 

@@ -170,18 +170,16 @@ def fidelity(kind: str, fn, variables, inputs, reference) -> float:
 
 
 # ------------------------------------------------------------ stages
-def _learn_and_prune(config, model: RealModel, data, teacher_fn, workdir):
+def _learn_and_prune(config, settings, model: RealModel, data, teacher_fn, workdir):
     groups = find_groups(model.fn, model.variables, model.example)
     prunable = [g for g in groups if g.prunable]
     print(f"{len(prunable)} prunable channel groups of {len(groups)}")
-    settings = experiments.gate_settings(config)
     gate_task, _ = task_losses(config.fidelity)
     cost_model = cost.cost_model(model.fn, model.variables, model.example)
     trained, logits, history = gates.train_gates(
         model.fn, model.variables, groups, data, settings, workdir, cost_model, teacher_fn,
         task_loss=gate_task)
-    keep = gates.threshold(groups, logits, settings, gates.budget_function(
-        settings, cost_model)[1] if settings.fit_budget else None)
+    keep = gates.keep_from_logits(groups, logits, settings, cost_model)
     keep_sets.save(os.path.join(workdir, "keep.json"), groups, keep)
     return prune(model.fn, trained, model.example, keep=keep, analysis=groups), keep, history
 
@@ -302,11 +300,12 @@ def _score_stage(config, model: RealModel, name: str, fn, variables, held_out: H
     return outputs
 
 
-def _prune_and_score(config, model: RealModel, data, held_out: HeldOut, teacher_fn,
-                     workdir):
+def _prune_and_score(config, settings, model: RealModel, data, held_out: HeldOut,
+                     teacher_fn, workdir):
     """Gates, pruning, optional reconstruction and fine-tune, each stage scored."""
     scores = {"after_reconstruction": None}
-    pruned, keep, history = _learn_and_prune(config, model, data, teacher_fn, workdir)
+    pruned, keep, history = _learn_and_prune(config, settings, model, data, teacher_fn,
+                                             workdir)
     _score_stage(config, model, "after_pruning", pruned.fn, pruned.variables, held_out, scores)
     if config.reconstruct.enabled:
         pruned = _reconstruct(config, model, pruned, data)
@@ -352,7 +351,8 @@ def _time_on_litert(config, model: RealModel, pruned, tuned, held_out: HeldOut, 
                                if k != "op_counts"})
 
 
-def _result(config, model, data, held_out, before, after, keep, history, scores, start):
+def _result(config, settings, model, data, held_out, before, after, keep, history, scores,
+            start):
     h, w = model.size
     result = {
         "experiment": config.experiment_name, "model": config.model.to_dict(),
@@ -367,8 +367,7 @@ def _result(config, model, data, held_out, before, after, keep, history, scores,
         "kept_channels": {str(g): int(len(k)) for g, k in keep.items()},
         "gate_history": history[-1:], "wall_seconds": time.time() - start,
         "machine": machine.describe(),
-        "settings": {"gates": {**config.gates.to_dict(),
-                               "multiple": experiments.gate_settings(config).multiple},
+        "settings": {"gates": {**config.gates.to_dict(), "multiple": settings.multiple},
                      "finetune": config.finetune.to_dict(),
                      "reconstruct": config.reconstruct.to_dict()},
     }
@@ -421,13 +420,14 @@ def main(config, workdir):
     model = load_model(config.model)
     data, held_out = _load_images(config, model)
     teacher_fn = jax.jit(lambda x: model.fn(model.variables, x))
+    settings = experiments.gate_settings(config)
     pruned, tuned, tuned_outputs, keep, history, scores = _prune_and_score(
-        config, model, data, held_out, teacher_fn, workdir)
+        config, settings, model, data, held_out, teacher_fn, workdir)
     before, after = _export_and_time(config, model, pruned, tuned, held_out, scores, workdir)
     int8 = _int8(config, model, pruned.fn, tuned["variables"], data, held_out.inputs,
                  held_out.reference, workdir) if config.int8.enabled else None
-    result = _result(config, model, data, held_out, before, after, keep, history, scores,
-                     start)
+    result = _result(config, settings, model, data, held_out, before, after, keep, history,
+                     scores, start)
     if int8 is not None:
         result["int8"] = int8
     if config.fidelity == "mask_iou":

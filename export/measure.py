@@ -57,7 +57,14 @@ def export_and_compare(models: Dict[str, Tuple], example_input, directory: str,
     results = {name: _export(fn, variables, example_input,
                              os.path.join(directory, f"{name}.onnx"), device, rtol)
                for name, (fn, variables) in models.items()}
-    timed = measure_interleaved(get_runner(device), [r["onnx"] for r in results.values()],
+    return _timed_interleaved(results, "onnx", device, batches, runs, rounds)
+
+
+def _timed_interleaved(results: Dict[str, Dict], file_key: str, device: str,
+                       batches: Sequence[int], runs: int, rounds: int) -> Dict[str, Dict]:
+    """``results`` with each model's latency fields added, every ``result[file_key]`` timed
+    on ``device`` in the same interleaved rounds."""
+    timed = measure_interleaved(get_runner(device), [r[file_key] for r in results.values()],
                                 batches=tuple(batches), runs=runs, rounds=rounds)
     for result, measurements in zip(results.values(), timed):
         result.update(_latency_fields(measurements))
@@ -81,8 +88,4 @@ def export_tflite_and_compare(models: Dict[str, Tuple], example_input, directory
         results[name] = {"tflite": os.path.abspath(path), "device": device,
                          "parity_max_rel_error": converted.parity.max_relative_error,
                          "op_counts": converted.op_counts}
-    timed = measure_interleaved(get_runner(device), [r["tflite"] for r in results.values()],
-                                batches=(1,), runs=runs, rounds=rounds)
-    for result, measurements in zip(results.values(), timed):
-        result.update(_latency_fields(measurements))
-    return results
+    return _timed_interleaved(results, "tflite", device, (1,), runs, rounds)

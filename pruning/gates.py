@@ -199,6 +199,16 @@ def threshold(groups, logits, settings: GateSettings,
     return {name: np.sort(order[name][:count]) for name, count in counts.items()}
 
 
+def keep_from_logits(groups, logits, settings: GateSettings, cost_model,
+                     latency_fn: Optional[Callable] = None) -> Dict[int, np.ndarray]:
+    """``threshold`` after gate training, stepped down to the budget when
+    ``settings.fit_budget`` (the budget read from ``cost_model`` / ``latency_fn`` as in
+    ``train_gates``)."""
+    relative_fn = (budget_function(settings, cost_model, latency_fn)[1]
+                   if settings.fit_budget else None)
+    return threshold(groups, logits, settings, relative_fn)
+
+
 def _step_down_to_budget(full, named, logits, order, counts, settings, relative_fn,
                          tolerance):
     """``counts`` with groups lowered by one multiple each step (see ``threshold``);
@@ -210,8 +220,9 @@ def _step_down_to_budget(full, named, logits, order, counts, settings, relative_
     counts = dict(counts)
     step = max(settings.multiple, 1)
     floor = max(settings.min_keep, 1)
-    while float(relative(sizes)) > 1.0 + tolerance:
-        now, best = float(relative(sizes)), None
+    now = float(relative(sizes))
+    while now > 1.0 + tolerance:
+        best = None
         for name, count in counts.items():
             lower = step * ((count - 1) // step)
             if lower < floor:
@@ -227,6 +238,7 @@ def _step_down_to_budget(full, named, logits, order, counts, settings, relative_
             break                       # every group at its floor: the budget is out of reach
         counts[best[1]] = best[2]
         sizes[named[best[1]].id] = best[2]
+        now = float(relative(sizes))
     return counts
 
 
