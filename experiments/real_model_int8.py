@@ -40,6 +40,7 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 
 from core import primitives as P
+from quant.comparison import ORT_METHODS, best_ort_quantize, choose_best  # noqa: F401
 
 # Our PTQ variants (``quant.comparison.ptq`` settings). Percentiles clip rare outliers;
 # ``mse`` searches the clipping that minimises the quantization error of each tensor;
@@ -56,20 +57,6 @@ OUR_VARIANTS: Dict[str, Dict] = {
                                     bias_correction=True),
     "mse_cle_bc": dict(calibration="mse", equalize=True, bias_correction=True),
 }
-# onnxruntime's calibration methods: name -> (CalibrationMethod, quantize_static
-# extra_options). Its Percentile defaults to a SYMMETRIC range (half the uint8 codes unused
-# after a ReLU), so asymmetric percentiles are offered too. Its Entropy, as quantize_static
-# runs it (128 histogram bins and 128 quantized bins; no option passes other counts), has
-# one candidate threshold, the full range: it gives exactly the MinMax model.
-ORT_METHODS: Dict[str, Tuple[str, Dict]] = {
-    "MinMax": ("MinMax", {}),
-    "Entropy": ("Entropy", {}),
-    "Percentile": ("Percentile", {}),
-    "Percentile_99.99_asymmetric": ("Percentile", {"CalibPercentile": 99.99,
-                                                   "CalibTensorRangeSymmetric": False}),
-    "Percentile_99.999_asymmetric": ("Percentile", {"CalibPercentile": 99.999,
-                                                    "CalibTensorRangeSymmetric": False}),
-}
 PROFILE = "ort_cpu_int8"
 # Requantized here too: onnxruntime fuses DequantizeLinear -> Conv -> QuantizeLinear into
 # QLinearConv only when the conv's output is quantized; in a MobileNetV3-style model a conv
@@ -78,10 +65,6 @@ PROFILE = "ort_cpu_int8"
 # measured 0.68x the float speed. With products and sigmoids requantized (what
 # quantize_static does: QLinearMul, QLinearSigmoid) every conv becomes QLinearConv.
 ELEMENTWISE_REQUANTIZED = (P.mul_p.name, P.logistic_p.name)   # profile names
-# onnxruntime's histogram calibrators keep every intermediate tensor of every calibration
-# batch until the end; flushing into the histograms every few batches bounds the memory.
-ORT_FLUSH_EVERY = 4
-
 
 # ------------------------------------------------------------ helpers
 def _slash_free(fn, variables):
@@ -148,11 +131,6 @@ def ptq_exportable(fn, variables, profile, batches, settings) -> Dict:
             "float_weights": left_float}
 
 
-def _choose(scores: Dict[str, float]) -> str:
-    """The best-scoring variant; ties go to the first listed (the simplest)."""
-    return max(scores, key=lambda name: (scores[name], -list(scores).index(name)))
-
-
 # ------------------------------------------------------------ ours
 def _ours(fn, variables, calibration, validation, float_onnx, float_on_validation,
           fidelity_fn, onnx_dir, variants, batch_size):
@@ -186,7 +164,7 @@ def _ours(fn, variables, calibration, validation, float_onnx, float_on_validatio
         print(f"ours {name}: validation fidelity {scores[name]:.4f}", flush=True)
     if not scores:
         raise RuntimeError(f"every PTQ variant failed: {failures}")
-    chosen = _choose(scores)
+    chosen = choose_best(scores)
     run, qdq = runs[chosen]
     return chosen, run, qdq, scores, failures, profile
 
@@ -230,64 +208,6 @@ def _parity(qdq, run, validation, fidelity_fn, batch_size) -> Dict:
                 weights_left_float=dict(run["float_weights"]))
 
 
-# ------------------------------------------------------------ onnxruntime's quantize_static
-def _ort_quantize(pre_path, out_path, calibration, method, options, batch_size,
-                  reduce_range, input_name):
-    from onnxruntime import quantization as ortq
-
-    class Reader(ortq.CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{input_name: b} for b in _batches(calibration, batch_size)])
-
-        def get_next(self):
-            return next(self.items, None)
-    extra = dict(options)
-    if method != "MinMax":
-        extra["CalibMaxIntermediateOutputs"] = ORT_FLUSH_EVERY
-    ortq.quantize_static(pre_path, out_path, Reader(), quant_format=ortq.QuantFormat.QDQ,
-                         per_channel=True, reduce_range=reduce_range,
-                         activation_type=ortq.QuantType.QUInt8,
-                         weight_type=ortq.QuantType.QInt8,
-                         calibrate_method=getattr(ortq.CalibrationMethod, method),
-                         extra_options=extra)
-
-
-def _peer(float_path, calibration, validation, float_on_validation, fidelity_fn, onnx_dir,
-          methods, batch_size):
-    """quantize_static with each calibration method, scored like ours on validation."""
-    import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-    from quant import target_cpu
-    from quant.comparison import expand_scalar_gemm_bias
-    candidates = os.path.join(onnx_dir, "candidates")
-    os.makedirs(candidates, exist_ok=True)
-    fixed = os.path.join(candidates, "ort_input.onnx")
-    onnx.save(expand_scalar_gemm_bias(onnx.load(float_path)), fixed)
-    pre = os.path.join(candidates, "ort_preprocessed.onnx")
-    quant_pre_process(fixed, pre)
-    input_name = onnx.load(pre).graph.input[0].name
-    reduce_range = target_cpu.u8s8_saturates(target_cpu.target_kind(), 8)
-    scores, failures = {}, {}
-    for method, (calibrate_method, options) in methods.items():
-        path = os.path.join(candidates, f"ort_{method}.onnx")
-        try:
-            _ort_quantize(pre, path, calibration, calibrate_method, options, batch_size,
-                          reduce_range, input_name)
-        except Exception as error:
-            failures[method] = f"{type(error).__name__}: {error}"[:300]
-            print(f"quantize_static {method}: failed ({failures[method]})")
-            continue
-        scores[method] = float(fidelity_fn(onnx_outputs(path, validation, batch_size),
-                                           float_on_validation))
-        print(f"quantize_static {method}: validation fidelity {scores[method]:.4f}",
-              flush=True)
-    if not scores:
-        raise RuntimeError(f"every quantize_static method failed: {failures}")
-    chosen = _choose(scores)
-    return chosen, os.path.join(candidates, f"ort_{chosen}.onnx"), scores, failures, \
-        reduce_range
-
-
 # ------------------------------------------------------------ the stage
 def int8_stage(fn: Callable, variables, calibration_inputs, validation_inputs, eval_inputs,
                reference, fidelity_fn: Callable, workdir: str, device: str = "ort-cpu-1t",
@@ -322,10 +242,14 @@ def int8_stage(fn: Callable, variables, calibration_inputs, validation_inputs, e
         float_on_validation, fidelity_fn, onnx_dir, variants, batch_size)
     shutil.copyfile(qdq.path, paths["ours"])
     parity = _parity(qdq, run, validation_inputs, fidelity_fn, batch_size)
-    ort_chosen, ort_path, ort_scores, ort_failures, reduce_range = _peer(
-        paths["float"], calibration_inputs, validation_inputs, float_on_validation,
-        fidelity_fn, onnx_dir, ort_methods, batch_size)
-    shutil.copyfile(ort_path, paths["ort_quantize_static"])
+    peer = best_ort_quantize(
+        paths["float"], os.path.join(onnx_dir, "candidates"),
+        _batches(calibration_inputs, batch_size),
+        lambda path: fidelity_fn(onnx_outputs(path, validation_inputs, batch_size),
+                                 float_on_validation), ort_methods)
+    ort_chosen, ort_scores, ort_failures = peer["chosen"], peer["scores"], peer["failures"]
+    reduce_range = peer["reduce_range"]
+    shutil.copyfile(peer["path"], paths["ort_quantize_static"])
 
     names = list(paths)
     measured = measure_interleaved(get_runner(device), [paths[n] for n in names],

@@ -4,7 +4,7 @@ onnxruntime, onnxruntime's own ``quantize_static`` on the same float ONNX model 
 baseline our QDQ export is compared with, and side-by-side latencies.
 """
 import os
-from typing import Dict
+from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -72,39 +72,109 @@ def expand_scalar_gemm_bias(model):
     return model
 
 
-def ort_quantize_static(float_path: str, out_path: str, batches, per_channel=True,
-                        reduce_range=None):
-    """onnxruntime's own QDQ quantizer on the same float model and calibration images, at
-    its recommended settings for the target CPU: ``reduce_range`` (7-bit weights) where its
-    u8s8 kernels saturate (x86 without VNNI), full range elsewhere."""
+# onnxruntime's calibration methods: name -> (CalibrationMethod, quantize_static
+# extra_options). Its Percentile defaults to a SYMMETRIC range (half the uint8 codes unused
+# after a ReLU), so asymmetric percentiles are offered too. Its Entropy, as quantize_static
+# runs it (128 histogram bins and 128 quantized bins; no option passes other counts), has
+# one candidate threshold, the full range: it gives exactly the MinMax model. Every
+# comparison quantizes with each and keeps the best on validation, as ours picks its variant.
+ORT_METHODS: Dict[str, Tuple[str, Dict]] = {
+    "MinMax": ("MinMax", {}),
+    "Entropy": ("Entropy", {}),
+    "Percentile": ("Percentile", {}),
+    "Percentile_99.99_asymmetric": ("Percentile", {"CalibPercentile": 99.99,
+                                                   "CalibTensorRangeSymmetric": False}),
+    "Percentile_99.999_asymmetric": ("Percentile", {"CalibPercentile": 99.999,
+                                                    "CalibTensorRangeSymmetric": False}),
+}
+# onnxruntime's histogram calibrators keep every intermediate tensor of every calibration
+# batch until the end; flushing into the histograms every few batches bounds the memory.
+ORT_FLUSH_EVERY = 4
+
+
+def choose_best(scores: Dict[str, float]) -> str:
+    """The best-scoring variant; ties go to the first listed (the simplest)."""
+    return max(scores, key=lambda name: (scores[name], -list(scores).index(name)))
+
+
+def ort_prepare(float_path: str, out_dir: str) -> str:
+    """The float model as quantize_static wants it: vector Gemm biases, then onnxruntime's
+    ``quant_pre_process`` (shape inference and graph optimisation, the step its quantization
+    guide asks for first). Returns the prepared file's path."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    os.makedirs(out_dir, exist_ok=True)
+    fixed = os.path.join(out_dir, "ort_input.onnx")
+    onnx.save(expand_scalar_gemm_bias(onnx.load(float_path)), fixed)
+    prepared = os.path.join(out_dir, "ort_preprocessed.onnx")
+    quant_pre_process(fixed, prepared)
+    return prepared
+
+
+def ort_quantize(prepared_path: str, out_path: str, batches: Sequence[np.ndarray],
+                 method: str = "MinMax", options: Dict = None, reduce_range: bool = None):
+    """onnxruntime's own QDQ quantizer (per-channel int8 weights, uint8 activations) on a
+    prepared float model and calibration batches, at its recommended settings for the
+    target CPU: ``reduce_range`` (7-bit weights) where its u8s8 kernels saturate (x86
+    without VNNI), full range elsewhere."""
     import onnx
     from onnxruntime import quantization as ortq
-    fixed_path = out_path.replace(".onnx", "_input.onnx")
-    onnx.save(expand_scalar_gemm_bias(onnx.load(float_path)), fixed_path)
+    input_name = onnx.load(prepared_path).graph.input[0].name
 
     class Reader(ortq.CalibrationDataReader):
         def __init__(self):
-            self.items = iter([{"input_0": np.asarray(b, np.float32)} for b in batches])
+            self.items = iter([{input_name: np.asarray(b, np.float32)} for b in batches])
 
         def get_next(self):
             return next(self.items, None)
     if reduce_range is None:
         reduce_range = target_cpu.u8s8_saturates(target_cpu.target_kind(), 8)
-    ortq.quantize_static(fixed_path, out_path, Reader(), quant_format=ortq.QuantFormat.QDQ,
-                         per_channel=per_channel, reduce_range=reduce_range, activation_type=ortq.QuantType.QUInt8,
+    extra = dict(options or {})
+    if method != "MinMax":
+        extra["CalibMaxIntermediateOutputs"] = ORT_FLUSH_EVERY
+    ortq.quantize_static(prepared_path, out_path, Reader(), quant_format=ortq.QuantFormat.QDQ,
+                         per_channel=True, reduce_range=reduce_range,
+                         activation_type=ortq.QuantType.QUInt8,
                          weight_type=ortq.QuantType.QInt8,
-                         calibrate_method=ortq.CalibrationMethod.MinMax)
-    return onnx.load(out_path)
+                         calibrate_method=getattr(ortq.CalibrationMethod, method),
+                         extra_options=extra)
+    return out_path
+
+
+def best_ort_quantize(float_path: str, out_dir: str, batches, score_fn: Callable[[str], float],
+                      methods: Dict[str, Tuple[str, Dict]] = None) -> Dict:
+    """quantize_static with each calibration method of ``methods`` (default ORT_METHODS),
+    each scored by ``score_fn(path)`` on VALIDATION data; the best is chosen. Returns
+    ``{"chosen", "path", "scores", "failures", "reduce_range"}``; a method onnxruntime
+    cannot run is recorded, not fatal, unless all fail."""
+    methods = ORT_METHODS if methods is None else methods
+    prepared = ort_prepare(float_path, out_dir)
+    reduce_range = target_cpu.u8s8_saturates(target_cpu.target_kind(), 8)
+    scores, failures = {}, {}
+    for name, (method, options) in methods.items():
+        path = os.path.join(out_dir, f"ort_{name}.onnx")
+        try:
+            ort_quantize(prepared, path, batches, method, options, reduce_range)
+        except Exception as error:      # recorded in the result, shown, and skipped
+            failures[name] = f"{type(error).__name__}: {error}"[:300]
+            print(f"quantize_static {name}: failed ({failures[name]})")
+            continue
+        scores[name] = float(score_fn(path))
+        print(f"quantize_static {name}: validation score {scores[name]:.4f}", flush=True)
+    if not scores:
+        raise RuntimeError(f"every quantize_static method failed: {failures}")
+    chosen = choose_best(scores)
+    return {"chosen": chosen, "path": os.path.join(out_dir, f"ort_{chosen}.onnx"),
+            "scores": scores, "failures": failures, "reduce_range": reduce_range}
 
 
 def latencies(models: Dict[str, object], batches=(1, 32), threads: int = 1,
-              runs: int = 50) -> Dict:
-    """Median onnxruntime latency of each model, measured side by side, per batch size."""
-    from export.runners import OrtCpuRunner
+              runs: int = 50, rounds: int = 3) -> Dict:
+    """Median onnxruntime latency of each model per batch size, over ``runs`` timings
+    spread across ``rounds`` interleaved rounds (load drift hits every model alike)."""
+    from export.runners import OrtCpuRunner, measure_interleaved
     runner = OrtCpuRunner(threads=threads, warmup=10, runs=runs)
-    out = {}
-    for batch in batches:
-        for name, model in models.items():
-            m = runner.measure(model, batch=batch)
-            out.setdefault(name, {})[f"batch{batch}_median_ms"] = m.median_ms
-    return out
+    measured = measure_interleaved(runner, list(models.values()), tuple(batches),
+                                   max(runs // rounds, 1), rounds)
+    return {name: {f"batch{b}_median_ms": m.median_ms for b, m in per_batch.items()}
+            for name, per_batch in zip(models, measured)}

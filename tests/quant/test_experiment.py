@@ -4,7 +4,7 @@ import os
 import pytest
 
 from experiments import registry
-from quant import target_cpu
+from quant import comparison, target_cpu
 
 
 @pytest.mark.slow
@@ -22,6 +22,13 @@ def test_quant_experiment_tiny(tmp_path, monkeypatch):
         "ptq_per_channel_cle_bc", "qat"}
     assert set(result["onnx_accuracy"]) == {"float", f"ours_{result['best_ptq']}", "ours_qat",
                                             "ort_quantize_static"}
+    # Both sides choose on the validation split: ours between the per-channel variants,
+    # quantize_static (after quant_pre_process) between its calibration methods.
+    validation = result["validation_accuracy"]
+    assert result["best_ptq"] == max(validation, key=validation.get)
+    peer = result["ort_calibration"]
+    assert set(peer["scores"]) | set(peer["failures"]) == set(comparison.ORT_METHODS)
+    assert peer["scores"][peer["chosen"]] == max(peer["scores"].values())
     assert result["profile"]["target_cpu"] == target_cpu.target_kind()
     for parity in result["parity"].values():
         assert parity["integer_ops"].get("QLinearConv", 0) > 0
