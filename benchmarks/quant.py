@@ -95,6 +95,24 @@ def merged(previous, current, smoke: bool):
     return dict(current, models=kept + current["models"], skipped=skipped)
 
 
+def choices(row) -> list:
+    """How each side's int8 model was chosen, on the validation split (rows measured before
+    choices were made on validation have none)."""
+    def listed(scores):
+        return ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
+    lines = []
+    if row.get("validation_accuracy"):
+        lines.append(f"Ours: {row['best_ptq']}, chosen on validation accuracy "
+                     f"({listed(row['validation_accuracy'])}).")
+    if row.get("ort_calibration"):
+        peer = row["ort_calibration"]
+        lines.append(f"quantize_static (after quant_pre_process): {peer['chosen']} calibration,"
+                     f" chosen on validation accuracy in onnxruntime ({listed(peer['scores'])})"
+                     + (f"; failed: {', '.join(peer['failures'])}" if peer["failures"] else "")
+                     + ".")
+    return lines + ([""] if lines else [])
+
+
 def markdown(results) -> str:
     lines = ["# int8 quantization: ours vs onnxruntime quantize_static", "",
              "Accuracy on the Fashion-MNIST test set; latency: onnxruntime, 1 thread, median "
@@ -116,7 +134,7 @@ def markdown(results) -> str:
             b1, b32 = lat[name]["batch1_median_ms"], lat[name].get("batch32_median_ms")
             lines.append(f"| {name} | {acc:.4f} | {b1:.3f} | {b32 or float('nan'):.3f} | "
                          f"{f1 / b1:.2f}x / {(f32 or 0) / (b32 or 1):.2f}x |")
-        lines += [""]
+        lines += [""] + choices(r)
         for name, p in r["parity"].items():
             lines.append(f"QDQ parity ({name}): top-1 agreement with JAX fake-quant "
                          f"{p['top1_agreement']:.4f}, max |ort - jax| {p['max_abs_error']:.3g} "

@@ -9,7 +9,12 @@ For each model (a cached teacher from ``experiments.preamble``):
    under the FLOPs budget) for each method, before and after a short distillation
    fine-tune of the whole factorized model (``core.train``);
 3. onnxruntime latency of the original and of every factorized model (exported with
-   parity checks), median of repeated runs on ``latency_device``, measured side by side.
+   parity checks), medians on ``latency_device`` measured side by side in interleaved
+   rounds (``export.runners.measure_interleaved``).
+
+Equal budgets: "learned" refines its factors for ``learn.steps`` before its accuracy
+"before fine-tune"; SVD and data-aware get those steps as extra fine-tuning
+(``finetune_steps``), so every method trains the same number of steps in all.
 
 ``main`` writes ``result.json`` and ``result.md`` in the workdir and nothing elsewhere.
 ``publish`` writes them as ``benchmarks/results/<results_name>_<model>.json`` / ``.md``
@@ -56,9 +61,16 @@ def _accuracy(fn, variables, dataset) -> float:
     return float(train_lib.evaluate(fn, variables, dataset, "test")["accuracy"])
 
 
-def _finetune(out, teacher_fn, teacher_vars, dataset, config, workdir) -> dict:
-    """Distils the teacher into the factorized model (all its parameters) for a few steps."""
-    ft = config.finetune
+def finetune_steps(config, method: str) -> int:
+    """Equal training budgets: "learned" has spent ``learn.steps`` refining its factors
+    before the fine-tune, so every other method fine-tunes that many steps more."""
+    return int(config.finetune.steps) + (0 if method == "learned" else int(config.learn.steps))
+
+
+def _finetune(out, teacher_fn, teacher_vars, dataset, config, workdir, steps) -> dict:
+    """Distils the teacher into the factorized model (all its parameters) for ``steps``."""
+    ft = config.finetune.copy_and_resolve_references()
+    ft.steps = steps
     kd_fn = jax.jit(teacher_fn)
     loss_fn = losses.distillation_from(functools.partial(kd_fn, teacher_vars),
                                        ft.kd_temperature, ft.kd_alpha)
@@ -67,13 +79,21 @@ def _finetune(out, teacher_fn, teacher_vars, dataset, config, workdir) -> dict:
                            loss_fn=loss_fn, show_progress=False)
 
 
-def _latency(fn, variables, example, config, path) -> dict:
+def _exported(fn, variables, example, path) -> dict:
+    """The model as ONNX (parity-checked by the export); timed later with all the others."""
     result = export.to_onnx(fn, variables, example, path=path)
+    return {"onnx": path, "parity_max_rel_error": float(result.parity.max_relative_error),
+            "onnx_ops": result.op_counts}
+
+
+def _time_side_by_side(latencies, config, rounds: int = 3, runs: int = 30):
+    """Median latency of every exported model, measured in interleaved rounds so that the
+    load drift of a shared machine hits the original and each factorized model alike."""
     runner = runners.get_runner(config.latency_device)
-    samples = [runner.measure(result.model, batch=config.latency_batch).median_ms
-               for _ in range(3)]
-    return {"median_ms": float(np.median(samples)), "parity_max_rel_error":
-            float(result.parity.max_relative_error), "onnx_ops": result.op_counts}
+    measured = runners.measure_interleaved(runner, [lat["onnx"] for lat in latencies],
+                                           (config.latency_batch,), runs, rounds)
+    for lat, per_batch in zip(latencies, measured):
+        lat["median_ms"] = float(per_batch[config.latency_batch].median_ms)
 
 
 def _equal_rank_study(fn, variables, example, calib, stats, held_out, config) -> dict:
@@ -133,8 +153,8 @@ def run_model(config, workdir: str) -> dict:
           + ", ".join(f"{m} {v['isolated']:.4f}/{v['in_network']:.4f}"
                       for m, v in report["equal_rank"]["mean"].items()))
     original = {"test_accuracy": _accuracy(fn, teacher_vars, dataset),
-                "latency": _latency(fn, teacher_vars, example, config,
-                                    os.path.join(workdir, "original.onnx"))}
+                "latency": _exported(fn, teacher_vars, example,
+                                     os.path.join(workdir, "original.onnx"))}
     report["original"] = original
     rows = []
     for reduction in config.flops_reductions:
@@ -150,18 +170,21 @@ def run_model(config, workdir: str) -> dict:
                    "layers_factorized": len(out.layers), "ranks": out.ranks(),
                    "test_accuracy": _accuracy(out.fn, out.variables, dataset)}
             name = f"{method}_{reduction:g}x"
-            row["latency"] = _latency(out.fn, out.variables, example, config,
-                                      os.path.join(workdir, f"{name}.onnx"))
+            row["latency"] = _exported(out.fn, out.variables, example,
+                                       os.path.join(workdir, f"{name}.onnx"))
             tuned = _finetune(out, fn, teacher_vars, dataset, config,
-                              os.path.join(workdir, "finetune", name))
+                              os.path.join(workdir, "finetune", name),
+                              finetune_steps(config, method))
             row["test_accuracy_finetuned"] = float(tuned["test"]["accuracy"])
             row["finetune_steps"] = int(tuned["steps"])
+            row["training_steps"] = row["finetune_steps"] + (
+                int(config.learn.steps) if method == "learned" else 0)
             row["seconds"] = time.time() - start
             rows.append(row)
             print(f"[{config.teacher.model}] {name}: FLOPs /{row['flops_reduction']:.2f}, "
                   f"acc {row['test_accuracy']:.4f} -> {row['test_accuracy_finetuned']:.4f} "
-                  f"after fine-tune, {row['latency']['median_ms']:.3f} ms "
-                  f"(original {original['latency']['median_ms']:.3f} ms)")
+                  f"after {row['training_steps']} training steps")
+    _time_side_by_side([original["latency"]] + [r["latency"] for r in rows], config)
     report["budgets"] = rows
     report["seconds"] = time.time() - t0
     return report
@@ -197,8 +220,11 @@ def markdown(report: dict) -> str:
                      f"{row['flops_reduction']:.2f}x | {row['layers_factorized']} | "
                      f"{row['test_accuracy']:.4f} | {row['test_accuracy_finetuned']:.4f} | "
                      f"{lat:.3f} | {base / lat:.2f}x |")
-    lines += ["", f"Fine-tune: {report['config']['finetune']['steps']} steps of distillation "
-              "from the teacher (all parameters, BatchNorm statistics frozen).",
+    learn_steps = report["config"]["learn"]["steps"]
+    lines += ["", f"Equal training budgets: `learned` refines its factors for {learn_steps} steps "
+              f"and is then distilled for {report['config']['finetune']['steps']} steps; every "
+              f"other method is distilled for {learn_steps} steps more (all parameters, "
+              "BatchNorm statistics frozen). Latencies: medians of interleaved rounds.",
               f"Total time {report['seconds'] / 60:.1f} min.", ""]
     return "\n".join(lines)
 

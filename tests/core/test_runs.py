@@ -359,7 +359,12 @@ def test_lowrank_tiny_writes_nothing_into_the_repository(tmp_path):
     subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "--exp=lowrank_tiny",
                     f"--workdir={tmp_path / 'x'}"], cwd=tmp_path, env=env, check=True,
                    timeout=850)
-    assert (tmp_path / "x" / "result.json").exists()
+    with open(tmp_path / "x" / "result.json") as f:
+        report = json.load(f)
+    # Equal budgets: learned's 10 refinement steps + 5 fine-tune = the others' 15 fine-tune.
+    assert {r["method"]: r["training_steps"] for r in report["budgets"]} == {
+        "svd": 15, "data": 15, "learned": 15}
+    assert all(r["latency"]["median_ms"] > 0 for r in report["budgets"])
     assert not glob.glob(f"{ROOT}/benchmarks/results/lowrank_tiny*")
     assert not os.path.exists(os.path.join(ROOT, "runs", "lowrank_tiny"))
     changed = [p for p, t in before.items() if os.path.exists(p) and
