@@ -86,7 +86,8 @@ def test_selfie_showcase_end_to_end(tmp_path):
         pytest.skip(str(error))
     workdir = tmp_path / "run"
     # A fast gate learning rate so that 16 steps reach the FLOPs budget (the showcase's
-    # own settings take 300).
+    # own settings take 300). With 8 steps the pruned model's output collapsed to ~1e-9,
+    # where the export's relative parity check is meaningless (measured).
     assert run.main(["--exp=prune_selfie_tiny", f"--workdir={workdir}",
                      "--exp.gates.steps=16", "--exp.gates.gate_learning_rate=0.3",
                      "--exp.gates.checkpoint_every=8", "--exp.gates.fit_budget=True"]) == 0
