@@ -24,12 +24,17 @@ from benchmarks.torch_resnet20 import nchw
 from data import pipeline
 from export.parity import session
 
-# method -> (importance factory, global ranking)
+# Torch-Pruning's own recipe (its ``reproduce/main.py``, ``--method group_norm|l1
+# --global-pruning``, and the README's ``round_to=8`` "recommended ... for acceleration"):
+# method -> (importance factory, pruner class). Both rank globally and prune progressively.
 TP_METHODS: Dict[str, tuple] = {
-    "tp_groupnorm": (lambda: tp.importance.GroupMagnitudeImportance(p=2), True),
-    "tp_magnitude": (lambda: tp.importance.MagnitudeImportance(
-        p=1, group_reduction="first", normalizer=None), False),
+    "tp_groupnorm": (lambda: tp.importance.GroupMagnitudeImportance(p=2),
+                     lambda: tp.pruner.GroupNormPruner),
+    "tp_magnitude": (lambda: tp.importance.MagnitudeImportance(p=1),
+                     lambda: tp.pruner.BasePruner),
 }
+TP_ROUND_TO = 8                 # README: "round dims/channels to 4x or 8x for acceleration"
+TP_ITERATIVE_STEPS = 400        # reproduce/main.py's --iterative-steps default
 
 
 def set_threads(count: int):
@@ -42,17 +47,27 @@ def tp_macs(model: nn.Module, example: torch.Tensor) -> float:
     return float(macs)
 
 
-def tp_pruned(model: nn.Module, example: torch.Tensor, method: str, ratio: float,
-              round_to=None) -> nn.Module:
-    """A pruned copy of ``model``: MetaPruner with the method's importance at ``ratio``;
-    the classifier's outputs are kept."""
-    factory, global_pruning = TP_METHODS[method]
-    pruned = _copy(model)
-    pruner = tp.pruner.MetaPruner(pruned, example, importance=factory(),
-                                  pruning_ratio=ratio, global_pruning=global_pruning,
-                                  ignored_layers=[pruned.head], round_to=round_to)
-    pruner.step()
-    return pruned.eval()
+def tp_pruned(model: nn.Module, example: torch.Tensor, method: str, target: float,
+              round_to=TP_ROUND_TO, iterative_steps: int = TP_ITERATIVE_STEPS) -> nn.Module:
+    """A pruned copy of ``model`` by Torch-Pruning's progressive recipe: a global pruner
+    with ``pruning_ratio=1.0`` over ``iterative_steps`` steps, stepped until its own MAC
+    count falls by ``target`` (``reproduce/main.py:progressive_pruning``); the classifier's
+    outputs are kept. Of the two steps around the target (the recipe stops at the first
+    past it) the one nearer is returned: with ``round_to`` one step can cut a whole
+    multiple from many layers at once, and equal FLOPs matter more to the comparison."""
+    importance, pruner_class = TP_METHODS[method]
+    pruned = _copy(model).eval()
+    pruner = pruner_class()(pruned, example, importance=importance(), pruning_ratio=1.0,
+                            iterative_steps=iterative_steps, global_pruning=True,
+                            ignored_layers=[pruned.head], round_to=round_to)
+    full = tp_macs(pruned, example)
+    before, reduction_before, reduction = pruned, 1.0, 1.0
+    while reduction < target and pruner.current_step < iterative_steps:
+        before, reduction_before = _copy(pruned), reduction
+        pruner.step()
+        reduction = full / tp_macs(pruned, example)
+    nearer_before = abs(np.log(reduction_before / target)) < abs(np.log(reduction / target))
+    return (before if nearer_before else pruned).eval()
 
 
 def _copy(model: nn.Module) -> nn.Module:

@@ -77,6 +77,16 @@ def test_benchmark_smoke_has_every_row_on_target(tmp_path):
             assert abs(row["flops_reduction"] / target - 1) <= tolerance, row
             assert row["batch1_median_ms"] > 0 and row["batch32_median_ms"] > 0
     assert (out / "prune_vs_torch_pruning.md").read_text().count("|") > 20
+    # Torch-Pruning at its recipe: global, progressive, round_to=8 (every pruned width a
+    # multiple of 8 except the classifier's fixed 10 outputs).
+    for method in ("tp_groupnorm", "tp_magnitude"):
+        row = rows[(method, 4)]
+        assert row["global_pruning"] and row["round_to"] == 8
+        assert all(w % 8 == 0 for w in row["channels"]), row["channels"]
+    # The one variant of ours named is the best on validation, whatever test says.
+    for target in (2, 4):
+        ours = {m: rows[(m, target)]["validation_accuracy"] for m in bench.OURS}
+        assert result["ours_chosen_on_validation"][str(target)] == max(ours, key=ours.get)
     # The accuracies of a 3-step smoke run are near chance, but each must be the accuracy
     # of the model it exported (ours from JAX, Torch-Pruning's from PyTorch), and the twin
     # must score exactly what the JAX teacher scores (measured: equal on every row).
