@@ -22,8 +22,8 @@ from data import pipeline
 from experiments import learned_pruning, preamble, registry
 from quant import qat, qdq_export, sensitivity
 from quant.batchnorm_folding import fold_batchnorm
-from quant.comparison import (accuracy, best_ort_quantize, calibration_batches, latencies,
-                              onnx_accuracy, ptq)
+from quant.comparison import (accuracy, best_ort_quantize, calibration_batches, choose_best,
+                              latencies, onnx_accuracy, ptq)
 from quant.profile import load_profile
 
 
@@ -147,7 +147,7 @@ def main(config, workdir):
         name: accuracy(runs[name]["model"].fn(runs[name]["qparams"]), runs[name]["variables"],
                        eval_data, "validation")
         for name in ("ptq_per_channel", "ptq_per_channel_cle_bc")}
-    best = max(result["validation_accuracy"], key=result["validation_accuracy"].get)
+    best = choose_best(result["validation_accuracy"])
     result["best_ptq"] = best
     tuned = _sensitivity_and_qat(config, runs[best], batches, dataset, eval_data, fn_f, v_f,
                                  workdir, result)

@@ -40,7 +40,7 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 
 from core import primitives as P
-from quant.comparison import ORT_METHODS, best_ort_quantize, choose_best  # noqa: F401
+from quant.comparison import ORT_METHODS, best_ort_quantize, choose_best
 
 # Our PTQ variants (``quant.comparison.ptq`` settings). Percentiles clip rare outliers;
 # ``mse`` searches the clipping that minimises the quantization error of each tensor;
