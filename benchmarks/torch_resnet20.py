@@ -144,6 +144,37 @@ def load_flax_variables(model: TorchResNet, variables) -> TorchResNet:
     return model
 
 
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy().astype(np.float32)
+
+
+def _conv_kernel(conv: SameConv) -> np.ndarray:
+    return np.transpose(_array(conv.conv.weight), (2, 3, 1, 0))
+
+
+def _bn_variables(bn: nn.BatchNorm2d):
+    return ({"scale": _array(bn.weight), "bias": _array(bn.bias)},
+            {"mean": _array(bn.running_mean), "var": _array(bn.running_var)})
+
+
+def to_flax_variables(model: TorchResNet) -> dict:
+    """The inverse of ``load_flax_variables``: the twin's weights as a Flax
+    ``{'params', 'batch_stats'}`` tree, at whatever widths the twin has now (a
+    Torch-Pruning result reads back at its pruned widths)."""
+    params, stats = {"stem": {"kernel": _conv_kernel(model.stem)}}, {}
+    params["stem_bn"], stats["stem_bn"] = _bn_variables(model.stem_bn)
+    for name in model.block_names:
+        block, p, s = getattr(model, name), {}, {}
+        for conv, bn in (("conv1", "bn1"), ("conv2", "bn2"), ("proj", "proj_bn")):
+            if getattr(block, conv) is None:
+                continue
+            p[conv] = {"kernel": _conv_kernel(getattr(block, conv))}
+            p[bn], s[bn] = _bn_variables(getattr(block, bn))
+        params[name], stats[name] = p, s
+    params["head"] = {"kernel": _array(model.head.weight).T, "bias": _array(model.head.bias)}
+    return {"params": params, "batch_stats": stats}
+
+
 def from_flax(module, variables, input_shape: Sequence[int]) -> TorchResNet:
     """The twin of ``module`` with ``variables`` loaded, in eval mode."""
     return load_flax_variables(twin_of(module, input_shape), variables).eval()

@@ -79,10 +79,16 @@ def _decay_mask(params):
 
 
 def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+    """The optimizer of ``cfg``; its schedule spans ``schedule_steps`` (default: this run's
+    ``step_offset + total_steps``) and starts at ``step_offset``, so one schedule can run
+    across phases (gate training, then fine-tuning) as if they were one run."""
     warmup = int(cfg.get("warmup_steps", 0))
-    schedule = optax.warmup_cosine_decay_schedule(
+    offset = int(cfg.get("step_offset", 0))
+    length = int(cfg.get("schedule_steps", 0)) or offset + total_steps
+    whole = optax.warmup_cosine_decay_schedule(
         0.0 if warmup else cfg.learning_rate, cfg.learning_rate, max(warmup, 1),
-        max(total_steps, warmup + 1), end_value=cfg.learning_rate * 1e-3)
+        max(length, warmup + 1), end_value=cfg.learning_rate * 1e-3)
+    schedule = whole if not offset else (lambda count: whole(count + offset))
     # Clipping guards fine-tuning of freshly pruned or quantized models, whose first
     # gradients can be large; 0 turns it off.
     clip = optax.clip_by_global_norm(cfg.grad_clip_norm) if cfg.get("grad_clip_norm", 0) \
@@ -317,7 +323,9 @@ class _Loop:
     def batch(self, step):
         cfg = self.cfg
         rows = getattr(self.placement, "rows", sharding.host_shard)()
-        x, y = self.data.train_batch(step, cfg.batch_size, cfg.get("data_seed", cfg.seed),
+        # step_offset: this run continues another one's data stream (see make_optimizer).
+        x, y = self.data.train_batch(step + int(cfg.get("step_offset", 0)), cfg.batch_size,
+                                     cfg.get("data_seed", cfg.seed),
                                      cfg.get("augment", True), rows)
         return self.placement.place_batch(x, y)
 

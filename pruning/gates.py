@@ -32,6 +32,7 @@ class GateSettings:
     steps: int = 600
     batch_size: int = 128
     seed: int = 0
+    data_seed: int = -1            # the batches' seed; < 0: seed + 17
     target: str = "flops"          # 'flops' (a ratio of the full model) or 'latency'
     target_ratio: float = 0.5      # for 'flops': kept FLOPs / full FLOPs
     target_ms: float = 0.0         # for 'latency': predicted ms (0: target_ratio x full)
@@ -244,20 +245,27 @@ def _step_down_to_budget(full, named, logits, order, counts, settings, relative_
 
 def gate_settings_as_train_config(settings: GateSettings) -> ml_collections.ConfigDict:
     """The ``core.train`` settings of gate training: ``settings.steps`` steps, batches drawn
-    with seed ``settings.seed + 17`` (mask noise and dropout use ``settings.seed``)."""
+    with seed ``settings.data_seed`` (default ``settings.seed + 17``; mask noise and dropout
+    use ``settings.seed``)."""
+    data_seed = settings.data_seed if settings.data_seed >= 0 else settings.seed + 17
     return ml_collections.ConfigDict(dict(
         steps=settings.steps, epochs=0.0, batch_size=settings.batch_size, seed=settings.seed,
-        data_seed=settings.seed + 17, augment=True, ema_decay=0.0,
+        data_seed=data_seed, augment=True, ema_decay=0.0,
         log_every=settings.log_every, checkpoint_every=settings.checkpoint_every))
 
 
-def gate_optimizer(settings: GateSettings) -> optax.GradientTransformation:
-    """SGD with momentum and a cosine schedule for the weights, Adam for the gate logits."""
+def gate_optimizer(settings: GateSettings,
+                   weight_tx: Optional[optax.GradientTransformation] = None
+                   ) -> optax.GradientTransformation:
+    """Adam for the gate logits; for the weights ``weight_tx`` (a comparison passes its
+    fine-tune's optimizer so the gate steps train like the others' extra fine-tune steps),
+    by default SGD with momentum and a cosine schedule."""
+    weight_tx = weight_tx or optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.sgd(optax.cosine_decay_schedule(settings.weight_learning_rate, settings.steps),
+                  0.9))
     return optax.multi_transform(
-        {"params": optax.chain(optax.clip_by_global_norm(1.0),
-                               optax.sgd(optax.cosine_decay_schedule(
-                                   settings.weight_learning_rate, settings.steps), 0.9)),
-         "gates": optax.adam(settings.gate_learning_rate)},
+        {"params": weight_tx, "gates": optax.adam(settings.gate_learning_rate)},
         {"params": "params", "gates": "gates"})
 
 
@@ -307,14 +315,16 @@ def gate_loss(settings: GateSettings, teacher_fn: Callable, penalty_fn, relative
 def train_gates(fn, variables, groups, data, settings: GateSettings,
                 workdir: Optional[str], cost_model, teacher_fn: Callable,
                 latency_fn: Optional[Callable] = None, show_progress: bool = True,
-                task_loss: Optional[Callable] = None):
+                task_loss: Optional[Callable] = None,
+                weight_tx: Optional[optax.GradientTransformation] = None):
     """Jointly trains the model's 'params' and the gate logits with ``core.train.train``;
     returns (trained variables, logits, history). ``fn(variables, x)`` is the inference
     function; non-'params' collections (BatchNorm statistics) stay fixed. ``data``: a
     data set (``data.pipeline.ImageDataset``) or any iterable of ``(images, labels)``
     batches. With a ``workdir`` the training checkpoints and logs under ``workdir/gates``
     (a killed run resumes there); with None it keeps nothing on disk. ``task_loss``: see
-    ``gate_loss`` (default: classification distillation)."""
+    ``gate_loss`` (default: classification distillation); ``weight_tx``: see
+    ``gate_optimizer``."""
     full_sizes = np.array([g.size for g in cost_model.groups], np.float32)
     penalty_fn, relative_fn = budget_function(settings, cost_model, latency_fn)
     gated = gateable(groups, settings)
@@ -326,7 +336,7 @@ def train_gates(fn, variables, groups, data, settings: GateSettings,
         os.path.join(workdir, "gates") if workdir else None,
         gate_loss(settings, teacher_fn, penalty_fn, relative_fn, task_loss),
         show_progress=show_progress,
-        tx=gate_optimizer(settings), extra_trainable={"gates": logits}, evaluate_splits=(),
+        tx=gate_optimizer(settings, weight_tx), extra_trainable={"gates": logits}, evaluate_splits=(),
         log_metrics=lambda mean: {k: float(v) for k, v in mean.items()}, description="gates")
     fixed = {k: v for k, v in variables.items() if k != "params"}
     return ({"params": result["trained"]["params"], **fixed}, result["trained"]["gates"],
