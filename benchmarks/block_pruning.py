@@ -7,7 +7,7 @@ in ``benchmarks/results/prune_*.json`` side by side in this process, on the same
 in interleaved rounds (medians of the round medians), and compares accuracy at equal
 latency by interpolating the family's accuracy/latency curve.
 
-  python benchmarks/block_pruning.py --model=resnet20                # ~30 min on 2 cores
+  python benchmarks/block_pruning.py --model=resnet20                # ~1 h on 2 cores
   python benchmarks/block_pruning.py --model=resnet20 --reuse        # re-measure and re-plot
   python benchmarks/block_pruning.py --model=resnet20 --set family.members=4 --set finetune.steps=100
   python benchmarks/block_pruning.py --smoke                         # tiny teacher, minutes

@@ -3,15 +3,37 @@ block smaller, chosen by quality lost against latency saved on onnxruntime (1 th
 
 Run:  python run.py --exp=blocks_resnet20
       python benchmarks/block_pruning.py --model=resnet20     (table + plot vs channel pruning)
-Expected: about 25-35 minutes on 2 shared CPU cores with the cached teacher (train_teacher):
+Expected: about an hour on 2 shared CPU cores with the cached teacher (train_teacher):
 about 15 blocks scored once (validation KD loss + measured latency), then each member
-fine-tuned by 300 steps of distillation, exported and measured. ``--exp.family.rescore=true``
+fine-tuned by distillation for as many steps as one channel-pruned model trains
+(``channel_pruning_steps``: its 600 gate steps and 2 fine-tune epochs, 1,458 steps; equal
+budgets, issue 21), exported and measured. ``--exp.family.rescore=true``
 re-scores after each removal (about 6 x longer scoring).
 """
+import importlib
+
 import ml_collections
 
 from core.configs import train_teacher
+from data import pipeline
 from pruning.configs import prune_resnet20_2x
+
+# The channel-pruning experiment each family is compared with (benchmarks/block_pruning.py).
+CHANNEL_PRUNED = {"resnet20": "prune_resnet20_2x", "mobilenetv2": "prune_mobilenetv2_2x",
+                  "vit": "prune_vit_2x"}
+
+
+def channel_pruning_steps(model: str) -> int:
+    """The training steps one channel-pruned model of ``model`` gets (its gates' steps and
+    its fine-tune's), so each family member is fine-tuned as long: the two kinds of model
+    are compared at equal training budgets."""
+    prune = importlib.import_module(f"pruning.configs.{CHANNEL_PRUNED[model]}").get_config()
+    ft, teacher = prune.finetune, prune.teacher
+    finetune = ft.get("steps", 0)
+    if not finetune:
+        examples = pipeline.train_examples(teacher.dataset) - teacher.validation_size
+        finetune = round(ft.epochs * (examples // ft.batch_size))
+    return int(prune.gates.steps + finetune)
 
 
 def get_config(model: str = "resnet20"):
@@ -40,6 +62,6 @@ def get_config(model: str = "resnet20"):
     # The pruning fine-tune recipe (SGD, KD from the teacher), as a fixed number of steps.
     config.finetune = ft = prune_resnet20_2x.get_config().finetune
     ft.epochs = 0.0
-    ft.steps = 300                     # distillation steps per member (0: no fine-tune)
+    ft.steps = channel_pruning_steps(model)   # per member (0: no fine-tune)
     ft.checkpoint_every = 100
     return config

@@ -331,3 +331,22 @@ def test_mobilenetv2_and_vit_configs_on_tiny_models(tmp_path, monkeypatch, model
     _check_family(result, workdir)
     kinds = {b["kind"] for b in result["blocks"]}
     assert kinds == {"residual"}, kinds
+
+
+@pytest.mark.parametrize("model", ["resnet20", "mobilenetv2", "vit"])
+def test_family_members_train_as_long_as_a_channel_pruned_model(model):
+    """Equal budgets (issue 21): each family member fine-tunes for the steps a channel-
+    pruned model of the same teacher trains: its gate steps and its fine-tune epochs over the
+    real training split (read from the data, not from the size table the config uses)."""
+    import importlib
+    from data import pipeline
+    from pruning.configs import blocks_resnet20
+    family = blocks_resnet20.get_config(model)
+    prune = importlib.import_module(
+        f"pruning.configs.{blocks_resnet20.CHANNEL_PRUNED[model]}").get_config()
+    data = pipeline.load_dataset(prune.teacher.dataset, prune.teacher.validation_size,
+                                 prune.teacher.train.seed)
+    finetune_steps = prune.finetune.steps or round(
+        prune.finetune.epochs * (len(data.train[0]) // prune.finetune.batch_size))
+    assert finetune_steps > 0 and prune.gates.steps > 0
+    assert family.finetune.steps == prune.gates.steps + finetune_steps
