@@ -10,10 +10,9 @@ tensors, which onnxruntime cannot run. ``optimize`` runs:
 3. ``canonicalize``: ``Sub``/``Div`` by a constant become ``Add``/``Mul``, ``Max(x, 0)``
    becomes ``Relu`` and ``Min(Relu, 6)`` ``Clip`` (activations onnxruntime fuses into the
    Conv), chained constant ``Mul``s merge;
-4. ``sink_transposes`` alternating with onnxoptimizer (``fuse_consecutive_transposes``,
-   ``eliminate_nop_transpose``, ``eliminate_identity``): ours pushes Transposes down through
-   elementwise ops, reductions, Concat and Gather until they meet, the library composes those
-   that met and drops the identities, until one Transpose is left at the input;
+4. ``sink_transposes`` alternating with ``cancel_transposes``: Transposes are pushed down
+   through elementwise ops, reductions, Concat and Gather until they meet, those that met are
+   composed and the identities dropped, until one Transpose is left at the input;
    Einsums absorb the Transposes at their inputs and outputs into their equations;
 5. ``einsums_to_matmul``: an Einsum of a tensor with a constant matrix along its last or
    second-to-last axis (a separable bilinear resize) becomes a MatMul; the selfie
@@ -30,7 +29,8 @@ writer and other runtimes plain NCHW.
 4 and 7 live in ``export.transpose_sinking``, the graph view in ``export.onnx_graph``.
 
 No library does 1-7 correctly here. onnxoptimizer's ``fuse_bn_into_conv`` needs a
-BatchNormalization node; its transpose passes (used in 4) only meet adjacent Transposes.
+BatchNormalization node; its transpose passes only meet adjacent Transposes (and 0.4.2
+crashed the process on a fuzz model, so 4 composes them itself).
 onnxslim 0.1.98's constant folding runs through onnxruntime and leaves what that has no kernel
 for (transformer_lm's causal mask, a Where on bool: the export does not run), its FusionConvMul
 folds a Mul along W into the output channels when W == Cout (error 3.05), and the rest (CSE,

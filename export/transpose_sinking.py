@@ -1,8 +1,10 @@
 """Transpose sinking: jax2onnx wraps every NHWC Conv and pool in a Transpose pair; pushing the
 Transposes down through elementwise ops, reductions, Concat and Gather until they meet, and
-letting onnxoptimizer compose those that met and drop the identities, leaves one Transpose at
-the input of a conv net. No library does the pushing: onnxoptimizer's and onnxslim's transpose
-passes only meet Transposes that are already adjacent. A Transpose that only moves size-1 axes
+composing those that met and dropping the identities (``cancel_transposes``), leaves one
+Transpose at the input of a conv net. No library does the pushing: onnxoptimizer's and
+onnxslim's transpose passes only meet Transposes that are already adjacent, and the
+composing is a few lines here (onnxoptimizer, used for it before, crashed the process on a
+fuzz model). A Transpose that only moves size-1 axes
 (a 1-channel image, an SE gate) then becomes a Reshape: without it onnxruntime took 0.92-1.22x
 the time on four models (not separable from noise here; 1.04x at batch 1 on MobileNetV2 over
 12 rounds), with it the graphs equal those of the hand-written passes this module replaced.
@@ -14,7 +16,6 @@ from typing import Callable, Dict
 
 import numpy as np
 import onnx
-import onnxoptimizer
 from onnx import helper, shape_inference
 
 from export.onnx_graph import Graph, attr as _attr, set_attr as _set_attr
@@ -28,9 +29,6 @@ ELEMENTWISE = {
 # Inputs of these ops that are parameters, not data, and keep their shape when sinking.
 SCALAR_PARAMETER_INPUTS = {"Clip": {1, 2}}
 REDUCTIONS = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd"}
-# onnxoptimizer passes run between sinking rounds: compose Transposes that met, drop no-ops.
-TRANSPOSE_PASSES = ["fuse_consecutive_transposes", "eliminate_nop_transpose",
-                    "eliminate_identity"]
 MAX_SINK_ROUNDS = 8
 
 
@@ -61,7 +59,7 @@ def rewrite_until_stable(graph: Graph, index_of: Callable[[Graph], dict],
 
 def sink_transposes(graph: Graph) -> bool:
     """Move Transposes towards the outputs, through elementwise ops, reductions, Concat and
-    Gather; the Transposes that meet are composed and dropped by onnxoptimizer."""
+    Gather; the Transposes that meet are composed and dropped by ``cancel_transposes``."""
     return rewrite_until_stable(graph, Graph.producer, _sink_one)
 
 
@@ -284,13 +282,62 @@ def _static_shapes(graph: Graph) -> Dict[str, list]:
     return shapes
 
 
+def cancel_transposes(graph: Graph) -> bool:
+    """Compose a Transpose of a Transpose into one, and drop Transposes with the identity
+    permutation and Identity nodes (rewiring their readers); True when anything changed.
+    It does what onnxoptimizer's fuse_consecutive_transposes, eliminate_nop_transpose and
+    eliminate_identity did here, in Python: onnxoptimizer 0.4.2 crashed the process
+    (segmentation fault) on a fuzz model, which no exception handler can catch."""
+    return rewrite_until_stable(graph, Graph.producer, _cancel_one)
+
+
+def _cancel_one(graph, node, producers) -> bool:
+    if node.op_type == "Identity":
+        return _bypass(graph, node)
+    if node.op_type != "Transpose" or _attr(node, "perm") is None:
+        return False
+    perm, changed = [int(p) for p in _attr(node, "perm")], False
+    inner = producers.get(node.input[0])
+    if inner is not None and inner.op_type == "Transpose" and _attr(inner, "perm") is not None:
+        first = [int(p) for p in _attr(inner, "perm")]
+        perm = [first[p] for p in perm]          # out axis i = inner's axis perm[i]
+        node.input[0] = inner.input[0]
+        _set_attr(node, "perm", perm)
+        changed = True
+    if perm == list(range(len(perm))):
+        return _bypass(graph, node) or changed
+    return changed
+
+
+def _bypass(graph, node) -> bool:
+    """Readers of the one-input, one-output ``node`` read its input instead, and the node
+    goes. A graph output keeps its name: the input's producer is renamed to it, or, when the
+    input is a graph input or output itself, the node stays as an Identity."""
+    source, out = node.input[0], node.output[0]
+    if out in graph.outputs:
+        producer = next((n for n in graph.nodes if source in n.output), None)
+        if producer is None or source in graph.outputs:
+            if node.op_type == "Identity":
+                return False
+            graph.nodes[graph.nodes.index(node)] = helper.make_node("Identity", [source], [out])
+            return True
+        graph.nodes.remove(node)
+        producer.output[list(producer.output).index(source)] = out
+        graph.rename_uses(source, out)
+        return True
+    graph.rename_uses(out, source)
+    graph.nodes.remove(node)
+    return True
+
+
 def sink_and_cancel(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Sink Transposes (ours), then let onnxoptimizer compose and drop those that met; again
+    """Sink Transposes, then compose and drop those that met (``cancel_transposes``); again
     until no Transpose moves (two rounds on the zoo)."""
     for _ in range(MAX_SINK_ROUNDS):
         graph = Graph(model)
         moved = sink_transposes(graph)
-        model = onnxoptimizer.optimize(graph.to_model(), TRANSPOSE_PASSES)
+        cancel_transposes(graph)
+        model = graph.to_model()
         if not moved:
             break
     return model

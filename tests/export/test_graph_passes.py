@@ -177,3 +177,34 @@ def test_transpose_that_moves_data_stays():
     nodes = [helper.make_node("Transpose", ["x"], ["y"], perm=[0, 3, 1, 2])]
     clean = graph_passes.optimize(_model(nodes, [("x", ["B", 4, 4, 2])], {}, ["B", 2, 4, 4]))
     assert graph_passes.count_ops(clean) == {"Transpose": 1}
+
+
+OUT = {(0, 2, 3, 1): ["B", 4, 5, 3], (0, 1, 3, 2): ["B", 3, 5, 4]}
+
+
+@pytest.mark.parametrize("second, expected_ops", [
+    ([0, 2, 3, 1], {"Abs": 1}),                        # the inverse: both go
+    ([0, 1, 3, 2], {"Transpose": 1, "Abs": 1}),        # composed into one
+])
+def test_consecutive_transposes_compose_and_identities_go(second, expected_ops):
+    """Transposes that met are composed (and dropped when the product is the identity),
+    Identity nodes are bypassed; the values equal numpy's transposes of the input."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Identity", ["t"], ["i"]),
+             helper.make_node("Transpose", ["i"], ["u"], perm=second),
+             helper.make_node("Abs", ["u"], ["y"])]
+    clean = graph_passes.optimize(_model(nodes, [("x", ["B", 4, 5, 3])], {}, OUT[tuple(second)]))
+    assert graph_passes.count_ops(clean) == expected_ops
+    x = RNG.standard_normal((2, 4, 5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(_run(clean, x),
+                                  np.abs(x.transpose(0, 3, 1, 2).transpose(second)))
+
+
+def test_identity_transpose_that_is_the_graph_output_keeps_the_output_name():
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Transpose", ["t"], ["y"], perm=[0, 2, 3, 1])]
+    clean = graph_passes.optimize(_model(nodes, [("x", ["B", 4, 5, 3])], {}, ["B", 4, 5, 3]))
+    assert [o.name for o in clean.graph.output] == ["y"]
+    assert "Transpose" not in graph_passes.count_ops(clean)
+    x = RNG.standard_normal((2, 4, 5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(_run(clean, x), x)
