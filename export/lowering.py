@@ -15,6 +15,8 @@ again a plain JAX function that computes the same thing:
   ``int(dim)``, which raises ``InconclusiveDimensionOperation: Symbolic dimension 'B'``.
   The same pad written as slices and a concatenation with a broadcast constant lowers
   fine (ONNX Slice / Expand / Concat), so ``for_jax2onnx`` swaps those pads, and only them.
+- an output the model also reads (``for_jax2onnx``): returned through a copy, so jax2onnx's
+  transpose folding keeps the node that makes it.
 """
 import logging
 from typing import Callable, List, Sequence, Tuple
@@ -160,9 +162,28 @@ def _pad_hook(eqn, invals, path):
     return rewrite.bind_equation(eqn, invals)
 
 
+def _outputs_read_inside(jaxpr) -> List[int]:
+    """Positions of the outputs that equations of ``jaxpr`` also read (a feature map the
+    model returns and computes on)."""
+    read = {v for e in jaxpr.eqns for v in e.invars if not trace_lib.is_literal(v)}
+    return [i for i, v in enumerate(jaxpr.outvars)
+            if not trace_lib.is_literal(v) and v in read]
+
+
 def for_jax2onnx(closed) -> Callable:
     """The function of ``closed`` to hand to jax2onnx: ``jaxpr_as_fun``, or, when it pads a
-    tensor with a symbolic dimension, the same with those pads as concatenations."""
-    if not any(_symbolic_pad(e) for _, e in trace_lib.iter_eqns(closed.jaxpr)):
-        return jaxpr_as_fun(closed)
-    return lambda *xs: rewrite.evaluate(closed, list(xs), _pad_hook)
+    tensor with a symbolic dimension, the same with those pads as concatenations. An output
+    that the model also computes on is returned through ``copy`` (an ONNX Identity): when its
+    only reader is a conv, jax2onnx 0.17.1's transpose-pair folding removes the NCHW->NHWC
+    Transpose that makes the output and leaves the graph output without a producer."""
+    fn = jaxpr_as_fun(closed)
+    if any(_symbolic_pad(e) for _, e in trace_lib.iter_eqns(closed.jaxpr)):
+        fn = lambda *xs: rewrite.evaluate(closed, list(xs), _pad_hook)  # noqa: E731
+    shared = _outputs_read_inside(closed.jaxpr)
+    if not shared:
+        return fn
+
+    def with_copies(*xs):
+        outs = list(fn(*xs))
+        return [lax.copy_p.bind(o) if i in shared else o for i, o in enumerate(outs)]
+    return with_copies

@@ -309,3 +309,34 @@ def test_full_rank_lowrank_of_a_bfloat16_attention_loop_model_rounds_within_tole
             outcome = checks.check(dataclasses.replace(arch, dtype=dtype), lowrank=True,
                                    quant=False, eager=False, keep_sets=1)
             assert "lowrank" in outcome.passed and not outcome.failures(), outcome.report()
+
+
+# ------------- fixed: an output the model also computes on keeps its producer (lowering)
+def test_returned_feature_map_that_feeds_a_conv_exports():
+    """A model returning a feature map that the next conv reads: jax2onnx 0.17.1 folded the
+    NCHW->NHWC Transpose making that output with the conv's NHWC->NCHW one and left the
+    graph output without a producer; onnxoptimizer then crashed the process (segmentation
+    fault, the fuzzer's images family with --export-every 6). The output now leaves through
+    a copy. Parity on Fashion-MNIST test images, onnxruntime against JAX."""
+    from data import pipeline
+    from export import to_onnx
+    from export.parity import session
+    conv = lambda x, k: lax.conv_general_dilated(                       # noqa: E731
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    params = {"a": _normal(0, (3, 3, 1, 4)), "b": _normal(1, (1, 1, 4, 3)),
+              "c": _normal(2, (1, 1, 3, 2))}
+
+    def fn(p, x):
+        features = conv(jax.nn.relu(conv(x, p["a"])), p["b"])
+        return {"features": features, "logits": conv(features, p["c"]).mean((1, 2))}
+    data = pipeline.load_dataset("fashion_mnist", 5000, 0, limit=64)
+    images = pipeline.normalize(data.test[0][:8], data.mean, data.std)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = to_onnx(fn, params, images[:1])
+    assert result.parity.ok
+    got = session(result.model).run(None, {result.model.graph.input[0].name: images})
+    expected = jax.tree_util.tree_leaves(fn(params, images))      # features, logits
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, np.asarray(e), rtol=1e-4, atol=1e-4)
