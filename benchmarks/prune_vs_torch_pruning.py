@@ -142,11 +142,15 @@ def tp_prune(setup, method, target, round_to):
                    "iterative_steps": torch_side.TP_ITERATIVE_STEPS, "round_to": round_to}
 
 
+class OffTarget(ValueError):
+    """A pruned model whose FLOPs miss the target by more than the tolerance."""
+
+
 def check_flops(method, target, reduction, tolerance):
     """Equal budgets are enforced, not hoped for: a model off its FLOPs target by more than
     the stated tolerance stops the benchmark before any fine-tuning is spent on it."""
     if abs(reduction / target - 1) > tolerance:
-        raise ValueError(
+        raise OffTarget(
             f"{method} at {target}x: the pruned model's FLOPs fall {reduction:.3f}x, more than "
             f"{100 * tolerance:g}% off the target; no comparison at unequal FLOPs "
             "(--flops-tolerance states the tolerance)")
@@ -318,7 +322,10 @@ def run_one(setup, method, target, args, seed=0, gate_lr=None):
         if same_budget and os.path.exists(result_path):
             print(f"{method} {target}x: reusing {result_path}", flush=True)
             with open(result_path) as f:
-                return json.load(f)
+                result = json.load(f)
+            if "off_target" in result:
+                raise OffTarget(result["off_target"])
+            return result
         if not same_budget:     # checkpoints of another budget must not be resumed
             shutil.rmtree(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -327,17 +334,25 @@ def run_one(setup, method, target, args, seed=0, gate_lr=None):
     start = time.time()
     runner = run_torch_pruning if method.startswith("tp_") else run_ours
     result = {"method": method, "target": target, "seed": seed,
-              "budget": budget(args, method, seed, gate_lr),
-              **runner(setup, method, target, args, workdir, seed, gate_lr)}
+              "budget": budget(args, method, seed, gate_lr)}
+    try:
+        result.update(runner(setup, method, target, args, workdir, seed, gate_lr))
+    except OffTarget as missed:          # kept, so a rerun does not train the gates again
+        _write_json(result_path, {**result, "off_target": str(missed)})
+        raise
     result["seconds"] = time.time() - start
-    with open(result_path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(result_path + ".tmp", result_path)
+    _write_json(result_path, result)
     print(f"{method} {target}x: {result['flops_reduction']:.2f}x FLOPs, accuracy "
           f"{result['accuracy_after_pruning']:.4f} after pruning, "
           f"{result['accuracy_after_finetune']:.4f} after fine-tuning "
           f"({result['seconds']:.0f} s)", flush=True)
     return result
+
+
+def _write_json(path, value):
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def budget(args, method, seed=0, gate_lr=None):
@@ -411,7 +426,9 @@ def markdown(info, args, setup_summary, rows, chosen, grid):
         f"validation (seed {args.seeds[0]}) from {', '.join(f'{lr:g}' for lr in args.gate_lrs)}: "
         + (", ".join(f"{g['method']} {g['target']}x {g['gate_lr']:g} (val. "
                      f"{100 * g['validation_accuracy']:.2f})" for g in grid if g["chosen"])
-           or "-") + ".", "",
+           or "-") + "." + "".join(
+            f" {g['method']} {g['target']}x at {g['gate_lr']:g} missed the FLOPs target "
+            "(excluded)." for g in grid if "off_target" in g), "",
         "Torch-Pruning runs its own recipe (reproduce/main.py): global ranking, progressive "
         f"pruning over {torch_side.TP_ITERATIVE_STEPS} steps until its MAC count falls by the "
         f"target, round_to={args.tp_round_to or 'none'}. Ours round kept counts to multiples of "
@@ -498,13 +515,23 @@ def choose_gate_lrs(setup, args):
     chosen, grid = {}, []
     for target in args.targets:
         for method in (m for m in args.methods if m in LEARNED):
-            runs = [run_one(setup, method, target, args, args.seeds[0], lr)
-                    for lr in args.gate_lrs]
-            best = max(runs, key=lambda r: r["validation_accuracy"])
-            chosen[(method, target)] = best["budget"]["gate_lr"]
-            grid += [{"method": method, "target": target, "gate_lr": r["budget"]["gate_lr"],
-                      "validation_accuracy": r["validation_accuracy"],
-                      "chosen": r is best} for r in runs]
+            tried = []
+            for lr in args.gate_lrs:
+                try:
+                    run = run_one(setup, method, target, args, args.seeds[0], lr)
+                    tried.append({"gate_lr": lr, "validation_accuracy":
+                                  run["validation_accuracy"]})
+                except OffTarget as missed:   # a setting that misses the budget is out
+                    print(f"{method} {target}x, gate lr {lr:g}: {missed}", flush=True)
+                    tried.append({"gate_lr": lr, "off_target": str(missed)})
+            valid = [t for t in tried if "validation_accuracy" in t]
+            if not valid:
+                raise OffTarget(f"{method} at {target}x misses the FLOPs target at every gate "
+                                f"learning rate of {args.gate_lrs}")
+            best = max(valid, key=lambda t: t["validation_accuracy"])
+            chosen[(method, target)] = best["gate_lr"]
+            grid += [{"method": method, "target": target, **t, "chosen": t is best}
+                     for t in tried]
     return chosen, grid
 
 
