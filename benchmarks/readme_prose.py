@@ -51,7 +51,7 @@ PROSE_FIGURES: Tuple[Tuple[str, Tuple[str, ...], Callable], ...] = (
      _resnet20_speedup_over_flops),
     ("MobileNetV2 4x gates land on the budget ({}x)", ("prune_mobilenetv2_4x",),
      lambda r: f"{r['prune_mobilenetv2_4x']['flops_reduction']:.2f}"),
-    ("prune_vs_torch_pruning.py --gate-lr {}`", ("prune_vs_torch_pruning",),
+    ("our gate learning rate {} picked on test accuracy", ("prune_vs_torch_pruning",),
      lambda r: f"{_budget(r)['gate_lr']:g}"),
     ("fine-tuned with the same {} steps", ("prune_vs_torch_pruning",),
      lambda r: str(_budget(r)["steps"] + _budget(r)["gate_steps"])),
