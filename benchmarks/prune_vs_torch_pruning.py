@@ -51,7 +51,7 @@ gates' own learning rate is chosen on validation from ``--gate-lrs`` (first seed
 
 Latency: one exporter for both sides. Every pruned model is exported by ``export.to_onnx``;
 a Torch-Pruning model is first read back into the JAX ResNet-20 at its pruned widths
-(``export_with_ours``, checked to reproduce its logits), so the exporters' own difference
+(``torch_side.export_by_ours``, checked to reproduce its logits), so the exporters' own difference
 (at 4x, identical widths ran 0.229 ms through torch.onnx.export and 0.246 ms through ours)
 cannot decide the comparison. The unpruned teacher is also exported by
 ``torch.onnx.export`` (row teacher_torch) to show that difference. All are timed in one
@@ -74,12 +74,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from benchmarks import torch_resnet20  # noqa: E402
 from export import machine  # noqa: E402
-from benchmarks import seeds, torch_side  # noqa: E402
-from core import cost, losses, rewritten, train as train_lib  # noqa: E402
+from benchmarks import prune_vs_torch_pruning_report as report, seeds, torch_side  # noqa: E402
+from core import cost, losses, train as train_lib  # noqa: E402
 from experiments import preamble as teacher_lib  # noqa: E402
 from core.configs import train_teacher  # noqa: E402
 from data import pipeline  # noqa: E402
@@ -262,7 +261,10 @@ def run_torch_pruning(setup, method, target, args, workdir, seed, gate_lr=None):
     torch_side.finetune(model, setup.dataset, cfg, setup.teacher_fn, ft_steps)
     after = torch_side.evaluate(model, setup.dataset)
     path = os.path.join(workdir, "model.onnx")
-    export_with_ours(setup, model, path)
+    images = pipeline.normalize(setup.dataset.test[0][:64], setup.dataset.mean,
+                                setup.dataset.std)
+    torch_side.export_by_ours(model, setup.fn, setup.variables, setup.groups, setup.x1,
+                              images, path)
     return {**info, "accuracy_after_pruning": after_prune, "accuracy_after_finetune": after,
             "validation_accuracy": torch_side.evaluate(model, setup.dataset, "validation"),
             "finetune_steps": ft_steps, "mflops": flops / 1e6,
@@ -270,32 +272,6 @@ def run_torch_pruning(setup, method, target, args, workdir, seed, gate_lr=None):
             "tp_macs_m": torch_side.tp_macs(model, setup.example) / 1e6,
             "params": int(sum(p.numel() for p in model.parameters())),
             "channels": torch_side.conv_widths(model), "onnx": path}
-
-
-def export_with_ours(setup, model, path, rtol=1e-4):
-    """One exporter for both sides: a Torch-Pruning model read back into our ResNet-20 at
-    its pruned widths (``torch_resnet20.to_flax_variables``; each group keeps its first
-    channels, the weights are Torch-Pruning's) and exported by ``export.to_onnx`` like
-    ours. Raises unless the JAX function reproduces the PyTorch logits on test images."""
-    variables = torch_resnet20.to_flax_variables(model)
-    leaves = rewritten.leaves_by_path(variables)
-    keep = {}
-    for group in setup.groups:
-        member = group.members[0]
-        width = leaves[member.path].shape[member.axis] // member.index_map.shape[1]
-        if width != group.size:
-            keep[group.id] = np.arange(width)
-    pruned = prune(setup.fn, setup.variables, setup.x1, keep=keep, analysis=setup.groups)
-    images = pipeline.normalize(setup.dataset.test[0][:64], setup.dataset.mean,
-                                setup.dataset.std)
-    ours = np.asarray(pruned.fn(variables, images))
-    with torch.no_grad():
-        theirs = model.eval()(torch_resnet20.nchw(images)).numpy()
-    error = float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
-    if error > rtol:
-        raise ValueError(f"the Torch-Pruning model read back into JAX differs from it by "
-                         f"{error:.2e} (relative); not exported")
-    to_onnx(pruned.fn, variables, setup.x1, path=path)
 
 
 def finetune_config(setup, steps, seed=0):
@@ -410,60 +386,6 @@ def add_speedups(rows):
             row[f"speedup_over_flops_batch{batch}"] = speedup / row["flops_reduction"]
 
 
-def markdown(info, args, setup_summary, rows, chosen, grid):
-    lines = [
-        "# Pruning ResNet-20 (Fashion-MNIST): ours vs Torch-Pruning at the same FLOPs", "",
-        f"Machine: {info['cpu']}, {info['cores']} cores (shared; load average "
-        f"{info['load_average_at_start'][0]:.1f} at start). JAX {info['jax']}, torch "
-        f"{info['torch']}, Torch-Pruning {info['torch-pruning']}, onnxruntime "
-        f"{info['onnxruntime']} ({DEVICE}, medians of interleaved rounds).", "",
-        f"Teacher: {setup_summary['key']} (test accuracy {setup_summary['test_accuracy']:.4f})."
-        f" Fine-tune: {args.steps} steps + {args.gate_steps} steps (the learned gates' "
-        "training, whose weights take the fine-tune's optimizer, schedule and first batches; "
-        "every other method fine-tunes those steps too), batch 128, SGD Nesterov, "
-        "cosine schedule, KD from the teacher (T=4, alpha=0.9), BN statistics frozen. "
-        f"Ranked initial spread {args.gate_init_spread:g}. Gate learning rate chosen on "
-        f"validation (seed {args.seeds[0]}) from {', '.join(f'{lr:g}' for lr in args.gate_lrs)}: "
-        + (", ".join(f"{g['method']} {g['target']}x {g['gate_lr']:g} (val. "
-                     f"{100 * g['validation_accuracy']:.2f})" for g in grid if g["chosen"])
-           or "-") + "." + "".join(
-            f" {g['method']} {g['target']}x at {g['gate_lr']:g} missed the FLOPs target "
-            "(excluded)." for g in grid if "off_target" in g), "",
-        "Torch-Pruning runs its own recipe (reproduce/main.py): global ranking, progressive "
-        f"pruning over {torch_side.TP_ITERATIVE_STEPS} steps until its MAC count falls by the "
-        f"target, round_to={args.tp_round_to or 'none'}. Ours round kept counts to multiples of "
-        f"{args.multiple}. Every model is within {100 * args.flops_tolerance:g}% of its FLOPs "
-        "target (enforced before fine-tuning).", "",
-        f"Seeds: {', '.join(map(str, args.seeds))} (accuracies: mean +- sd over seeds; other "
-        "columns: means). Our variant chosen on the validation split: "
-        + (", ".join(f"{t}x {m}" for t, m in chosen.items()) or "-") + ".", "",
-        "MFLOPs = 2 x multiply-accumulates of convs and dense layers, the same count for both "
-        "frameworks; TP MMACs = Torch-Pruning's own counter (used to set its ratio).", "",
-        "| method | target | MFLOPs | FLOPs red. | TP MMACs | params (k) | acc. after prune "
-        "| val. acc. | acc. after FT | ORT b1 (ms) | ORT b32 (ms) | speed-up b1 | speed-up b32 "
-        "| speed-up / FLOPs red. (b1, b32) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-
-    def pct(row, field):
-        return seeds.mean_sd(row, field) if row.get(field) is not None else "-"
-    for r in rows:
-        tp_macs = f"{r['tp_macs_m']:.2f}" if "tp_macs_m" in r else "-"
-        lines.append(
-            f"| {r['method']} | {r['target']}x | {r['mflops']:.2f} | "
-            f"{r['flops_reduction']:.2f}x | {tp_macs} | {r['params'] / 1e3:.1f} | "
-            f"{pct(r, 'accuracy_after_pruning')} | {pct(r, 'validation_accuracy')} | "
-            f"{pct(r, 'accuracy_after_finetune')} | "
-            f"{r['batch1_median_ms']:.3f} | {r['batch32_median_ms']:.2f} | "
-            f"{r['speedup_batch1']:.2f}x | {r['speedup_batch32']:.2f}x | "
-            f"{r['speedup_over_flops_batch1']:.2f}, {r['speedup_over_flops_batch32']:.2f} |")
-    lines += ["", "Every model, Torch-Pruning's included, is exported by ours "
-              "(export.to_onnx; a Torch-Pruning model is read back into the JAX ResNet-20 at "
-              "its pruned widths and must give its logits); speed-ups are against "
-              "teacher_jax. teacher_torch is the same teacher through torch.onnx.export, "
-              "for the exporters' difference.", ""]
-    return "\n".join(lines)
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None,
@@ -538,7 +460,7 @@ def choose_gate_lrs(setup, args):
 def main(argv=None):
     args = parse_args(argv)
     torch_side.set_threads(os.cpu_count() or 1)
-    info = machine.describe("torch", "torch-pruning")
+    info = {**machine.describe("torch", "torch-pruning"), "device": DEVICE}
     setup = Setup(args)
     per_seed = teacher_rows(setup, args)
     gate_lrs, grid = choose_gate_lrs(setup, args)
@@ -562,7 +484,7 @@ def main(argv=None):
               "per_seed_rows": per_seed}
     with open(os.path.join(args.results, f"prune_vs_torch_pruning{args.tag}.json"), "w") as f:
         json.dump(result, f, indent=2, default=float)
-    text = markdown(info, args, setup.summary, rows, chosen, grid)
+    text = report.markdown(info, args, setup.summary, rows, chosen, grid)
     with open(os.path.join(args.results, f"prune_vs_torch_pruning{args.tag}.md"), "w") as f:
         f.write(text)
     print(text)

@@ -20,9 +20,12 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from benchmarks.torch_resnet20 import nchw
+from benchmarks.torch_resnet20 import nchw, to_flax_variables
+from core import rewritten
 from data import pipeline
+from export.onnx_export import to_onnx
 from export.parity import session
+from pruning import prune
 
 # Torch-Pruning's own recipe (its ``reproduce/main.py``, ``--method group_norm|l1
 # --global-pruning``, and the README's ``round_to=8`` "recommended ... for acceleration"):
@@ -177,3 +180,29 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str, rtol: float 
     if error > rtol:
         raise RuntimeError(f"{path}: onnxruntime differs from PyTorch by {error:.2e}")
     return error
+
+
+def export_by_ours(model: nn.Module, fn, variables, groups, example, images, path: str,
+                   rtol: float = 1e-4):
+    """One exporter for both sides of a comparison: a (pruned) twin read back into the JAX
+    model ``fn`` at its own widths (``torch_resnet20.to_flax_variables``; each channel
+    group keeps its first channels, the weights are the twin's) and written by
+    ``export.to_onnx`` like ours. ``groups``: ``find_groups`` of ``fn`` at ``variables``.
+    Raises unless the JAX function gives the twin's logits on ``images`` (NHWC)."""
+    read_back = to_flax_variables(model)
+    leaves = rewritten.leaves_by_path(read_back)
+    keep = {}
+    for group in groups:
+        member = group.members[0]
+        width = leaves[member.path].shape[member.axis] // member.index_map.shape[1]
+        if width != group.size:
+            keep[group.id] = np.arange(width)
+    pruned = prune(fn, variables, example, keep=keep, analysis=groups)
+    ours = np.asarray(pruned.fn(read_back, images))
+    with torch.no_grad():
+        theirs = model.eval()(nchw(images)).numpy()
+    error = float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
+    if error > rtol:
+        raise ValueError(f"the PyTorch model read back into JAX differs from it by "
+                         f"{error:.2e} (relative); not exported")
+    to_onnx(pruned.fn, read_back, example, path=path)
