@@ -279,14 +279,11 @@ def latency_model(results) -> str:
     """Every table mode and statistic per family, the row the gates' budget uses, and the
     pooled rows' tau counted within families too."""
     summary = results["latency_model"]["summary"]
-    rows = []
-    for mode, by_family in summary.items():
-        for family in ("resnet20", "mobilenetv2", "all"):
-            s = by_family[family]
-            rows.append((mode, family, f"{s['within_10pct'] * 100:.0f}%",
-                         f"{s['kendall_tau']:.3f}", f"{s['kendall_tau_within_families']:.3f}",
-                         f"{s['flops_kendall_tau']:.3f}",
-                         f"{s['flops_kendall_tau_within_families']:.3f}"))
+    taus = ("kendall_tau", "kendall_tau_within_families", "flops_kendall_tau",
+            "flops_kendall_tau_within_families")
+    rows = [(mode, family, f"{by_family[family]['within_10pct'] * 100:.0f}%",
+             *(f"{by_family[family][tau]:.3f}" for tau in taus))
+            for mode, by_family in summary.items() for family in ("resnet20", "mobilenetv2", "all")]
     p10, budget = summary["exact/p10"], summary["grid/median"]
     line = lambda r, f: f"{r[f]['within_10pct'] * 100:.0f}% / {r[f]['kendall_tau']:.3f}"  # noqa
     return (paragraph(

@@ -336,7 +336,8 @@ def train_gates(fn, variables, groups, data, settings: GateSettings,
         os.path.join(workdir, "gates") if workdir else None,
         gate_loss(settings, teacher_fn, penalty_fn, relative_fn, task_loss),
         show_progress=show_progress,
-        tx=gate_optimizer(settings, weight_tx), extra_trainable={"gates": logits}, evaluate_splits=(),
+        tx=gate_optimizer(settings, weight_tx), extra_trainable={"gates": logits},
+        evaluate_splits=(),
         log_metrics=lambda mean: {k: float(v) for k, v in mean.items()}, description="gates")
     fixed = {k: v for k, v in variables.items() if k != "params"}
     return ({"params": result["trained"]["params"], **fixed}, result["trained"]["gates"],
