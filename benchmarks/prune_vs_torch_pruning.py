@@ -86,6 +86,7 @@ from export.onnx_export import to_onnx  # noqa: E402
 from export.runners import get_runner, measure_interleaved  # noqa: E402
 from pruning import find_groups, gates, importance, prune  # noqa: E402
 from pruning.configs import prune_resnet20_2x  # noqa: E402
+from quant.comparison import choose_best  # noqa: E402
 
 METHODS = ("tp_groupnorm", "tp_magnitude", "tp_groupnorm_ce", "tp_magnitude_ce",
            "ours_magnitude", "ours_learned", "ours_learned_ranked")
@@ -446,13 +447,15 @@ def choose_gate_lrs(setup, args):
                 except OffTarget as missed:   # a setting that misses the budget is out
                     print(f"{method} {target}x, gate lr {lr:g}: {missed}", flush=True)
                     tried.append({"gate_lr": lr, "off_target": str(missed)})
-            valid = [t for t in tried if "validation_accuracy" in t]
-            if not valid:
+            scores = {t["gate_lr"]: t["validation_accuracy"] for t in tried
+                      if "validation_accuracy" in t}
+            if not scores:
                 raise OffTarget(f"{method} at {target}x misses the FLOPs target at every gate "
                                 f"learning rate of {args.gate_lrs}")
-            best = max(valid, key=lambda t: t["validation_accuracy"])
-            chosen[(method, target)] = best["gate_lr"]
-            grid += [{"method": method, "target": target, **t, "chosen": t is best}
+            best = choose_best(scores)
+            chosen[(method, target)] = best
+            grid += [{"method": method, "target": target, **t,
+                      "chosen": t["gate_lr"] == best and "validation_accuracy" in t}
                      for t in tried]
     return chosen, grid
 

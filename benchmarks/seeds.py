@@ -9,6 +9,8 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
+from quant.comparison import choose_best
+
 SPREAD_FIELDS = ("accuracy_after_finetune", "validation_accuracy", "accuracy_after_pruning",
                  "speedup_batch1", "speedup_batch32")
 
@@ -47,7 +49,7 @@ def chosen_on_validation(rows: Iterable[dict], candidates: Sequence[str], target
     if not scored:
         raise ValueError(f"no row of {list(candidates)} at target {target} has a validation "
                          "accuracy to choose by")
-    return max(scored, key=scored.get)
+    return choose_best(scored)
 
 
 def mean_sd(row: dict, field: str, scale: float = 100.0, digits: int = 2) -> str:

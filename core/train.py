@@ -246,6 +246,12 @@ def train(model: TrainableModel, data, cfg, workdir: Optional[str], loss_fn=None
             dict(extra_trainable or {}), evaluate_splits, log_metrics, description)
 
 
+def steps_of(cfg, train_size: int) -> int:
+    """The steps a run of ``cfg`` trains on ``train_size`` examples: ``steps``, or ``epochs``
+    of full batches when ``steps`` is 0."""
+    return int(cfg.get("steps", 0) or round(cfg.epochs * (train_size // cfg.batch_size)))
+
+
 def _total_steps(cfg, data) -> tuple:
     """(total steps, steps per epoch or None when the data's size is unknown)."""
     if not hasattr(data, "train"):
@@ -253,8 +259,7 @@ def _total_steps(cfg, data) -> tuple:
             raise config_lib.ConfigError("training from an iterator of batches needs "
                                          "steps > 0 (it has no epochs)")
         return int(cfg.steps), None
-    steps_per_epoch = len(data.train[0]) // cfg.batch_size
-    return int(cfg.get("steps", 0) or round(cfg.epochs * steps_per_epoch)), steps_per_epoch
+    return steps_of(cfg, len(data.train[0])), len(data.train[0]) // cfg.batch_size
 
 
 def _initial_state(model, tx, extra, placement):

@@ -293,7 +293,7 @@ def cancel_transposes(graph: Graph) -> bool:
 
 def _cancel_one(graph, node, producers) -> bool:
     if node.op_type == "Identity":
-        return _bypass(graph, node)
+        return _bypass(graph, node, producers)
     if node.op_type != "Transpose" or _attr(node, "perm") is None:
         return False
     perm, changed = [int(p) for p in _attr(node, "perm")], False
@@ -305,17 +305,17 @@ def _cancel_one(graph, node, producers) -> bool:
         _set_attr(node, "perm", perm)
         changed = True
     if perm == list(range(len(perm))):
-        return _bypass(graph, node) or changed
+        return _bypass(graph, node, producers) or changed
     return changed
 
 
-def _bypass(graph, node) -> bool:
+def _bypass(graph, node, producers) -> bool:
     """Readers of the one-input, one-output ``node`` read its input instead, and the node
     goes. A graph output keeps its name: the input's producer is renamed to it, or, when the
     input is a graph input or output itself, the node stays as an Identity."""
     source, out = node.input[0], node.output[0]
     if out in graph.outputs:
-        producer = next((n for n in graph.nodes if source in n.output), None)
+        producer = producers.get(source)
         if producer is None or source in graph.outputs:
             if node.op_type == "Identity":
                 return False

@@ -14,6 +14,7 @@ import importlib
 
 import ml_collections
 
+from core import train as train_lib
 from core.configs import train_teacher
 from data import pipeline
 from pruning.configs import prune_resnet20_2x
@@ -28,12 +29,8 @@ def channel_pruning_steps(model: str) -> int:
     its fine-tune's), so each family member is fine-tuned as long: the two kinds of model
     are compared at equal training budgets."""
     prune = importlib.import_module(f"pruning.configs.{CHANNEL_PRUNED[model]}").get_config()
-    ft, teacher = prune.finetune, prune.teacher
-    finetune = ft.get("steps", 0)
-    if not finetune:
-        examples = pipeline.train_examples(teacher.dataset) - teacher.validation_size
-        finetune = round(ft.epochs * (examples // ft.batch_size))
-    return int(prune.gates.steps + finetune)
+    examples = pipeline.train_examples(prune.teacher.dataset) - prune.teacher.validation_size
+    return int(prune.gates.steps + train_lib.steps_of(prune.finetune, examples))
 
 
 def get_config(model: str = "resnet20"):
