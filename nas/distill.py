@@ -43,6 +43,7 @@ from core.progress import MetricsLog
 from data import pipeline
 from nas.search_space import TEACHER, SearchSpace
 from nas.student_blocks import BlockChoice, build_student, init_student
+from nas.teacher_init import init_from_teacher
 from nas.teacher_blocks import TeacherBlock
 
 
@@ -228,10 +229,16 @@ def _train_config(cfg) -> ml_collections.ConfigDict:
     return out
 
 
-def _initial_members(group: Group, module, cfg, padded, init_variables):
+def _initial_members(group: Group, module, cfg, padded, init_variables, blocks):
+    """Stacked starting variables: ``init_variables`` when given, else each member's own
+    random initialisation, started from its teacher block where shapes allow when
+    ``cfg.init_from_teacher`` (``nas.teacher_init``)."""
     if init_variables is None:
         init = [init_student(module, group.in_shape, cfg.seed * 1000 + b)
                 for _, b in padded]
+        if cfg.get("init_from_teacher", False):
+            init = [init_from_teacher(v, blocks[b]).variables
+                    for v, (_, b) in zip(init, padded)]
     else:
         init = list(init_variables) + [init_variables[0]] * (len(padded) - len(init_variables))
     return jax.tree.map(lambda *xs: jnp.stack(xs), *init)
@@ -246,8 +253,8 @@ def train_group(group: Group, blocks: Sequence[TeacherBlock], dataset, cfg,
 
     ``cfg``: steps, batch_size, learning_rate, seed, [warmup_steps, weight_decay, augment,
     checkpoint_every, log_every, eval_batches, eval_batch_size, batching ('auto', 'vmap'
-    or 'unroll')]. ``init_variables`` (one
-    per member) replaces the random initialization.
+    or 'unroll'), init_from_teacher]. ``init_variables`` (one per member) replaces the
+    initialization.
     """
     mesh = mesh or student_mesh()
     module = build_student(group.choice, group.in_shape, group.out_shape)
@@ -261,7 +268,8 @@ def train_group(group: Group, blocks: Sequence[TeacherBlock], dataset, cfg,
                  out_shardings=(member_sharding, member_sharding))
     names = [blocks[b].name for _, b in members]
     result = train_lib.train(
-        student_model(module, _initial_members(group, module, cfg, padded, init_variables),
+        student_model(module, _initial_members(group, module, cfg, padded, init_variables,
+                                                       blocks),
                       batching), dataset, _train_config(cfg), workdir, member_loss(batching),
         show_progress=show_progress, tx=vmapped(make_optimizer(cfg, cfg.steps)),
         placement=MemberParallel(mesh, io), evaluate_splits=(),

@@ -68,7 +68,8 @@ class SearchSpace:
 def grid_choices(grid: Dict[str, Sequence], count: int, seed: int) -> List[BlockChoice]:
     """``count`` distinct choices from the product of the grid, cycling over block types so
     every type is represented."""
-    keys = [k for k in ("depth", "kernel", "expansion", "width", "activation", "se") if k in grid]
+    keys = [k for k in ("depth", "kernel", "expansion", "width", "activation", "se", "end")
+            if k in grid]
     by_type = {t: [BlockChoice(type=t, **dict(zip(keys, values)))
                    for values in itertools.product(*(grid[k] for k in keys))]
                for t in grid["type"]}

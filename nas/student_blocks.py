@@ -11,7 +11,7 @@ search space is diverse by design. A new type is one ``register_block(name, buil
 
 ``plain`` with depth 2, kernel 3, ReLU, width 1 is layer for layer a ResNet basic block with
 the same parameter names (conv1, bn1, conv2, bn2, proj, proj_bn), so it can be initialized
-from a teacher block (``init_from_teacher``).
+from a teacher block (``nas.teacher_init``), also at a narrower ``width``.
 """
 import dataclasses
 from typing import Callable, Dict, Tuple
@@ -39,11 +39,15 @@ class BlockChoice:
     width: float = 1.0              # inner width / output width (plain, dw-separable)
     activation: str = "relu"
     se: bool = False
+    # '' : the block type's own ending; an activation name: end like a ResNet teacher block,
+    # the (projected, where the shape changes) block input added and this activation applied.
+    end: str = ""
 
     @property
     def key(self) -> str:
         return (f"{self.type}-d{self.depth}-k{self.kernel}-e{self.expansion:g}-w{self.width:g}"
-                f"-{self.activation}{'-se' if self.se else ''}")
+                f"-{self.activation}{'-se' if self.se else ''}"
+                f"{'-end' + self.end if self.end else ''}")
 
     def as_dict(self):
         return dataclasses.asdict(self)
@@ -80,6 +84,18 @@ class StudentBlock(nn.Module):
         """(choice, activation function, kernel size): what each block's layers read."""
         return self.choice, ACTIVATIONS[self.choice.activation], self.choice.kernel
 
+    def _shortcut(self, x, train: bool):
+        """The block input at the output's shape: a 1x1 conv + BN where the block changes
+        the resolution or the width (the ResNet projection, same parameter names)."""
+        if self.stride != 1 or x.shape[-1] != self.out_channels:
+            x = nn.Conv(self.out_channels, (1, 1), self.stride, use_bias=False, name="proj")(x)
+            x = _norm(train, "proj_bn")(x)
+        return x
+
+    def _end(self, x, branch, train: bool):
+        """``choice.end``'s activation of the (projected) input plus the branch."""
+        return ACTIVATIONS[self.choice.end](self._shortcut(x, train) + branch)
+
     def _inner_width(self) -> int:
         """The width between layers of the blocks whose ``width`` is relative to the output."""
         return _channels(self.out_channels * self.choice.width)
@@ -102,10 +118,7 @@ class PlainConvBlock(StudentBlock):
                 y = act(y)
         if c.se:
             y = SqueezeExcite(name="se")(y)
-        if self.stride != 1 or x.shape[-1] != self.out_channels:
-            x = nn.Conv(self.out_channels, (1, 1), self.stride, use_bias=False, name="proj")(x)
-            x = _norm(train, "proj_bn")(x)
-        return act(x + y)
+        return act(self._shortcut(x, train) + y) if not c.end else self._end(x, y, train)
 
 
 class InvertedResidual(StudentBlock):
@@ -115,6 +128,7 @@ class InvertedResidual(StudentBlock):
     @nn.compact
     def __call__(self, x, train: bool = False):
         c, act, k = self._settings()
+        block_input = x
         for i in range(c.depth):
             stride = self.stride if i == 0 else 1
             cin = x.shape[-1]
@@ -134,8 +148,10 @@ class InvertedResidual(StudentBlock):
                 y = SqueezeExcite(name=f"l{i}_se")(y)
             y = nn.Conv(self.out_channels, (1, 1), use_bias=False, name=f"l{i}_project")(y)
             y = _norm(train, f"l{i}_project_bn")(y)
-            x = x + y if stride == 1 and cin == self.out_channels else y
-        return x
+            # With an end, the last layer's residual is the block's (see _end).
+            skip = stride == 1 and cin == self.out_channels and not (c.end and i == c.depth - 1)
+            x = x + y if skip else y
+        return self._end(block_input, x, train) if c.end else x
 
 
 class DepthwiseSeparable(StudentBlock):
@@ -158,6 +174,8 @@ class DepthwiseSeparable(StudentBlock):
             y = _norm(train, f"l{i}_pw_bn")(y)
             if i < c.depth - 1:
                 y = act(y)
+        if c.end:
+            return self._end(x, y, train)
         if self.stride == 1 and x.shape[-1] == self.out_channels:
             y = y + x
         return act(y)
@@ -184,7 +202,10 @@ class MixerBlock(StudentBlock):
             y = nn.LayerNorm(name=f"l{i}_channel_norm")(tokens)
             y = nn.Dense(_channels(ch * c.expansion), name=f"l{i}_channel_fc1")(y)
             tokens = tokens + nn.Dense(ch, name=f"l{i}_channel_fc2")(act(y))
-        return tokens.reshape(n, h, w, ch)
+        out = tokens.reshape(n, h, w, ch)
+        # The patch-merged input already runs through the token residuals: only the
+        # activation of an end applies.
+        return ACTIVATIONS[c.end](out) if c.end else out
 
 
 Builder = Callable[[BlockChoice, Tuple[int, ...], Tuple[int, ...]], nn.Module]
@@ -220,8 +241,9 @@ register_block("mixer", _conv_builder(MixerBlock))
 def build_student(choice: BlockChoice, in_shape, out_shape) -> nn.Module:
     if choice.type not in BLOCK_BUILDERS:
         raise KeyError(f"unknown block type {choice.type!r}; registered: {sorted(BLOCK_BUILDERS)}")
-    if choice.activation not in ACTIVATIONS:
-        raise KeyError(f"unknown activation {choice.activation!r}; known: {sorted(ACTIVATIONS)}")
+    for activation in (choice.activation, choice.end or choice.activation):
+        if activation not in ACTIVATIONS:
+            raise KeyError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
     return BLOCK_BUILDERS[choice.type](choice, tuple(in_shape), tuple(out_shape))
 
 
@@ -230,26 +252,6 @@ def init_student(module: nn.Module, in_shape, seed: int = 0):
     return module.init(jax.random.key(seed), x)
 
 
-def init_from_teacher(student_variables, teacher_variables: Dict[str, jax.Array]):
-    """Copies teacher block leaves into the student where the paths agree after the teacher's
-    module name ('params/stage0_block1/conv1/kernel' -> 'params/conv1/kernel')."""
-    by_suffix = {}
-    for path, value in teacher_variables.items():
-        parts = path.split("/")
-        by_suffix["/".join([parts[0]] + parts[2:])] = value
-    flat, tree = jax.tree_util.tree_flatten_with_path(student_variables)
-    leaves, copied = [], 0
-    for key_path, leaf in flat:
-        path = "/".join(str(getattr(k, "key", k)) for k in key_path)
-        value = by_suffix.get(path)
-        if value is not None and tuple(value.shape) == tuple(leaf.shape):
-            leaves.append(jnp.asarray(value))
-            copied += 1
-        else:
-            leaves.append(leaf)
-    return jax.tree_util.tree_unflatten(tree, leaves), copied
-
-
 __all__ = ["BlockChoice", "ACTIVATIONS", "BLOCK_BUILDERS", "register_block", "build_student",
-           "init_student", "init_from_teacher", "stride_between", "PlainConvBlock",
+           "init_student", "stride_between", "PlainConvBlock",
            "InvertedResidual", "DepthwiseSeparable", "MixerBlock", "SqueezeExcite", "StudentBlock"]

@@ -2,8 +2,8 @@
 
 Run:  python run.py --exp=nas_fmnist            (benchmarks/nas.py runs it and adds baselines)
 Needs the trained teacher (python run.py --exp=train_teacher; cached, reused here).
-Expected: about 75 minutes on 2 CPU cores: 45 students in 25 groups, 800 steps of batch 64
-each (~40 min; 200 steps of batch 32 left them at noise-to-signal 0.05-0.68 and the assembled
+Expected: about 90 minutes on 2 CPU cores: 63 students in 35 groups, 800 steps of batch 64
+each (~55 min; 200 steps of batch 32 left them at noise-to-signal 0.05-0.68 and the assembled
 architectures at 9-93% accuracy), 100 sampled architectures evaluated on 2000 validation
 images, 60 of them exported once and timed side by side (2 passes of 10 interleaved rounds
 of 20 runs, 400 samples each; latency target: their p10) (~15 min), predictors, NSGA-II,
@@ -26,12 +26,20 @@ def get_config():
     c.blocks = "auto"                  # or a list of module names where blocks start
     c.space = ml_collections.ConfigDict()
     c.space.positions = "auto"         # every feature-map -> feature-map block
+    # The teacher's own block at a narrower inner width, started from its highest-L1
+    # channels (nas.teacher_init): the cheap teacher-like options DONNA's space lacked.
+    # Students of other types end like the teacher block (end="relu": the projected input
+    # added, then ReLU); the inverted residuals had ended linearly, without a shortcut at
+    # stride 2.
     c.space.choices = [
-        dict(type="inverted_residual", depth=1, kernel=3, expansion=3.0, activation="relu6"),
+        dict(type="plain", depth=2, kernel=3, width=0.5, activation="relu"),
+        dict(type="plain", depth=2, kernel=3, width=0.75, activation="relu"),
+        dict(type="inverted_residual", depth=1, kernel=3, expansion=3.0, activation="relu6",
+             end="relu"),
         dict(type="dw_separable", depth=2, kernel=5, width=1.0, activation="hardswish",
              se=True),
         dict(type="plain", depth=1, kernel=3, width=1.0, activation="relu"),
-        dict(type="fused_ir", depth=1, kernel=3, expansion=2.0, activation="silu"),
+        dict(type="fused_ir", depth=1, kernel=3, expansion=2.0, activation="silu", end="relu"),
         dict(type="mixer", depth=1, width=0.25, expansion=2.0, activation="gelu"),
     ]
     c.space.grid = None
@@ -39,7 +47,8 @@ def get_config():
     c.distill = ml_collections.ConfigDict(dict(
         steps=800, batch_size=64, learning_rate=2e-3, warmup_steps=50, weight_decay=0.0,
         seed=0, augment=False, log_every=25, checkpoint_every=100, eval_batches=4,
-        eval_batch_size=250, max_members=0, batching="auto"))
+        eval_batch_size=250, max_members=0, batching="auto",
+        init_from_teacher=True))     # where shapes allow (every plain d2 k3 student)
     c.measure = ml_collections.ConfigDict(dict(
         architectures=100, latency_architectures=60, eval_limit=2000,
         rounds=10, runs=20, warmup=5))   # runs per model per interleaved round, two passes

@@ -11,7 +11,8 @@ import pytest
 import numpy as np
 
 from nas import distill, search_space
-from nas.student_blocks import BlockChoice, build_student, init_from_teacher, init_student
+from nas.student_blocks import BlockChoice, build_student, init_student
+from nas.teacher_init import init_from_teacher
 from tests.nas.helpers import distill_config, tiny_blocks, tiny_dataset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -22,9 +23,9 @@ def test_student_identical_to_its_teacher_block_has_near_zero_loss():
     block = blocks[2]                                  # stride 2, with projection shortcut
     choice = BlockChoice("plain", depth=2, kernel=3, width=1.0, activation="relu")
     module = build_student(choice, block.in_shape, block.out_shape)
-    variables, copied = init_from_teacher(init_student(module, block.in_shape, seed=3),
-                                          block.variables)
-    assert copied == len(block.variables) == 15
+    start = init_from_teacher(init_student(module, block.in_shape, seed=3), block)
+    variables = start.variables
+    assert start.copied == len(block.variables) == 15 and start.kept == {}
     group = distill.Group(choice, block.in_shape, block.out_shape, [(1, 2)])
     cfg = distill_config(steps=0, eval_batches=2)
     (student,) = distill.train_group(group, blocks, tiny_dataset(), cfg, init_variables=[variables],
