@@ -10,9 +10,11 @@ shard)``), deterministic in (seed, step) so that a killed run resumes exactly.
 The images are stored larger than the model's input (``data.real_images.load`` at a margin)
 and augmented by a random crop, a horizontal flip and a brightness / contrast jitter;
 ``to_input`` turns the uint8 RGB crops into the model's input (its normalisation and
-layout). Labels are zeros: losses that need none ignore them.
+layout). ``overlay(crops, rng)`` adds to the augmentation what the images lack for the
+model's task (``data.text_overlay``: printed words for a text detector). Labels are zeros:
+losses that need none ignore them.
 """
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -21,12 +23,15 @@ class UnlabelledImages:
     """Augmented crops of ``images`` (N, H, W, 3 uint8, at least ``size``) as model inputs."""
 
     def __init__(self, images: np.ndarray, size: Tuple[int, int],
-                 to_input: Callable[[np.ndarray], np.ndarray], name: str = "real images"):
+                 to_input: Callable[[np.ndarray], np.ndarray], name: str = "real images",
+                 overlay: Optional[Callable[[np.ndarray, np.random.Generator],
+                                            np.ndarray]] = None):
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1] < size[0] or images.shape[2] < size[1]:
             raise ValueError(f"{name}: images of shape {images.shape} cannot give "
                              f"{size[0]}x{size[1]} crops")
         self.images, self.size, self.to_input, self.name = images, tuple(size), to_input, name
+        self.overlay = overlay
 
     def __len__(self) -> int:
         return len(self.images)
@@ -47,7 +52,8 @@ class UnlabelledImages:
         gain = rng.uniform(0.75, 1.25, (n, 1, 1, 1))       # contrast
         offset = rng.uniform(-25.0, 25.0, (n, 1, 1, 1))    # brightness
         mean = out.mean(axis=(1, 2, 3), keepdims=True)
-        return np.clip((out - mean) * gain + mean + offset, 0, 255).astype(np.uint8)
+        out = np.clip((out - mean) * gain + mean + offset, 0, 255).astype(np.uint8)
+        return out if self.overlay is None else self.overlay(out, rng)
 
     def train_batch(self, step: int, batch_size: int, seed: int, augment: bool = True,
                     shard: Tuple[int, int] = (0, 1)):

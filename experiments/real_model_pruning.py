@@ -25,7 +25,7 @@ import numpy as np
 import experiments
 from experiments import text_boxes
 from core import cost, losses, train as train_lib
-from data import real_images
+from data import real_images, text_overlay
 from data.unlabelled_images import UnlabelledImages
 from export import machine
 from export.measure import export_and_compare, export_tflite_and_compare
@@ -274,9 +274,12 @@ def _load_images(config, model: RealModel):
     the original model's outputs on them."""
     h, w = model.size
     margin = config.data.crop_margin
+    text = config.data.get("text_overlay", 0.0)
+    overlay = (None if not text else
+               lambda crops, rng: text_overlay.overlay_batch(crops, rng, probability=text))
     data = UnlabelledImages(real_images.load("calibration", size=(h + margin, w + margin),
                                              limit=config.data.train_images or None),
-                            model.size, model.to_input, "real calibration images")
+                            model.size, model.to_input, "real calibration images", overlay)
     images = real_images.load("evaluation", size=model.size,
                               limit=config.data.eval_images or None)
     inputs = model.to_input(images)
