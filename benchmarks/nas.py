@@ -5,25 +5,30 @@ architectures against width-scaled ResNet-20s and channel-pruned models at measu
    run is only read back) and reports the predictors on held-out sampled architectures:
    Kendall tau / Spearman for accuracy, within-10% and tau for latency and memory, GNN vs
    DONNA's linear model on per-block distillation losses, a one-hot MLP and FLOPs alone.
-2. Trains width-scaled teachers (uniform channel multipliers of ResNet-20) with the same
-   knowledge distillation from the teacher (``core.train``, resumable), then exports and
-   measures them side by side with the teacher and the searched front (saved ONNX files)
-   in ONE process, so the latencies compare.
-3. Reads channel-pruned ResNet-20 results if the pruning benchmarks have written them
-   (benchmarks/results/prune_resnet20_*.json), placed at teacher latency / their speed-up.
-4. At equal accuracy: for every baseline, the fastest front model at least as accurate, and
-   its speed-up (the issue's goal: at least 1.2x).
+2. One fine-tune recipe for every model (``nas.finetune``, the config's ``finetune``
+   section: optimizer, steps, learning rates chosen on validation, KD from the teacher,
+   BatchNorm trained): the width-scaled teachers (uniform channel multipliers of ResNet-20)
+   train by it from scratch; every measured front architecture is reported as assembled,
+   after BatchNorm recalibration and after the same fine-tune (resumable workdirs).
+3. Channel-pruned ResNet-20s where the pruning experiments have run
+   (runs/prune_resnet20_*/onnx/pruned.onnx, their accuracy from benchmarks/results).
+4. Every model (teacher, baselines, front) timed in the same interleaved rounds, twice
+   (``nas.architecture.measure_latencies``, p10), so the latencies compare.
+5. At equal accuracy after equal fine-tuning: for every baseline, the fastest front model at
+   least as accurate, and its speed-up (the issue's goal: at least 1.2x);
+   ``speedup_vs_best_baseline`` is the smallest of these (the baseline the search does worst
+   against; null when some baseline has no front model as accurate), ``no_finetune_gap_pt``
+   the chosen architecture's fine-tuned minus assembled accuracy in points.
 
 Writes benchmarks/results/nas.json, nas.md and nas_pareto.png.
 
 Run:  python benchmarks/nas.py [--exp=nas_fmnist] [--workdir=runs/nas_fmnist]
-      [--multipliers=0.5,0.75] [--steps=1500]
-Expected: the NAS run (about an hour on 2 CPU cores, see nas/configs/nas_fmnist.py) plus
-about 10 minutes per width-scaled baseline.
+      [--multipliers=0.5,0.75]
+Expected: the NAS run (about two hours on 2 CPU cores, see nas/configs/nas_fmnist.py) plus
+about 10 minutes per model and learning rate of the fine-tune (2 baselines and about 6
+front models at 2 learning rates: about 2.5 hours).
 """
 import argparse
-import functools
-import glob
 import json
 import os
 import sys
@@ -31,7 +36,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import onnx
 
@@ -39,12 +43,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from core import losses, train as train_lib  # noqa: E402
+from core import train as train_lib  # noqa: E402
 from experiments import nas_search as pipeline, registry  # noqa: E402
 from export.onnx_export import to_onnx  # noqa: E402
 from export.runners import get_runner  # noqa: E402
 from models import resnet  # noqa: E402
-from nas import pareto_plot  # noqa: E402
+from nas import architecture, finetune, pareto_plot  # noqa: E402
 from export import machine  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -62,35 +66,75 @@ def run_nas(cfg, workdir) -> dict:
     return json.loads(json.dumps(pipeline.main(cfg, workdir), default=float))
 
 
-def train_scaled(cfg, multiplier, steps, workdir, teacher_fn, teacher_variables, dataset):
-    """ResNet-20 with every width times ``multiplier``, trained by KD from the teacher."""
-    out = os.path.join(workdir, "result.json")
+def _cached(path, compute):
+    """The JSON at ``path``, or ``compute()`` written there (a rerun reads it back)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    row = json.loads(json.dumps(compute(), default=float))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(row, f)
+    return row
+
+
+def scaled_baseline(cfg, multiplier, workdir, teacher_fn, teacher_variables, dataset, x1):
+    """ResNet-20 with every width times ``multiplier``, trained from scratch by the recipe
+    (``nas.finetune``); its row and its ONNX file (saved once)."""
     width = max(4, int(round(16 * multiplier)))
     module = resnet.resnet_cifar(20, width=width)
-    variables = module.init(jax.random.key(0), jnp.zeros((1,) + dataset.image_shape))
-    if os.path.exists(out):
-        from core import checkpoint
-        with open(out) as f:
-            row = json.load(f)
-        return module, checkpoint.load_pytree(os.path.join(workdir, "variables"), variables), row
-    tcfg = ml_collections.ConfigDict(cfg.teacher.train.to_dict())
-    tcfg.update(dict(steps=steps, warmup_steps=min(200, steps // 10), eval_every_epochs=0,
-                     checkpoint_every=250, log_every=50))
-    loss_fn = losses.distillation_from(functools.partial(teacher_fn, teacher_variables))
-    result = train_lib.train(train_lib.linen_model(module, variables), dataset, tcfg,
-                             workdir, loss_fn, show_progress=True)
-    from core import checkpoint
-    checkpoint.save_pytree(os.path.join(workdir, "variables"), result["variables"])
-    row = {"multiplier": multiplier, "width": width, "steps": steps,
-           "test_accuracy": result["test"]["accuracy"]}
-    with open(out, "w") as f:
-        json.dump(row, f)
-    return module, result["variables"], row
+    path = os.path.join(workdir, "model.onnx")
+
+    def compute():
+        variables = module.init(jax.random.key(0), jnp.zeros((1,) + dataset.image_shape))
+        tuned = finetune.finetune(train_lib.linen_model(module, variables), teacher_fn,
+                                  teacher_variables, dataset, cfg.finetune, workdir, True)
+        fn = lambda v, x: module.apply(v, x, train=False)
+        to_onnx(fn, tuned["variables"], x1, path=path, dynamic_batch=False)
+        return {"multiplier": multiplier, "width": width,
+                **{k: v for k, v in tuned.items() if k != "variables"}}
+    row = _cached(os.path.join(workdir, "result.json"), compute)
+    return {"name": f"ResNet-20 x{multiplier:g} width", "kind": "scaled", "onnx": path,
+            "test_accuracy": row["test_accuracy"], "learning_rate": row["learning_rate"]}
 
 
-def measure(runner, model, repeats=3) -> float:
-    """Median over ``repeats`` runner measurements (each a median of many runs)."""
-    return float(np.median([runner.measure(model).median_ms for _ in range(repeats)]))
+def front_model(cfg, library, k, r, teacher_fn, teacher_variables, dataset, workdir):
+    """A measured front architecture as assembled, recalibrated and fine-tuned by the recipe
+    (the claim check run on it)."""
+    # The NAS run's own claim-check directory: the chosen architecture is not trained twice.
+    directory = pipeline.finetune_dir(cfg, workdir, r["arch"])
+    claim = _cached(os.path.join(directory, "claim_check.json"),
+                    lambda: finetune.claim_check(library, tuple(r["arch"]), teacher_fn,
+                                                 teacher_variables, dataset, cfg.finetune,
+                                                 directory))
+    return {"name": f"searched front #{k}", "kind": "searched",
+            "onnx": os.path.join(workdir, f"front{k}.onnx"), "arch": list(r["arch"]),
+            "choices": r["choices"],
+            "note": " / ".join(r["choices"]),
+            "assembled_accuracy": claim["assembled_test_accuracy"],
+            "recalibrated_accuracy": claim["recalibrated_test_accuracy"],
+            "test_accuracy": claim["finetuned_test_accuracy"],
+            "learning_rate": claim["learning_rate"]}
+
+
+def pruned_baselines(names):
+    """Channel-pruned ResNet-20s (experiment names) whose run left its ONNX file and
+    published its row."""
+    rows = []
+    for name in names:
+        path = os.path.join(RESULTS, f"{name}.json")
+        onnx_path = os.path.join(ROOT, "runs", name, "onnx", "pruned.onnx")
+        if not (os.path.exists(path) and os.path.exists(onnx_path)):
+            print(f"{name}: no published result or no {onnx_path}; left out (python run.py "
+                  f"--exp={name})")
+            continue
+        with open(path) as f:
+            p = json.load(f)
+        if "accuracy_after_finetune" in p:
+            rows.append({"name": f"channel-pruned ({name})", "kind": "pruned",
+                         "onnx": onnx_path, "test_accuracy": p["accuracy_after_finetune"],
+                         "note": "its own pruning recipe (gates + fine-tune)"})
+    return rows
 
 
 def speedups_at_equal_accuracy(front, baselines):
@@ -106,6 +150,15 @@ def speedups_at_equal_accuracy(front, baselines):
                      "front_accuracy": fastest["test_accuracy"],
                      "speedup": b["latency_ms"] / fastest["latency_ms"]})
     return rows
+
+
+def headline(equal_accuracy, claim) -> dict:
+    """``speedup_vs_best_baseline`` (the smallest speed-up over the baselines; None when a
+    baseline has no front model as accurate) and ``no_finetune_gap_pt``."""
+    speedups = [r["speedup"] for r in equal_accuracy]
+    return {"speedup_vs_best_baseline": (min(speedups) if speedups and None not in speedups
+                                         else None),
+            "no_finetune_gap_pt": 100.0 * claim["gain"]}
 
 
 def markdown(results) -> str:
@@ -124,10 +177,19 @@ def markdown(results) -> str:
         lines += ["", f"Latency labels ({results.get('latency_statistic', 'median')} of "
                   f"interleaved rounds): test-retest Kendall tau {results['retest_tau']:.3f} "
                   "between two independent passes over the same sampled architectures."]
-    lines += ["", "## Models (test accuracy, latency measured side by side)", "",
-              "| model | test accuracy | latency ms | note |", "|---|---|---|---|"]
+    ft = results["finetune"]
+    lines += ["", "## Models after the same fine-tune, timed in the same interleaved rounds", "",
+              f"Every trained row: {ft['steps']} steps of batch {ft['batch_size']}, "
+              f"{ft['optimizer']}, learning rate chosen on validation from "
+              f"{ft['learning_rates']}, KD from the teacher (T={ft['temperature']}), "
+              "BatchNorm trained. Latency: p10 of two interleaved passes, batch 1.", "",
+              "| model | assembled | recalibrated | test accuracy | lr | latency ms | note |",
+              "|---|---|---|---|---|---|---|"]
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else "-"
     for r in results["models"]:
-        lines.append(f"| {r['name']} | {r['test_accuracy']:.4f} | {r['latency_ms']:.3f} | "
+        lines.append(f"| {r['name']} | {cell(r.get('assembled_accuracy'))} | "
+                     f"{cell(r.get('recalibrated_accuracy'))} | {r['test_accuracy']:.4f} | "
+                     f"{r.get('learning_rate', '-')} | {r['latency_ms']:.3f} | "
                      f"{r.get('note', '')} |")
     lines += ["", "## Searched front vs baselines at equal accuracy", "",
               "| baseline | accuracy | latency ms | fastest front model at >= accuracy | "
@@ -137,11 +199,15 @@ def markdown(results) -> str:
         lat = f"{r['front_latency_ms']:.3f} ms" if r.get("speedup") else "-"
         lines.append(f"| {r['name']} | {r['test_accuracy']:.4f} | {r['latency_ms']:.3f} | "
                      f"{lat} | {sp} |")
+    speedup = results["speedup_vs_best_baseline"]
     c = results["claim_check"]
-    lines += ["", "## Claim check: assembled vs end-to-end distillation fine-tune", "",
-              f"Chosen architecture: test accuracy {c['assembled_test_accuracy']:.4f} as "
-              f"assembled, {c['finetuned_test_accuracy']:.4f} after {c['steps']} steps of "
-              f"end-to-end KD ({c['gain'] * 100:+.2f} points).", "",
+    lines += ["", f"speedup_vs_best_baseline: "
+              f"{f'{speedup:.2f}x' if speedup else 'none (a baseline has no front model as accurate)'}",
+              "", "## Claim check: the chosen architecture without and with the fine-tune", "",
+              f"Test accuracy {c['assembled_test_accuracy']:.4f} as assembled, "
+              f"{c['recalibrated_test_accuracy']:.4f} with BatchNorm recalibrated, "
+              f"{c['finetuned_test_accuracy']:.4f} after the fine-tune "
+              f"(no_finetune_gap_pt {results['no_finetune_gap_pt']:+.2f}).", "",
               f"Timings (s): {json.dumps({k: round(v) for k, v in results['timings'].items()})}",
               ""]
     return "\n".join(lines)
@@ -152,72 +218,68 @@ def main(argv=None):
     parser.add_argument("--exp", default="nas_fmnist")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--multipliers", default="0.5,0.75")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--pruned", default="prune_resnet20_2x,prune_resnet20_4x",
+                        help="channel-pruned baselines: experiments run in runs/<name>")
     parser.add_argument("--results_name", default="nas")
+    parser.add_argument("--out", default=RESULTS, help="where the result files go")
     args = parser.parse_args(argv)
     cfg = registry.load(args.exp, [])
     workdir = os.path.abspath(args.workdir or os.path.join(ROOT, "runs", cfg.experiment_name))
     nas = run_nas(cfg, workdir)
     teacher_fn, teacher_variables, dataset, summary = pipeline.load_teacher(cfg)
-    runner = get_runner(cfg.device, runs=100, warmup=10)
+    library, _ = pipeline.distilled_library(cfg, teacher_fn, teacher_variables, dataset,
+                                            workdir)
     x1 = np.zeros((1,) + dataset.image_shape, np.float32)
-    models = [{"name": "teacher (ResNet-20)", "test_accuracy": summary.get(
-        "test_accuracy", nas["teacher_measured"]["test_accuracy"]),
-        "latency_ms": measure(runner, to_onnx(teacher_fn, teacher_variables, x1,
-                                              dynamic_batch=False).model)}]
+    teacher_onnx = os.path.join(workdir, "teacher.onnx")
+    to_onnx(teacher_fn, teacher_variables, x1, path=teacher_onnx, dynamic_batch=False)
+    models = [{"name": "teacher (ResNet-20)", "kind": "teacher", "onnx": teacher_onnx,
+               "test_accuracy": summary.get("test_accuracy",
+                                            nas["teacher_measured"]["test_accuracy"])}]
     for m in [float(v) for v in args.multipliers.split(",") if v]:
-        module, variables, row = train_scaled(
-            cfg, m, args.steps, os.path.join(workdir, f"scaled_{m:g}"), teacher_fn,
-            teacher_variables, dataset)
-        fn = lambda v, x, module=module: module.apply(v, x, train=False)
-        models.append({"name": f"ResNet-20 x{m:g} width (KD {args.steps} steps)",
-                       "test_accuracy": row["test_accuracy"], "kind": "scaled",
-                       "latency_ms": measure(runner, to_onnx(fn, variables, x1,
-                                                             dynamic_batch=False).model)})
-    front = []
-    for k, r in enumerate(nas["front"]):
-        path = os.path.join(workdir, f"front{k}.onnx")
-        if os.path.exists(path):
-            r = {**r, "latency_ms": measure(runner, onnx.load(path))}
-        front.append(r)
-        models.append({"name": f"searched front #{k}", "test_accuracy": r["test_accuracy"],
-                       "latency_ms": r["latency_ms"], "kind": "searched",
-                       "note": " / ".join(r["choices"])})
-    teacher_ms = models[0]["latency_ms"]
-    for path in sorted(glob.glob(os.path.join(RESULTS, "prune_resnet20_*.json"))):
-        with open(path) as f:
-            p = json.load(f)
-        if "speedup_batch1" in p and "accuracy_after_finetune" in p:
-            models.append({"name": f"channel-pruned ({os.path.basename(path)[:-5]})",
-                           "test_accuracy": p["accuracy_after_finetune"], "kind": "pruned",
-                           "latency_ms": teacher_ms / p["speedup_batch1"],
-                           "note": "teacher latency here / its measured speed-up"})
-    baselines = [r for r in models if r.get("kind") in ("scaled", "pruned")] + models[:1]
-    results = {"experiment": cfg.experiment_name, "machine": machine.describe(), "device": cfg.device,
-               "predictors": nas["predictors"], "models": models,
+        models.append(scaled_baseline(cfg, m, os.path.join(workdir, f"scaled_{m:g}"),
+                                      teacher_fn, teacher_variables, dataset, x1))
+    models += pruned_baselines([n for n in args.pruned.split(",") if n])
+    models += [front_model(cfg, library, k, r, teacher_fn, teacher_variables, dataset,
+                           workdir) for k, r in enumerate(nas["front"])]
+    runner = get_runner(cfg.device, runs=cfg.measure.runs, warmup=cfg.measure.warmup)
+    timed = architecture.measure_latencies(runner, [onnx.load(r["onnx"]) for r in models],
+                                           cfg.measure.rounds, cfg.measure.runs, cfg.seed)
+    for row, latency in zip(models, timed):
+        row.update(latency)
+    front = [r for r in models if r["kind"] == "searched"]
+    baselines = [r for r in models if r["kind"] in ("scaled", "pruned")]
+    equal_accuracy = speedups_at_equal_accuracy(front, baselines)
+    results = {"experiment": cfg.experiment_name, "machine": machine.describe(),
+               "device": cfg.device, "predictors": nas["predictors"], "models": models,
+               "finetune": cfg.finetune.to_dict(),
                **{k: nas[k] for k in ("accuracy_tau_mean", "accuracy_tau_sd", "latency_tau_mean",
                                       "latency_tau_sd", "predictor_splits", "retest_tau",
-                                      "front_retest_tau", "latency_statistic") if k in nas},
-               "equal_accuracy": speedups_at_equal_accuracy(front, baselines),
+                                      "latency_statistic") if k in nas},
+               "models_retest_tau": architecture.retest_tau(models),
+               "equal_accuracy": equal_accuracy, **headline(equal_accuracy, nas["claim_check"]),
                "claim_check": nas["claim_check"], "timings": nas["timings"],
                "latency_budget_ms": nas["latency_budget_ms"], "space_size": nas["space_size"],
                "students": nas["students"], "date": time.strftime("%Y-%m-%d %H:%M")}
-    os.makedirs(RESULTS, exist_ok=True)
-    extra = {"width-scaled ResNet-20": [(r["latency_ms"], r["test_accuracy"]) for r in models
-                                        if r.get("kind") == "scaled"]}
-    pruned = [(r["latency_ms"], r["test_accuracy"]) for r in models if r.get("kind") == "pruned"]
-    if pruned:
-        extra["channel-pruned"] = pruned
+    os.makedirs(args.out, exist_ok=True)
+    extra = {label: [(r["latency_ms"], r["test_accuracy"]) for r in models if r["kind"] == kind]
+             for label, kind in (("width-scaled ResNet-20", "scaled"),
+                                 ("channel-pruned", "pruned"))}
     with open(pipeline.sampled_path(cfg, workdir)) as f:
         sampled = json.load(f)
-    pareto_plot.plot_fronts(sampled, front, {"latency_ms": teacher_ms, "test_accuracy":
-                                             models[0]["test_accuracy"]},
-                            os.path.join(RESULTS, f"{args.results_name}_pareto.png"),
+    # The front as the search predicted it and as measured after the fine-tune; its
+    # assembled accuracies beside it.
+    extra["searched front, as assembled"] = [(r["latency_ms"], r["assembled_accuracy"])
+                                             for r in front]
+    front_plot = [{**predicted, "latency_ms": r["latency_ms"],
+                   "test_accuracy": r["test_accuracy"]}
+                  for predicted, r in zip(nas["front"], front)]
+    pareto_plot.plot_fronts(sampled, front_plot, models[0],
+                            os.path.join(args.out, f"{args.results_name}_pareto.png"),
                             nas["latency_budget_ms"], {k: v for k, v in extra.items() if v})
-    with open(os.path.join(RESULTS, f"{args.results_name}.json"), "w") as f:
+    with open(os.path.join(args.out, f"{args.results_name}.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
     text = markdown(results)
-    with open(os.path.join(RESULTS, f"{args.results_name}.md"), "w") as f:
+    with open(os.path.join(args.out, f"{args.results_name}.md"), "w") as f:
         f.write(text)
     print(text)
     return results

@@ -9,7 +9,8 @@ by hand without drifting. Pure standard library.
 import re
 from typing import Callable, Dict, List, Tuple
 
-from benchmarks.readme_tables import PRUNING_EXPERIMENTS, pct, quant_model
+from benchmarks.readme_format import pct
+from benchmarks.readme_tables import PRUNING_EXPERIMENTS, quant_model
 
 
 def _resnet20_speedup_over_flops(results) -> Tuple[str, str]:

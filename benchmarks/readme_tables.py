@@ -6,30 +6,10 @@ Why a module of its own: ``benchmarks/render_readme.py`` owns the marker machine
 sentence under a table quotes) changes with the experiments, and lives here. Each renderer
 takes the loaded result files by name and returns markdown. Pure standard library.
 """
-import textwrap
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Tuple
 
-
-def pct(fraction: float) -> str:
-    """An accuracy stored as a fraction, written in percent with two decimals."""
-    return f"{fraction * 100:.2f}"
-
-
-def paragraph(text: str) -> str:
-    """Prose re-wrapped at the README's width (the renderers write it on one line)."""
-    return textwrap.fill(" ".join(text.split()), 92, break_long_words=False,
-                         break_on_hyphens=False)
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
-
-
-def bold_best(values: Sequence[float]) -> List[str]:
-    """Accuracies in percent, the highest in bold (all rows compete, ours and the peer's)."""
-    best = max(values)
-    return [f"**{pct(v)}**" if v == best else pct(v) for v in values]
+from benchmarks.readme_format import bold_best, paragraph, pct, table
+from benchmarks.readme_nas import nas
 
 
 # --------------------------------------------------------------------------- pruning
@@ -375,48 +355,6 @@ def block_pruning_vit_mobilenetv2(results) -> str:
         f"{mb_t['batch1_ms']:.3f} ms). The 2x channel-pruned model, measured in the same "
         f"rounds at batch 1: {vit_text}; {mb_text}{conclusion} "
         "(`benchmarks/results/block_pruning_{vit,mobilenetv2}.md`).")
-
-
-# ----------------------------------------------------------------------------- NAS
-
-def nas(results) -> str:
-    """Predictor quality, the chosen architecture against the teacher and the width-scaled
-    baselines, all latencies from the one side-by-side measurement in the file."""
-    r = results["nas"]
-    p, t = r["predictors"], r["timings"]
-    models = {m["name"]: m for m in r["models"]}
-    teacher = models["teacher (ResNet-20)"]
-    chosen = next(m for m in r["models"] if m.get("kind") == "searched" and
-                  m["test_accuracy"] == r["claim_check"]["assembled_test_accuracy"])
-    scaled = [m for m in r["models"] if m.get("kind") == "scaled"]
-    tau = lambda target, k: f"{p[target][k]['kendall_tau']:.2f}"  # noqa: E731
-    latency_taus = [p["latency_ms"][k]["kendall_tau"] for k in p["latency_ms"]
-                    if k not in ("train", "test", "flops")]
-    baselines = " and ".join(
-        f"{m['test_accuracy'] * 100:.1f}% ({m['name'].split(' ')[1]}, {m['latency_ms']:.3f} ms)"
-        for m in scaled)
-    return paragraph(f"**NAS** (`python benchmarks/nas.py`, `benchmarks/results/nas.md`; "
-            f"{t['total_s'] / 60:.0f} min end to end on the\nshared machine: "
-            f"{len(r['students'])} students distilled 800 steps each in "
-            f"{t['distill_s'] / 60:.0f} min, 100 architectures assembled\nand measured in "
-            f"{t['measure_s'] / 60:.0f} min, predictors, NSGA-II, a "
-            f"{r['claim_check']['steps']}-step fine-tune of the chosen one).\n"
-            f"Predictors on {p['accuracy']['test']} held-out architectures: accuracy Kendall tau "
-            f"{tau('accuracy', 'gnn')} (GNN), {tau('accuracy', 'donna_linear_nsr')} (DONNA's "
-            f"linear\nmodel on block NSR), {tau('accuracy', 'onehot_mlp')} (one-hot MLP), "
-            f"{tau('accuracy', 'flops')} (FLOPs); latency tau {min(latency_taus):.2f}-"
-            f"{max(latency_taus):.2f} (FLOPs {tau('latency_ms', 'flops')}; measured\nwhile other "
-            "jobs shared the cores). The chosen architecture under the latency budget ("
-            f"{r['latency_budget_ms']:.3f} ms) runs "
-            f"{teacher['latency_ms'] / chosen['latency_ms']:.2f}x faster than the teacher "
-            f"({chosen['latency_ms']:.3f} vs "
-            f"{teacher['latency_ms']:.3f} ms, measured side by side) at "
-            f"{r['claim_check']['assembled_test_accuracy'] * 100:.1f}% as assembled and\n"
-            f"{r['claim_check']['finetuned_test_accuracy'] * 100:.1f}% after "
-            f"{r['claim_check']['steps']} steps of end-to-end KD; width-scaled ResNet-20s "
-            f"trained 1500 KD steps reach {baselines}, so on this small space the searched "
-            "models do not yet beat the scaled baselines: assembled students compound their "
-            "errors, and the predictors see only 100 architectures.")
 
 
 # -------------------------------------------------------------------------- low-rank

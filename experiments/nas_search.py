@@ -80,7 +80,7 @@ def finetune_dir(cfg, workdir: str, arch) -> str:
     return os.path.join(workdir, "finetune", f"{key}-{'-'.join(map(str, arch))}")
 
 
-def _distilled_library(cfg, fn, variables, dataset, workdir):
+def distilled_library(cfg, fn, variables, dataset, workdir):
     """Teacher blocks, search space, distilled students -> (block library, students)."""
     blocks = split_teacher(cfg, fn, variables, dataset)
     space = search_space.build_space(blocks, cfg.space)
@@ -197,7 +197,7 @@ def main(cfg, workdir):
     t0, timings = time.time(), {}
     os.makedirs(workdir, exist_ok=True)
     fn, variables, dataset, teacher_summary = load_teacher(cfg)
-    library, students = _distilled_library(cfg, fn, variables, dataset, workdir)
+    library, students = distilled_library(cfg, fn, variables, dataset, workdir)
     timings["distill_s"] = time.time() - t0
     runner = get_runner(cfg.device, runs=cfg.measure.runs, warmup=cfg.measure.warmup)
     t1 = time.time()

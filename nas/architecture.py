@@ -39,6 +39,7 @@ class BlockOption:
     variables: Any
     choice: Any
     val_nsr: float = 0.0
+    module: Any = None              # a student's Flax module (its training mode); None: teacher
 
 
 class BlockLibrary:
@@ -54,7 +55,7 @@ class BlockLibrary:
                     row.append(BlockOption(b.fn, b.variables, TEACHER, 0.0))
                 else:
                     s = students[(p, choice)]
-                    row.append(BlockOption(s.fn, s.variables, choice, s.val_nsr))
+                    row.append(BlockOption(s.fn, s.variables, choice, s.val_nsr, s.module))
             self.options.append(row)
         self.costs: Dict[Any, Tuple[int, int, int]] = {}
 

@@ -1,64 +1,81 @@
-"""The claim check: is an assembled architecture already as good as it gets, or does a short
-end-to-end distillation fine-tune still help?
+"""One fine-tune recipe for every model of the NAS comparison, and the claim check.
 
-DONNA's argument is that with a good teacher, blocks distilled in isolation compose into a
-network that needs no fine-tuning. Here the assembled network (``nas.architecture.assemble``)
-is trained for a few steps as a whole, against the teacher's logits (Hinton KD plus a little
-cross-entropy), with the project's ordinary training loop (``core.train``: data-parallel,
-checkpointed, resumable). Every leaf under a 'params' path is trained; normalization
-statistics stay frozen (BatchNorm in inference mode), as usual for a short fine-tune.
+A comparison between searched architectures and baselines (width-scaled teachers,
+channel-pruned models) is only fair when every model gets the same end-to-end training:
+the same optimizer, schedule, steps, batches, knowledge distillation from the teacher and
+BatchNorm trained. ``finetune`` is that recipe, for any ``core.train.TrainableModel``: the
+config's ``learning_rates`` are each tried for the same steps and the one with the best
+validation accuracy is kept (test accuracy is only reported).
+
+The claim check asks DONNA's question, whether an assembled network is already as good as
+it gets: the chosen architecture's test accuracy as assembled, after its students'
+BatchNorm statistics are recalibrated on its own activations (``nas.assembled_training``,
+no training), and after ``finetune``.
 """
 import functools
+import os
+from typing import Dict
 
-import jax
 import ml_collections
 
 from core import losses, train as train_lib
-from nas import architecture
+from nas import assembled_training
+from quant.comparison import choose_best
 
 
-def _split_trainable(variables):
-    flat, tree = jax.tree_util.tree_flatten_with_path(variables)
-    trainable = {}
-    frozen = {}
-    for i, (path, leaf) in enumerate(flat):
-        name = jax.tree_util.keystr(path)
-        (trainable if "params" in name else frozen)[f"{i:05d}"] = leaf
-    return trainable, frozen, tree
-
-
-def _merge(trainable, frozen, tree):
-    leaves = {**trainable, **frozen}
-    return jax.tree_util.tree_unflatten(tree, [leaves[k] for k in sorted(leaves)])
-
-
-def train_config(cfg) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(dict(
+def train_config(cfg, learning_rate: float) -> ml_collections.ConfigDict:
+    """The ``core.train`` section of the recipe at one learning rate."""
+    return ml_collections.ConfigDict(dict(
         seed=cfg.get("seed", 0), batch_size=cfg.batch_size, epochs=0.0, steps=cfg.steps,
-        optimizer="adamw", learning_rate=cfg.learning_rate, weight_decay=cfg.get(
-            "weight_decay", 0.0), warmup_steps=cfg.get("warmup_steps", 0), label_smoothing=0.0,
-        ema_decay=0.0, augment=cfg.get("augment", True), log_every=cfg.get("log_every", 50),
-        eval_every_epochs=0, checkpoint_every=cfg.get("checkpoint_every", 200)))
-    return c
+        optimizer=cfg.get("optimizer", "sgd"), learning_rate=float(learning_rate),
+        momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", True),
+        weight_decay=cfg.get("weight_decay", 0.0), warmup_steps=cfg.get("warmup_steps", 0),
+        label_smoothing=0.0, ema_decay=0.0, augment=cfg.get("augment", True),
+        log_every=cfg.get("log_every", 50), eval_every_epochs=0,
+        checkpoint_every=cfg.get("checkpoint_every", 200)))
+
+
+def learning_rates(cfg):
+    return [float(v) for v in (cfg.get("learning_rates") or (cfg.learning_rate,))]
+
+
+def finetune(model: train_lib.TrainableModel, teacher_fn, teacher_variables, dataset, cfg,
+             workdir: str, show_progress: bool = False) -> Dict:
+    """``model`` trained by the recipe at every learning rate of the config (each resumable
+    in ``workdir/lr<value>``); the one best on validation. Returns its 'learning_rate',
+    'validation_accuracy', 'test_accuracy', 'variables' and the 'grid' of validation
+    accuracies."""
+    loss_fn = losses.distillation_from(functools.partial(teacher_fn, teacher_variables),
+                                       cfg.get("temperature", 4.0), cfg.get("alpha", 0.9))
+    runs = {}
+    for lr in learning_rates(cfg):
+        runs[f"{lr:g}"] = train_lib.train(model, dataset, train_config(cfg, lr),
+                                          os.path.join(workdir, f"lr{lr:g}"), loss_fn,
+                                          show_progress=show_progress)
+    grid = {lr: float(r["validation"]["accuracy"]) for lr, r in runs.items()}
+    best = choose_best(grid)
+    return {"learning_rate": float(best), "validation_accuracy": grid[best],
+            "test_accuracy": float(runs[best]["test"]["accuracy"]),
+            "variables": runs[best]["variables"], "grid": grid, "steps": int(cfg.steps)}
 
 
 def claim_check(library, arch, teacher_fn, teacher_variables, dataset, cfg, workdir) -> dict:
-    """Test accuracy of ``arch`` as assembled and after ``cfg.steps`` of end-to-end KD."""
-    fn, variables = architecture.assemble(library, tuple(arch))
-    trainable, frozen, tree = _split_trainable(variables)
-    model = train_lib.TrainableModel(
-        {"params": trainable, "frozen": frozen},
-        lambda v, x, rng: (fn(_merge(v["params"], v["frozen"], tree), x), {}),
-        lambda v, x: fn(_merge(v["params"], v["frozen"], tree), x))
-    loss_fn = losses.distillation_from(functools.partial(teacher_fn, teacher_variables),
-                                       cfg.get("temperature", 4.0), cfg.get("alpha", 0.9))
-    before = train_lib.evaluate(model.apply_eval, model.variables, dataset, "test")
-    result = train_lib.train(model, dataset, train_config(cfg), workdir, loss_fn,
-                             show_progress=cfg.get("show_progress", False))
-    return {"arch": list(arch), "steps": int(cfg.steps),
-            "assembled_test_accuracy": float(before["accuracy"]),
-            "finetuned_test_accuracy": float(result["test"]["accuracy"]),
-            "gain": float(result["test"]["accuracy"] - before["accuracy"])}
+    """Test accuracy of ``arch`` as assembled, recalibrated and fine-tuned by the recipe."""
+    model = assembled_training.trainable(library, tuple(arch))
+    accuracy = lambda variables: float(train_lib.evaluate(model.apply_eval, variables,
+                                                          dataset, "test")["accuracy"])
+    assembled = accuracy(model.variables)
+    recalibrated_variables = assembled_training.recalibrate(
+        model, dataset, cfg.get("recalibration_batches", 50), cfg.batch_size)
+    recalibrated = accuracy(recalibrated_variables)
+    tuned = finetune(assembled_training.with_variables(model, recalibrated_variables),
+                     teacher_fn, teacher_variables, dataset, cfg, workdir,
+                     cfg.get("show_progress", False))
+    return {"arch": list(arch), "steps": int(cfg.steps), "learning_rate": tuned["learning_rate"],
+            "learning_rate_grid": tuned["grid"], "assembled_test_accuracy": assembled,
+            "recalibrated_test_accuracy": recalibrated,
+            "finetuned_test_accuracy": tuned["test_accuracy"],
+            "gain": tuned["test_accuracy"] - assembled}
 
 
-__all__ = ["claim_check", "train_config"]
+__all__ = ["finetune", "claim_check", "train_config", "learning_rates"]

@@ -27,7 +27,7 @@ def plot_fronts(sampled, front, teacher, path, budget_ms=None, extra=None):
         ax.plot(*zip(*sorted(points)), "^-", label=label)
     if budget_ms:
         ax.axvline(budget_ms, ls=":", c="0.4", label="latency budget")
-    ax.set_xlabel("latency (ms, median, ONNX Runtime)")
+    ax.set_xlabel("latency (ms, ONNX Runtime, batch 1)")
     ax.set_ylabel("top-1 accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

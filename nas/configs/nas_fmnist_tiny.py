@@ -21,5 +21,5 @@ def get_config():
     c.predictor.update(dict(steps=30, hidden=8, embed_dim=4, layers=1, splits=3))
     c.search.update(dict(population=8, generations=3, measure_front=1, latency_budget=2.0))
     c.finetune.update(dict(steps=2, batch_size=16, log_every=1, checkpoint_every=2,
-                           warmup_steps=0))
+                           warmup_steps=0, learning_rates=[0.01], recalibration_batches=2))
     return c
