@@ -25,8 +25,8 @@ from core import config as config_lib
 from core import distributed
 from experiments import agreed_json, preamble, shared_json
 from export.runners import get_runner
-from nas import architecture, distill, evolution, finetune, int8_friendliness, pareto_plot
-from nas import search_space, teacher_blocks
+from nas import architecture, block_latency, distill, evolution, finetune, int8_friendliness
+from nas import pareto_plot, search_space, teacher_blocks
 from nas import predictor_evaluation
 from nas.predictor_fitting import build_graphs, measure_architectures, predictor_factories
 
@@ -102,31 +102,44 @@ def _measured_samples(cfg, library, dataset, runner, workdir):
         library, archs, dataset, cfg, runner, with_latency, _log))
 
 
-SEARCH_PREDICTOR = "gnn"      # the predictor NSGA-II searches on
+def _block_table(cfg, library, runner, workdir) -> block_latency.BlockTable:
+    """Every block option timed alone on the runner (``nas.block_latency``), cached beside
+    the sampled architectures; process 0's values."""
+    path = os.path.join(workdir, f"block_table-{stage_hash(cfg, *SAMPLED_SECTIONS)}.json")
+    return block_latency.BlockTable.from_dict(shared_json(path, lambda: (
+        block_latency.measure_block_table(library, runner, cfg.measure.rounds,
+                                          cfg.measure.runs, cfg.seed).as_dict())))
 
 
-def _predictors(cfg, library, dataset, rows):
-    """Predictors judged over ``predictor.splits`` random train/test splits, then the GNNs
-    fitted once on every sample for the search: (report, accuracy predictor, latency
-    predictor)."""
+SEARCH_PREDICTOR = "gnn"      # the accuracy predictor NSGA-II searches on
+
+
+def _predictors(cfg, library, dataset, rows, block_table):
+    """Predictors judged over ``predictor.splits`` random train/test splits, then the search's
+    predictors fitted once on every sample: (report, accuracy predictor, latency predictor).
+    The latency predictor is ``search.latency_predictor`` (default the GNN; 'block_table':
+    the calibrated sum of the blocks' measured latencies)."""
     graphs, table = build_graphs(library, dataset)
     factories = predictor_factories(library, graphs, table, rows, cfg)
+    factories["latency_ms"]["block_table"] = block_latency.calibrated(block_table)
     report = predictor_evaluation.evaluate_targets(
         rows, factories, cfg.predictor.get("splits", 20), cfg.predictor.train_fraction,
         cfg.seed + 1, _log)
     acc_model = factories["accuracy"][SEARCH_PREDICTOR]().fit(
         [tuple(r["arch"]) for r in rows], np.array([r["accuracy"] for r in rows]))
     lat_rows = [r for r in rows if r.get("latency_ms") is not None]
-    lat_model = factories["latency_ms"][SEARCH_PREDICTOR]().fit(
+    lat_model = factories["latency_ms"][cfg.search.get("latency_predictor",
+                                                       SEARCH_PREDICTOR)]().fit(
         [tuple(r["arch"]) for r in lat_rows], np.array([r["latency_ms"] for r in lat_rows]))
     return report, acc_model, lat_model
 
 
-def headline_taus(report) -> dict:
-    """The search predictor's Kendall tau over splits (mean and sd) for accuracy and latency,
+def headline_taus(report, latency_predictor: str = SEARCH_PREDICTOR) -> dict:
+    """The search predictors' Kendall tau over splits (mean and sd) for accuracy and latency,
     None where a target was not judged: the figures the NAS benchmark publishes."""
     def of(target, key):
-        judged = report.get(target, {}).get(SEARCH_PREDICTOR)
+        name = latency_predictor if target == "latency_ms" else SEARCH_PREDICTOR
+        judged = report.get(target, {}).get(name)
         return judged[key] if judged else None
     return {"accuracy_tau_mean": of("accuracy", "kendall_tau"),
             "accuracy_tau_sd": of("accuracy", "kendall_tau_sd"),
@@ -202,9 +215,10 @@ def main(cfg, workdir):
     runner = get_runner(cfg.device, runs=cfg.measure.runs, warmup=cfg.measure.warmup)
     t1 = time.time()
     rows = _measured_samples(cfg, library, dataset, runner, workdir)
+    block_table = _block_table(cfg, library, runner, workdir)
     timings["measure_s"] = time.time() - t1
     t2 = time.time()
-    report, acc_model, lat_model = _predictors(cfg, library, dataset, rows)
+    report, acc_model, lat_model = _predictors(cfg, library, dataset, rows, block_table)
     timings["predictors_s"] = time.time() - t2
     t3 = time.time()
     search, budget, columns, penalties = _search(cfg, library, dataset, rows, acc_model,
@@ -227,7 +241,10 @@ def main(cfg, workdir):
                "space": library.space.as_dict(), "space_size": library.space.size,
                "students": {f"{p}:{c.key}": s.val_nsr
                             for (p, c), s in students.items()},
-               "predictors": report, **headline_taus(report), "latency_budget_ms": budget,
+               "predictors": report,
+               **headline_taus(report, cfg.search.get("latency_predictor", SEARCH_PREDICTOR)),
+               "latency_predictor": cfg.search.get("latency_predictor", SEARCH_PREDICTOR),
+               "block_table": block_table.as_dict(), "latency_budget_ms": budget,
                "retest_tau": architecture.retest_tau(rows),
                "front_retest_tau": architecture.retest_tau(front + [teacher_final]),
                "latency_statistic": f"p{architecture.LATENCY_PERCENTILE}",

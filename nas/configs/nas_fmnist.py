@@ -58,7 +58,10 @@ def get_config():
         learning_rate=3e-3))        # judged over `splits` random train/test splits
     c.search = ml_collections.ConfigDict(dict(
         population=64, generations=40, latency_budget=0.7, measure_front=5,
-        int8_profile="npu_int8_per_tensor"))  # third objective: quant.lint penalties ("" off)
+        int8_profile="npu_int8_per_tensor",   # third objective: quant.lint penalties ("" off)
+        # The latency constraint: every block option timed alone on the device, summed and
+        # calibrated on the measured architectures (nas.block_latency); "gnn": learned.
+        latency_predictor="block_table"))
     # One recipe for the chosen architecture and every baseline of benchmarks/nas.py
     # (nas.finetune): the teacher's optimizer (SGD, Nesterov, weight decay), KD from the
     # teacher, BatchNorm trained (students'; after recalibration), augmentation; each

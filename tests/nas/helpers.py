@@ -4,7 +4,10 @@ import ml_collections
 
 from data.pipeline import ImageDataset
 from models import zoo
-from nas import teacher_blocks
+from nas import architecture, teacher_blocks
+from nas.distill import Student
+from nas.search_space import TEACHER, SearchSpace
+from nas.student_blocks import BlockChoice, build_student, init_student
 
 
 def tiny_teacher(batch=4):
@@ -30,3 +33,19 @@ def distill_config(steps=6, **kw):
                                          eval_batches=1, eval_batch_size=32))
     cfg.update(kw)
     return cfg
+
+
+def tiny_library():
+    """The tiny teacher's blocks with one student option (an inverted residual ending in
+    ReLU, random init) at each of the three searched positions: (BlockLibrary, images)."""
+    _, _, x, blocks = tiny_blocks()
+    choice = BlockChoice("inverted_residual", depth=1, kernel=3, expansion=2.0,
+                         activation="relu6", end="relu")
+    positions = (1, 2, 3)
+    students = {}
+    for p, index in enumerate(positions):
+        module = build_student(choice, blocks[index].in_shape, blocks[index].out_shape)
+        students[(p, choice)] = Student(p, index, choice, module,
+                                        init_student(module, blocks[index].in_shape, seed=p))
+    space = SearchSpace(positions, tuple((TEACHER, choice) for _ in positions))
+    return architecture.BlockLibrary(blocks, space, students), x

@@ -4,10 +4,7 @@ import jax
 import numpy as np
 
 from nas import architecture, assembled_training
-from nas.distill import Student
-from nas.search_space import TEACHER, SearchSpace
-from nas.student_blocks import BlockChoice, build_student, init_student
-from tests.nas.helpers import tiny_blocks
+from tests.nas.helpers import tiny_library
 
 
 class OneBatch:
@@ -19,22 +16,8 @@ class OneBatch:
         return self.x, np.zeros(len(self.x), np.int32)
 
 
-def _library():
-    _, _, x, blocks = tiny_blocks()
-    choice = BlockChoice("inverted_residual", depth=1, kernel=3, expansion=2.0,
-                         activation="relu6", end="relu")
-    positions = (1, 2, 3)
-    students = {}
-    for p, index in enumerate(positions):
-        module = build_student(choice, blocks[index].in_shape, blocks[index].out_shape)
-        students[(p, choice)] = Student(p, index, choice, module,
-                                        init_student(module, blocks[index].in_shape, seed=p))
-    space = SearchSpace(positions, tuple((TEACHER, choice) for _ in positions))
-    return architecture.BlockLibrary(blocks, space, students), x
-
-
 def test_evaluation_mode_is_the_assembled_network():
-    library, x = _library()
+    library, x = tiny_library()
     for arch in [(1, 0, 1), (0, 0, 0), (1, 1, 1)]:
         model = assembled_training.trainable(library, arch)
         fn, variables = architecture.assemble(library, arch)
@@ -43,7 +26,7 @@ def test_evaluation_mode_is_the_assembled_network():
 
 
 def test_recalibrated_statistics_are_those_of_the_networks_own_activations():
-    library, x = _library()
+    library, x = tiny_library()
     x = np.asarray(x) * 3.0 + 1.0          # far from the statistics the students started with
     model = assembled_training.trainable(library, (1, 1, 1))
     train_mode = np.asarray(model.apply_train(model.variables, x, None)[0])
