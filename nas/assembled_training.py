@@ -14,27 +14,14 @@ stem, the head and every position that kept the teacher's option) are cut from i
 inference-mode jaxpr and have no training mode: their parameters train, their statistics
 stay the teacher's.
 """
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import jax
 import numpy as np
 
 from core import train as train_lib
 from nas.architecture import BlockLibrary
-from nas.search_space import TEACHER, Architecture
-
-
-def _block_modules(library: BlockLibrary, arch: Architecture) -> List[Any]:
-    """Per block of the network: the student's Flax module, or None for a teacher block."""
-    chosen = {index: (p, arch[p]) for p, index in enumerate(library.space.positions)}
-    modules = []
-    for i in range(len(library.blocks)):
-        if i not in chosen:
-            modules.append(None)
-            continue
-        option = library.options[chosen[i][0]][chosen[i][1]]
-        modules.append(None if option.choice == TEACHER else option.module)
-    return modules
+from nas.search_space import Architecture
 
 
 def _split(variables, module) -> Tuple[Any, Any]:
@@ -54,7 +41,7 @@ def _join(params, stats, module):
 def trainable(library: BlockLibrary, arch: Architecture) -> train_lib.TrainableModel:
     """``arch`` assembled as a ``TrainableModel`` (see the module docstring)."""
     sequence = library.block_sequence(arch)
-    modules = _block_modules(library, arch)
+    modules = [option.module for option in sequence]       # None: a teacher block
     fns = [option.fn for option in sequence]
     split = [_split(option.variables, m) for option, m in zip(sequence, modules)]
     variables = {"params": [p for p, _ in split], "batch_stats": [s for _, s in split]}

@@ -118,7 +118,7 @@ class PlainConvBlock(StudentBlock):
                 y = act(y)
         if c.se:
             y = SqueezeExcite(name="se")(y)
-        return act(self._shortcut(x, train) + y) if not c.end else self._end(x, y, train)
+        return ACTIVATIONS[c.end or c.activation](self._shortcut(x, train) + y)
 
 
 class InvertedResidual(StudentBlock):
