@@ -93,7 +93,7 @@ def scaled_baseline(cfg, multiplier, workdir, teacher_fn, teacher_variables, dat
         to_onnx(fn, tuned["variables"], x1, path=path, dynamic_batch=False)
         return {"multiplier": multiplier, "width": width,
                 **{k: v for k, v in tuned.items() if k != "variables"}}
-    row = _cached(os.path.join(workdir, "result.json"), compute)
+    row = _cached(os.path.join(workdir, "finetuned.json"), compute)   # not the old rows
     return {"name": f"ResNet-20 x{multiplier:g} width", "kind": "scaled", "onnx": path,
             "test_accuracy": row["test_accuracy"], "learning_rate": row["learning_rate"]}
 
