@@ -27,7 +27,9 @@ reduction target (2x, 4x) and method:
 
 Same FLOPs: Torch-Pruning steps until its own counter (``tp.utils.count_ops_and_params``,
 MACs incl. a few BN ops) reaches the target; ours scan the keep ratio (magnitude) or the
-gate threshold (learned ranking) on our counter (``core.cost``). Every pruned model must be
+gate threshold (learned ranking) on our counter (``core.cost``), and where no threshold
+lands within the tolerance the gates' keep-set moves one multiple of 8 channels in one group
+at a time toward the target (``benchmarks.flops_targets``). Every pruned model must be
 within ``--flops-tolerance`` of the target by the common counter, checked before its
 fine-tune (the benchmark stops otherwise).
 The table reports both conventions side by side: "MFLOPs" is 2 x the multiply-accumulates
@@ -78,6 +80,7 @@ import numpy as np  # noqa: E402
 from benchmarks import torch_resnet20  # noqa: E402
 from export import machine  # noqa: E402
 from benchmarks import prune_vs_torch_pruning_report as report, seeds, torch_side  # noqa: E402
+from benchmarks.flops_targets import nearest_keep, step_to_target  # noqa: E402
 from core import cost, losses, train as train_lib  # noqa: E402
 from experiments import preamble as teacher_lib  # noqa: E402
 from core.configs import train_teacher  # noqa: E402
@@ -156,19 +159,6 @@ def check_flops(method, target, reduction, tolerance):
             "(--flops-tolerance states the tolerance)")
 
 
-def nearest_keep(setup, candidates, target):
-    """The keep-set among ``(setting, keep)`` candidates whose FLOPs reduction (our
-    counter, conv + dense) is nearest the target."""
-    best = None
-    for setting, keep in candidates:
-        sizes = {gid: len(k) for gid, k in keep.items()}
-        reduction = setup.full_flops / float(setup.cost_model(sizes).matmul_flops)
-        error = abs(reduction / target - 1)
-        if best is None or error < best[0] - 1e-9:
-            best = (error, setting, keep, reduction)
-    return best[1], best[2], best[3]
-
-
 def ours_magnitude(setup, target, multiple, workdir):
     scores = importance.scores_for("l1", setup.groups, setup.variables)
     ratios = np.linspace(0.05, 1.0, 381)
@@ -179,7 +169,7 @@ def ours_magnitude(setup, target, multiple, workdir):
 
 
 def ours_learned(setup, target, multiple, workdir, gate_steps, gate_lr, init_spread, seed,
-                 total_steps):
+                 total_steps, tolerance):
     """Gates trained as the first ``gate_steps`` of the shared fine-tune: the weights take
     the fine-tune's optimizer, its schedule over ``total_steps`` and its first batches (the
     fine-tune then continues at step ``gate_steps``); the logits take Adam at ``gate_lr``."""
@@ -209,10 +199,14 @@ def ours_learned(setup, target, multiple, workdir, gate_steps, gate_lr, init_spr
         return keep
     # Nearest to the target, ties to the threshold closest to 0 (the gates' own choice).
     candidates = sorted(((float(t), keep_at(t)) for t in thresholds), key=lambda c: abs(c[0]))
-    threshold, keep, _ = nearest_keep(setup, candidates, target)
+    threshold, keep, reduction = nearest_keep(setup, candidates, target)
+    moves = 0
+    if abs(reduction / target - 1) > tolerance:
+        keep, moves = step_to_target(setup, keep, logits, multiple, settings.min_keep, target)
     return trained, keep, {"gate_steps": gate_steps, "gate_learning_rate":
                            settings.gate_learning_rate, "threshold": threshold,
-                           "multiple": multiple, "gate_history": history[-1:]}
+                           "multiple": multiple, "gate_history": history[-1:],
+                           "moves_to_target": moves}
 
 
 # ------------------------------------------------------------------ one (method, target)
@@ -224,7 +218,7 @@ def run_ours(setup, method, target, args, workdir, seed, gate_lr):
         spread = args.gate_init_spread if method == "ours_learned_ranked" else 0.0
         variables, keep, info = ours_learned(setup, target, args.multiple, workdir,
                                              args.gate_steps, gate_lr, spread, seed,
-                                             total_steps)
+                                             total_steps, args.flops_tolerance)
     pruned = prune(setup.fn, variables, setup.x1, keep=keep)
     planned = cost.count(pruned.fn, pruned.variables, setup.x1).matmul_flops
     check_flops(method, target, setup.full_flops / planned, args.flops_tolerance)
