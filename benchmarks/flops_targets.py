@@ -10,13 +10,18 @@ multiples of 8 move the FLOPs of a 16-channel group at 28x28 in large steps),
 import numpy as np
 
 
+def reduction_of(setup, keep) -> float:
+    """The FLOPs reduction of a keep-set by our counter (conv + dense)."""
+    sizes = {gid: len(k) for gid, k in keep.items()}
+    return setup.full_flops / float(setup.cost_model(sizes).matmul_flops)
+
+
 def nearest_keep(setup, candidates, target):
     """The keep-set among ``(setting, keep)`` candidates whose FLOPs reduction (our
     counter, conv + dense) is nearest the target."""
     best = None
     for setting, keep in candidates:
-        sizes = {gid: len(k) for gid, k in keep.items()}
-        reduction = setup.full_flops / float(setup.cost_model(sizes).matmul_flops)
+        reduction = reduction_of(setup, keep)
         error = abs(reduction / target - 1)
         if best is None or error < best[0] - 1e-9:
             best = (error, setting, keep, reduction)
@@ -32,8 +37,7 @@ def step_to_target(setup, keep, logits, multiple, min_keep, target, max_moves=12
     sizes = {g.id: g.size for g in setup.groups}
 
     def error(k):
-        flops = setup.cost_model({gid: len(v) for gid, v in k.items()}).matmul_flops
-        return abs(setup.full_flops / float(flops) / target - 1)
+        return abs(reduction_of(setup, k) / target - 1)
 
     def moved(k, gid, step):
         count = min(max(len(k[gid]) + step, min_keep), sizes[gid])
@@ -48,4 +52,4 @@ def step_to_target(setup, keep, logits, multiple, min_keep, target, max_moves=12
     return keep, max_moves
 
 
-__all__ = ["nearest_keep", "step_to_target"]
+__all__ = ["reduction_of", "nearest_keep", "step_to_target"]

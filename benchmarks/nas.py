@@ -44,7 +44,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from core import train as train_lib  # noqa: E402
-from experiments import nas_search as pipeline, registry  # noqa: E402
+from experiments import nas_search as pipeline, registry, shared_json  # noqa: E402
 from export.onnx_export import to_onnx  # noqa: E402
 from export.runners import get_runner  # noqa: E402
 from models import resnet  # noqa: E402
@@ -66,18 +66,6 @@ def run_nas(cfg, workdir) -> dict:
     return json.loads(json.dumps(pipeline.main(cfg, workdir), default=float))
 
 
-def _cached(path, compute):
-    """The JSON at ``path``, or ``compute()`` written there (a rerun reads it back)."""
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    row = json.loads(json.dumps(compute(), default=float))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(row, f)
-    return row
-
-
 def scaled_baseline(cfg, multiplier, workdir, teacher_fn, teacher_variables, dataset, x1):
     """ResNet-20 with every width times ``multiplier``, trained from scratch by the recipe
     (``nas.finetune``); its row and its ONNX file (saved once)."""
@@ -93,7 +81,7 @@ def scaled_baseline(cfg, multiplier, workdir, teacher_fn, teacher_variables, dat
         to_onnx(fn, tuned["variables"], x1, path=path, dynamic_batch=False)
         return {"multiplier": multiplier, "width": width,
                 **{k: v for k, v in tuned.items() if k != "variables"}}
-    row = _cached(os.path.join(workdir, "finetuned.json"), compute)   # not the old rows
+    row = shared_json(os.path.join(workdir, "finetuned.json"), compute)   # not the old rows
     return {"name": f"ResNet-20 x{multiplier:g} width", "kind": "scaled", "onnx": path,
             "test_accuracy": row["test_accuracy"], "learning_rate": row["learning_rate"]}
 
@@ -103,7 +91,7 @@ def front_model(cfg, library, k, r, teacher_fn, teacher_variables, dataset, work
     (the claim check run on it)."""
     # The NAS run's own claim-check directory: the chosen architecture is not trained twice.
     directory = pipeline.finetune_dir(cfg, workdir, r["arch"])
-    claim = _cached(os.path.join(directory, "claim_check.json"),
+    claim = shared_json(os.path.join(directory, "claim_check.json"),
                     lambda: finetune.claim_check(library, tuple(r["arch"]), teacher_fn,
                                                  teacher_variables, dataset, cfg.finetune,
                                                  directory))
