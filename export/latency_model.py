@@ -233,7 +233,9 @@ def _bracket(grid: Sequence[int], value: float):
     return i, i + 1, float(t)
 
 
-def _with_channels(op: OpRecord, values: Dict[str, int]) -> OpSignature:
+def with_channels(op: OpRecord, values: Dict[str, int]) -> OpSignature:
+    """``op``'s signature with the channel counts in ``values`` (a depthwise conv keeps
+    cin = cout = groups)."""
     params = dict(values)
     if "groups" in op.channel_axes:
         params["groups"] = params["cin"] = params["cout"] = values.get("cin", values.get(
@@ -241,7 +243,7 @@ def _with_channels(op: OpRecord, values: Dict[str, int]) -> OpSignature:
     return op.sig.replace(**params)
 
 
-def _axes_for_grid(op: OpRecord) -> List[str]:
+def independent_channel_axes(op: OpRecord) -> List[str]:
     """Independent channel axes (a depthwise conv has one: cin = cout = groups)."""
     return ["cin"] if "groups" in op.channel_axes else list(op.channel_axes)
 
@@ -279,7 +281,7 @@ class LatencyModel:
     def op_latency(self, op: OpRecord) -> float:
         if self.mode == "exact" or not op.channel_axes:
             return self.table.lookup(op.sig, self.statistic)
-        axes = _axes_for_grid(op)
+        axes = independent_channel_axes(op)
         current = {a: op.sig.get(a) for a in axes}
         brackets = []
         for a in axes:
@@ -293,7 +295,7 @@ class LatencyModel:
                 weight *= t if bit else 1 - t
                 values[a] = hi if bit else lo
             if weight:
-                total += weight * self.table.lookup(_with_channels(op, values), self.statistic)
+                total += weight * self.table.lookup(with_channels(op, values), self.statistic)
         return total
 
     def features(self, ops: Sequence[OpRecord]) -> np.ndarray:
@@ -328,7 +330,7 @@ class LatencyModel:
         terms, fixed_linear, fixed_other = [], 0.0, 0.0
         for op in ops:
             in_g, out_g = groups_of.get(id(op), ((), ()))
-            axes = _axes_for_grid(op) if op.channel_axes else []
+            axes = independent_channel_axes(op) if op.channel_axes else []
             slots = {"cin": in_g, "k": in_g, "cout": out_g, "n": out_g}
             axis_groups = [(a, slots.get(a, ())) for a in axes]
             axis_groups = [(a, g) for a, g in axis_groups if g]
@@ -355,7 +357,7 @@ class LatencyModel:
         values = np.zeros([len(g) for g in grids])
         for index in np.ndindex(*values.shape):
             channels = {a: grid[i] for a, grid, i in zip(axes, grids, index)}
-            values[index] = self.table.lookup(_with_channels(op, channels), self.statistic)
+            values[index] = self.table.lookup(with_channels(op, channels), self.statistic)
         # The value interpolates the fine grid; the gradient comes from a coarse grid (the
         # ends and the middle point): measured latencies are often flat between neighbouring
         # points near full width (kernels work in channel blocks), and a zero slope there
