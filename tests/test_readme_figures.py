@@ -76,15 +76,30 @@ def test_showcase_table_agrees_with_the_raw_result_values():
             assert abs(printed - value) <= tol + 1e-9, (name, printed, value)
 
 
+def _showcase_line(name):
+    """The README's ResNet-20 showcase row of ``name`` as printed."""
+    body = re.search(r"<!-- results:prune_resnet20_2x -->\n(.*?)<!-- /results -->",
+                     README_TEXT, re.S).group(1)
+    return next(line for line in body.splitlines() if line.startswith(f"| {name} |"))
+
+
+def _with_b1_cell(line, value):
+    """``line`` with its batch-1 latency cell (the fifth value) replaced by ``value``."""
+    cells = line.strip("|").split("|")
+    cells[4] = f" {value} "
+    return "|" + "|".join(cells) + "|"
+
+
 def test_check_fails_when_a_result_value_changes(tmp_path, capsys):
     results = _copy_results(tmp_path)
     assert render_readme.main(["--check", "--results", str(results)]) == 0
     _edit(results, "prune_resnet20_2x",
-          lambda d: d["after"].update(batch1_median_ms=0.453))   # the README's old figure
+          lambda d: d["after"].update(batch1_median_ms=0.0453))
     assert render_readme.main(["--check", "--results", str(results)]) == 1
     out = capsys.readouterr().out
-    assert "-| pruned + fine-tuned | 93.13 | 34.46 | 154.6 | 0.461 | 13.87 |" in out
-    assert "+| pruned + fine-tuned | 93.13 | 34.46 | 154.6 | 0.453 | 13.87 |" in out
+    printed = _showcase_line("pruned + fine-tuned")
+    assert "-" + printed in out
+    assert "+" + _with_b1_cell(printed, "0.045") in out
 
 
 def test_check_fails_when_a_figure_quoted_in_prose_changes(tmp_path):
@@ -98,8 +113,8 @@ def test_check_fails_when_a_figure_quoted_in_prose_changes(tmp_path):
 
 
 def test_a_hand_edited_region_is_caught_and_rendering_restores_it():
-    edited = README_TEXT.replace("| teacher | 93.83 | 62.72 | 272.2 | 0.597 | 17.92 |",
-                                 "| teacher | 93.83 | 62.72 | 272.2 | 0.571 | 17.83 |")
+    printed = _showcase_line("teacher")
+    edited = README_TEXT.replace(printed, _with_b1_cell(printed, "0.001"))
     assert edited != README_TEXT
     problems = render_readme.region_differences(edited)
     assert len(problems) == 1 and "results:prune_resnet20_2x" in problems[0]
