@@ -49,6 +49,10 @@ class GateSettings:
     kd_alpha: float = 0.9
     min_keep: int = 1
     fit_budget: bool = False       # step the rounded keep-set down to the budget (threshold)
+    fill_free: bool = True         # latency target: step groups back up where the latency
+    #                                table says the extra channels cost (nearly) nothing
+    free_tolerance: float = 0.002  # ... at most this rise of latency / budget, per step and
+    #                                in all
     multiple: int = 8              # kept counts rounded to a multiple when thresholding;
     #                                0: the device runner's channel_multiple (from_config)
     log_every: int = 25
@@ -175,7 +179,8 @@ def check_reachable(gated, full_sizes: np.ndarray, settings: GateSettings,
 
 def threshold(groups, logits, settings: GateSettings,
               relative_fn: Optional[Callable] = None,
-              tolerance: float = 0.02) -> Dict[int, np.ndarray]:
+              tolerance: float = 0.02, step_down: bool = True,
+              fill_free: bool = False) -> Dict[int, np.ndarray]:
     """Keep-set from learned logits: channels with positive logit, count rounded to the
     multiple, the highest logits kept. Groups are named as in ``logits`` (position or key);
     ``pruning.keep_sets.save`` writes the result by key.
@@ -183,9 +188,17 @@ def threshold(groups, logits, settings: GateSettings,
     Rounding to a coarse multiple (16 on AVX-512) can give back much of the budget: the
     selfie segmenter's gates ended at their 2x FLOPs budget and the rounded keep-set had
     1.13x. With ``relative_fn`` (``budget_function``'s second result: sizes -> budgeted
-    quantity / target) groups are then stepped down one multiple at a time, the step that
-    drops the least gate probability per unit of budget saved first, until the keep-set is
-    within ``1 + tolerance`` of the budget."""
+    quantity / target) and ``step_down``, groups are then stepped down one multiple at a
+    time, the step that drops the least gate probability per unit of budget saved first,
+    until the keep-set is within ``1 + tolerance`` of the budget.
+
+    With ``fill_free`` (a latency budget) groups are afterwards stepped back up one multiple
+    at a time where the device's latency table says the extra channels are free: a step is
+    taken when it raises the budgeted latency by at most ``settings.free_tolerance`` of the
+    budget (and all steps together by at most that much), the most probable channels
+    first. On onnxruntime's AVX-512 kernels a 32->32 conv at 14x14 runs in the same time at
+    24 and 32 channels (benchmarks/results/width_latency_resnet20.md), so the gates' 24
+    costs accuracy and buys no speed."""
     named = {name: keep_sets.group_named(groups, name) for name in logits}
     counts = {name: importance.round_count(float(np.sum(np.asarray(logit) > 0)),
                                            named[name].size, settings.multiple,
@@ -193,31 +206,44 @@ def threshold(groups, logits, settings: GateSettings,
               for name, logit in logits.items()}
     order = {name: np.argsort(-np.asarray(logit), kind="stable")
              for name, logit in logits.items()}
-    if relative_fn is not None:
+    if relative_fn is not None and (step_down or fill_free):
         full = np.array([g.size for g in keep_sets.group_list(groups)], np.float32)
-        counts = _step_down_to_budget(full, named, logits, order, counts, settings,
-                                      relative_fn, tolerance)
+        relative = jax.jit(relative_fn)
+        if step_down:
+            counts = _step_down_to_budget(full, named, logits, order, counts, settings,
+                                          relative, tolerance)
+        if fill_free:
+            counts = _step_up_where_free(full, named, logits, order, counts, settings,
+                                         relative)
     return {name: np.sort(order[name][:count]) for name, count in counts.items()}
 
 
 def keep_from_logits(groups, logits, settings: GateSettings, cost_model,
                      latency_fn: Optional[Callable] = None) -> Dict[int, np.ndarray]:
     """``threshold`` after gate training, stepped down to the budget when
-    ``settings.fit_budget`` (the budget read from ``cost_model`` / ``latency_fn`` as in
+    ``settings.fit_budget`` and, for a latency target, stepped up where channels are free
+    when ``settings.fill_free`` (the budget read from ``cost_model`` / ``latency_fn`` as in
     ``train_gates``)."""
+    fill_free = settings.fill_free and settings.target == "latency"
     relative_fn = (budget_function(settings, cost_model, latency_fn)[1]
-                   if settings.fit_budget else None)
-    return threshold(groups, logits, settings, relative_fn)
+                   if settings.fit_budget or fill_free else None)
+    return threshold(groups, logits, settings, relative_fn,
+                     step_down=settings.fit_budget, fill_free=fill_free)
 
 
-def _step_down_to_budget(full, named, logits, order, counts, settings, relative_fn,
-                         tolerance):
-    """``counts`` with groups lowered by one multiple each step (see ``threshold``);
-    ``full``: every group's size, indexed by group id (what ``relative_fn`` reads)."""
-    relative = jax.jit(relative_fn)
+def _sizes(full, named, counts) -> np.ndarray:
+    """Every group's kept size, indexed by group id (what the budget function reads)."""
     sizes = full.copy()
     for name, count in counts.items():
         sizes[named[name].id] = count
+    return sizes
+
+
+def _step_down_to_budget(full, named, logits, order, counts, settings, relative,
+                         tolerance):
+    """``counts`` with groups lowered by one multiple each step (see ``threshold``);
+    ``full``: every group's size, indexed by group id."""
+    sizes = _sizes(full, named, counts)
     counts = dict(counts)
     step = max(settings.multiple, 1)
     floor = max(settings.min_keep, 1)
@@ -241,6 +267,37 @@ def _step_down_to_budget(full, named, logits, order, counts, settings, relative_
         sizes[named[best[1]].id] = best[2]
         now = float(relative(sizes))
     return counts
+
+
+def _step_up_where_free(full, named, logits, order, counts, settings, relative):
+    """``counts`` with groups raised by one multiple each step while the budgeted quantity
+    rises by at most ``settings.free_tolerance`` per step and in all (see ``threshold``);
+    of the free steps, the one that adds the most gate probability goes first."""
+    sizes = _sizes(full, named, counts)
+    counts = dict(counts)
+    step = max(settings.multiple, 1)
+    start = now = float(relative(sizes))
+    while True:
+        best = None
+        for name, count in counts.items():
+            size = named[name].size
+            if count >= size:
+                continue
+            upper = min(size, step * (count // step + 1))
+            trial = sizes.copy()
+            trial[named[name].id] = upper
+            rise = float(relative(trial)) - now
+            if rise > settings.free_tolerance or (now + rise) - start > settings.free_tolerance:
+                continue
+            added = np.asarray(logits[name])[order[name][count:upper]]
+            gain = float(np.sum(jax.nn.sigmoid(added)))
+            if best is None or gain > best[0]:
+                best = (gain, name, upper)
+        if best is None:
+            return counts
+        counts[best[1]] = best[2]
+        sizes[named[best[1]].id] = best[2]
+        now = float(relative(sizes))
 
 
 def gate_settings_as_train_config(settings: GateSettings) -> ml_collections.ConfigDict:

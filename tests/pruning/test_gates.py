@@ -218,3 +218,42 @@ def test_a_budget_below_the_narrowest_rounded_model_is_refused():
         gates.check_reachable(gated, full, fine, gates.budget_function(fine, model)[1])
     fine.target_ratio = 0.75
     gates.check_reachable(gated, full, fine, gates.budget_function(fine, model)[1])
+
+
+def test_channels_the_latency_table_gives_for_free_come_back():
+    """A device whose kernels run in blocks of 8 channels (as onnxruntime's AVX-512 convs
+    run 24 and 32 channels in the same time): a group the gates left at 4 of 8 channels
+    costs as much as at 8, so ``fill_free`` gives the 4 back, the most probable first,
+    without raising the predicted latency; on a device whose latency is linear in the
+    channels nothing comes back."""
+    fn, variables, x = zoo.instantiate("resnet20")
+    groups = find_groups(fn, variables, x[:1])
+    model = cost.cost_model(fn, variables, x[:1])
+    settings = gates.GateSettings(target="latency", target_ratio=0.8, multiple=4,
+                                  fill_free=True, fit_budget=False)
+    rng = np.random.default_rng(1)
+    logits = {g.id: jnp.asarray(rng.normal(size=g.size), jnp.float32)   # about half kept
+              for g in gates.gateable(groups, settings)}
+    blocky = lambda sizes: 0.1 * jnp.sum(jnp.ceil(sizes / 8.0)) + 0.5   # noqa: E731
+    linear = lambda sizes: 0.01 * jnp.sum(sizes) + 0.5                  # noqa: E731
+    rounded = gates.threshold(groups, logits, settings)
+    assert any(len(k) < keep_sets.group_named(groups, g).size for g, k in rounded.items())
+
+    relative = gates.budget_function(settings, model, blocky)[1]
+    filled = gates.keep_from_logits(groups, logits, settings, model, blocky)
+    full = np.array([g.size for g in model.groups], np.float32)
+
+    def sizes_of(keep):
+        sizes = full.copy()
+        for gid, kept in keep.items():
+            sizes[keep_sets.group_named(groups, gid).id] = len(kept)
+        return sizes
+    assert float(relative(sizes_of(filled))) == pytest.approx(
+        float(relative(sizes_of(rounded))), abs=1e-6)               # no slower
+    for gid, kept in filled.items():                                 # every group is whole
+        assert len(kept) == keep_sets.group_named(groups, gid).size, gid
+    assert gates.keep_from_logits(groups, logits, settings, model, linear).keys() == \
+        rounded.keys()
+    for gid, kept in gates.keep_from_logits(groups, logits, settings, model,
+                                            linear).items():
+        np.testing.assert_array_equal(kept, rounded[gid])           # nothing was free
