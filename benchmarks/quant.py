@@ -139,7 +139,14 @@ def markdown(results) -> str:
             lines.append(f"QDQ parity ({name}): top-1 agreement with JAX fake-quant "
                          f"{p['top1_agreement']:.4f}, max |ort - jax| {p['max_abs_error']:.3g} "
                          f"(logit scale {p['output_scale']:.3g}); onnxruntime integer kernels "
-                         f"{p['integer_ops']}, float {p['float_ops']}.")
+                         f"{p['integer_ops']}, float {p['float_ops']}"
+                         + (f"; {p['sites_left_float']} activation sites left float "
+                            f"(no integer kernel reads them)" if "sites_left_float" in p
+                            else "") + ".")
+        if r.get("graph_ops"):
+            lines.append("Graph nodes (all / QuantizeLinear / DequantizeLinear): " + "; ".join(
+                f"{name} {g['nodes']} / {g['QuantizeLinear']} / {g['DequantizeLinear']}"
+                for name, g in r["graph_ops"].items()) + ".")
         if r.get("sensitivity_top5"):
             lines += ["", "Most sensitive layers (KL to float when quantized alone): " +
                       "; ".join(f"{s['layer']} {s['kl']:.2g}" for s in r["sensitivity_top5"])]

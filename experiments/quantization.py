@@ -93,7 +93,15 @@ def _parity(check, qdq) -> dict:
     return dict(top1_agreement=check.top1_agreement, decided_agreement=check.decided_agreement,
                 decided_rows=check.decided_rows, max_abs_error=check.max_abs_error,
                 output_scale=check.output_scale, integer_ops=check.integer_ops,
-                float_ops=check.float_ops, float_weights=qdq.float_weights)
+                float_ops=check.float_ops, float_weights=qdq.float_weights,
+                sites_left_float=len(qdq.unpaid_sites))
+
+
+def _graph_ops(model) -> dict:
+    """Node counts of an ONNX model: all nodes and the quantize/dequantize ones."""
+    types = [node.op_type for node in model.graph.node]
+    return dict(nodes=len(types), QuantizeLinear=types.count("QuantizeLinear"),
+                DequantizeLinear=types.count("DequantizeLinear"))
 
 
 def _onnx_comparison(config, runs, names, fn_f, v_f, batches, eval_data, workdir, result):
@@ -123,6 +131,7 @@ def _onnx_comparison(config, runs, names, fn_f, v_f, batches, eval_data, workdir
     onnx_models["ort_quantize_static"] = onnx.load(peer["path"])
     result["ort_calibration"] = {k: peer[k] for k in ("chosen", "scores", "failures")}
     result["parity"] = parity
+    result["graph_ops"] = {name: _graph_ops(m) for name, m in onnx_models.items()}
     result["onnx_accuracy"] = {name: onnx_accuracy(m, eval_data)
                                for name, m in onnx_models.items()}
     print("onnxruntime accuracy:", result["onnx_accuracy"])

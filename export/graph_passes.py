@@ -17,6 +17,8 @@ tensors, which onnxruntime cannot run. ``optimize`` runs:
 5. ``einsums_to_matmul``: an Einsum of a tensor with a constant matrix along its last or
    second-to-last axis (a separable bilinear resize) becomes a MatMul; the selfie
    segmentation's 3 resizes went from 6 Einsums and 9 Transposes to 6 MatMuls;
+   ``dense_einsums_to_matmul`` (``export.dense_einsums``): an Einsum with a constant of rank
+   > 2 (Flax's DenseGeneral: attention projections) becomes Reshape, MatMul, Reshape;
 6. ``fold_conv_affine``: the per-channel ``Mul``/``Add`` after a Conv (BN, NCHW now) into its
    weights and bias;
 7. ``singleton_transposes_to_reshape``: a Transpose that only moves size-1 axes (the input of
@@ -45,6 +47,7 @@ import onnx
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
+from export.dense_einsums import dense_einsums_to_matmul
 from export.onnx_graph import Graph, attr as _attr
 from export.transpose_sinking import (einsum_terms, rewrite_until_stable, set_einsum_terms,
                                       sink_and_cancel, sink_transposes,
@@ -410,7 +413,7 @@ def einsums_to_matmul(graph: Graph) -> bool:
 
 OUR_PASSES = {step.__name__: step for step in
               (fold_constants, pools_to_nchw, canonicalize, sink_transposes, einsums_to_matmul,
-               fold_conv_affine, singleton_transposes_to_reshape)}
+               dense_einsums_to_matmul, fold_conv_affine, singleton_transposes_to_reshape)}
 
 
 def _run(model: onnx.ModelProto, steps, skip) -> onnx.ModelProto:
@@ -435,7 +438,8 @@ def optimize(model: onnx.ModelProto, skip=()) -> onnx.ModelProto:
     model = _run(model, (fold_constants, pools_to_nchw, canonicalize), skip)
     if "sink_transposes" not in skip:
         model = sink_and_cancel(model)
-    model = _run(model, (einsums_to_matmul, canonicalize, fold_conv_affine,
+    model = _run(model, (einsums_to_matmul, dense_einsums_to_matmul, canonicalize,
+                         fold_conv_affine,
                          singleton_transposes_to_reshape), skip)
     onnx.checker.check_model(model)
     return model

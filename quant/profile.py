@@ -57,6 +57,9 @@ class Profile:
     target_cpu: Optional[str] = None    # quant.target_cpu kind the profile was loaded for
     adjustment: str = ""                # what host_cpu_adjustments changed for it, and why
     cpu_dependent: bool = False         # whether the JSON has host_cpu_adjustments
+    # ONNX op type -> when the runner runs it with an integer kernel (a rule name of
+    # quant.qdq_placement.RULES); empty: every quantizer is written (an NPU compiler decides)
+    integer_kernels: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     def supports(self, primitive: str, has_activation_operands_only: bool = False) -> bool:
         if self.supported is None:
@@ -88,6 +91,18 @@ def _check_primitive_names(data: dict, path: str) -> None:
             except KeyError as error:
                 raise ValueError(f"profile {path}: {key} lists {name!r}: {error.args[0]}") \
                     from None
+
+
+def _integer_kernels(data: dict, path: str) -> Dict[str, str]:
+    """The profile's ``integer_kernels`` (its ``why`` left out), every rule a known one."""
+    from quant.qdq_placement import RULES
+    kernels = {op: rule for op, rule in data.get("integer_kernels", {}).items()
+               if op != "why"}
+    unknown = sorted({rule for rule in kernels.values() if rule not in RULES})
+    if unknown:
+        raise ValueError(f"profile {path}: integer_kernels names unknown rules {unknown}; "
+                         f"known: {sorted(RULES)}")
+    return kernels
 
 
 def _adjust_for_cpu(data: dict, kind: str) -> str:
@@ -130,4 +145,5 @@ def load_profile(name_or_path: Union[str, Profile], target_cpu: Optional[str] = 
         supported=None if supported == "all" else frozenset(supported),
         supported_if_constant_operand=frozenset(data.get("supported_if_constant_operand", ())),
         constraints=dict(data.get("constraints", {})), target_cpu=kind,
-        adjustment=adjustment, cpu_dependent="host_cpu_adjustments" in data)
+        adjustment=adjustment, cpu_dependent="host_cpu_adjustments" in data,
+        integer_kernels=_integer_kernels(data, path))

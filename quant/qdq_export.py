@@ -24,6 +24,7 @@ graph uses (QLinearConv, QGemm, ...) and the parity with the JAX fake-quant mode
 import collections
 import dataclasses
 import itertools
+import json
 import os
 import tempfile
 from typing import Dict, List, Optional, Tuple
@@ -33,6 +34,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.parity import session
+from quant import qdq_placement
 from quant.fakequant import QuantizedModel
 from quant.quantizers import quantize_to_int
 
@@ -40,6 +42,7 @@ INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "
                "QLinearAdd", "QLinearConcat", "QLinearGlobalAveragePool",
                "QLinearAveragePool", "QLinearMul", "QLinearReduceMean", "QLinearSigmoid",
                "QLinearLeakyRelu", "MatMulIntegerToFloat", "DynamicQuantizeMatMul")
+UNPAID_SITES_KEY = "quantization_sites_left_float"
 
 
 class QdqExportError(RuntimeError):
@@ -53,6 +56,9 @@ class QdqExport:
     activation_tensors: Dict[str, List[str]]       # site -> ONNX tensors quantized
     weight_initializers: Dict[str, str]            # site -> ONNX initializer (int8)
     float_weights: List[str]                       # sites stored fake-quantized in float
+    # activation sites left float: no integer kernel of the runner reads them
+    # (quant.qdq_placement); the JAX model matching the file runs without them
+    unpaid_sites: List[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -197,13 +203,15 @@ class _Editor:
 
 
 def to_qdq_onnx(model: QuantizedModel, variables, qparams, example_input,
-                path: Optional[str] = None, float_onnx: Optional[onnx.ModelProto] = None
-                ) -> QdqExport:
+                path: Optional[str] = None, float_onnx: Optional[onnx.ModelProto] = None,
+                drop_unpaid: bool = True) -> QdqExport:
     """The QDQ ONNX model of ``model.apply(variables, qparams, x)``.
 
     ``example_input`` (a few real images are best) drives the value matching;
     ``float_onnx`` skips the float export when it was already made from the same
-    (float) function.
+    (float) function. With ``drop_unpaid`` and a profile that lists its runner's
+    ``integer_kernels``, activation quantizers no integer kernel reads are left out
+    (``quant.qdq_placement``; listed in ``unpaid_sites``).
     """
     import export as export_lib
     x = np.asarray(example_input)
@@ -265,10 +273,16 @@ def to_qdq_onnx(model: QuantizedModel, variables, qparams, example_input,
         weight_scale[init_name] = (per_channel, axis)
     _quantize_biases(editor, weight_scale, tensor_scale)
     result = editor.finish()
+    unpaid = []
+    if drop_unpaid and model.profile.integer_kernels:
+        result, removed = qdq_placement.drop_unpaid(result, model.profile.integer_kernels)
+        unpaid = [site for site, tensors in act_matches.items()
+                  if all(t in removed for t in tensors)]
+        result.metadata_props.add(key=UNPAID_SITES_KEY, value=json.dumps(unpaid))
     if path is not None:
         os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
         onnx.save(result, path)
-    return QdqExport(result, path, act_matches, weight_inits, float_weights)
+    return QdqExport(result, path, act_matches, weight_inits, float_weights, unpaid)
 
 
 def _storage_dtype(spec):
@@ -299,9 +313,18 @@ def _quantize_biases(editor: _Editor, weight_scale, tensor_scale):
         editor.int_initializer(b, ints, scale, 0, np.int32)
 
 
+def unpaid_sites(qdq_model: onnx.ModelProto) -> List[str]:
+    """The activation sites ``to_qdq_onnx`` left float in this model (its metadata)."""
+    for prop in qdq_model.metadata_props:
+        if prop.key == UNPAID_SITES_KEY:
+            return list(json.loads(prop.value))
+    return []
+
+
 def check(qdq_model: onnx.ModelProto, model: QuantizedModel, variables, qparams, x,
           threads: int = 1) -> QdqCheck:
-    """Runs the QDQ model in onnxruntime; integer kernels used and parity with JAX."""
+    """Runs the QDQ model in onnxruntime; integer kernels used and parity with JAX (the
+    fake-quant model without the sites the export left float, ``unpaid_sites``)."""
     import jax
     import onnxruntime as ort
     with tempfile.TemporaryDirectory() as tmp:
@@ -318,7 +341,10 @@ def check(qdq_model: onnx.ModelProto, model: QuantizedModel, variables, qparams,
     integer = {k: v for k, v in counts.items() if k in INTEGER_OPS}
     float_ops = {k: v for k, v in counts.items() if k in ("Conv", "MatMul", "Gemm",
                                                            "FusedConv", "FusedMatMul", "Einsum")}
-    want = np.asarray(jax.jit(lambda v, q, x: model.apply(v, q, x))(variables, qparams, x))
+    left_float = set(unpaid_sites(qdq_model))
+    enabled = [name for name in model.sites if name not in left_float]
+    want = np.asarray(jax.jit(lambda v, q, x: model.apply(v, q, x, enabled=enabled))(
+        variables, qparams, x))
     agree = np.argmax(got, -1) == np.argmax(want, -1)
     scale = float(np.max(np.abs(want)))
     top2 = np.sort(want, -1)[..., -2:]
