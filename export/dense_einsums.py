@@ -23,19 +23,27 @@ from export.onnx_graph import Graph
 from export.transpose_sinking import einsum_terms
 
 
-def _dense_contraction(graph: Graph, node) -> Optional[tuple]:
-    """(data input, constant input, kept letters, summed letters, free letters) of an
-    Einsum that maps the trailing axes of a tensor through a constant of rank > 2, keeping
-    its leading axes in order; else None."""
+def einsum_with_constant(graph: Graph, node) -> Optional[tuple]:
+    """(input letters, output letters, data input index, constant input index) of an
+    explicit two-input Einsum of which exactly one input is a constant; else None."""
     terms = einsum_terms(node)
     if terms is None or len(node.input) != 2:
         return None
-    inputs, output = terms
     is_const = [name in graph.consts for name in node.input]
     if is_const.count(True) != 1:
         return None
     w = is_const.index(True)
-    d = 1 - w
+    return terms[0], terms[1], 1 - w, w
+
+
+def _dense_contraction(graph: Graph, node) -> Optional[tuple]:
+    """(data input, constant input, kept letters, summed letters, free letters) of an
+    Einsum that maps the trailing axes of a tensor through a constant of rank > 2, keeping
+    its leading axes in order; else None."""
+    found = einsum_with_constant(graph, node)
+    if found is None:
+        return None
+    inputs, output, d, w = found
     kernel, data = inputs[w], inputs[d]
     if len(kernel) <= 2 or len(set(kernel)) != len(kernel) or len(set(data)) != len(data):
         return None

@@ -47,7 +47,7 @@ import onnx
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
-from export.dense_einsums import dense_einsums_to_matmul
+from export.dense_einsums import dense_einsums_to_matmul, einsum_with_constant
 from export.onnx_graph import Graph, attr as _attr
 from export.transpose_sinking import (einsum_terms, rewrite_until_stable, set_einsum_terms,
                                       sink_and_cancel, sink_transposes,
@@ -334,15 +334,10 @@ def _matrix_contraction(graph, node) -> Optional[tuple]:
     """(data input, matrix input, summed letter, new letter) of an Einsum that maps one axis
     of a tensor by a constant matrix (a bilinear resize, a per-axis linear map): the output
     holds the data's letters with the summed one replaced by the new one; else None."""
-    terms = einsum_terms(node)
-    if terms is None or len(node.input) != 2:
+    found = einsum_with_constant(graph, node)
+    if found is None:
         return None
-    inputs, output = terms
-    is_const = [name in graph.consts for name in node.input]
-    if is_const.count(True) != 1:
-        return None
-    w = is_const.index(True)
-    d = 1 - w
+    inputs, output, d, w = found
     matrix, data = inputs[w], inputs[d]
     if len(matrix) != 2 or len(set(matrix)) != 2 or len(set(data)) != len(data):
         return None
