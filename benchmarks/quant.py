@@ -106,7 +106,8 @@ def choices(row) -> list:
                      f"({listed(row['validation_accuracy'])}).")
     if row.get("ort_calibration"):
         peer = row["ort_calibration"]
-        lines.append(f"quantize_static (after quant_pre_process): {peer['chosen']} calibration,"
+        lines.append(f"quantize_static (after {peer.get('pre_process', 'quant_pre_process')}): "
+                     f"{peer['chosen']} calibration,"
                      f" chosen on validation accuracy in onnxruntime ({listed(peer['scores'])})"
                      + (f"; failed: {', '.join(peer['failures'])}" if peer["failures"] else "")
                      + ".")

@@ -129,7 +129,8 @@ def _onnx_comparison(config, runs, names, fn_f, v_f, batches, eval_data, workdir
         float_path, os.path.join(onnx_dir, "ort_candidates"), batches,
         lambda path: onnx_accuracy(onnx.load(path), eval_data, "validation"))
     onnx_models["ort_quantize_static"] = onnx.load(peer["path"])
-    result["ort_calibration"] = {k: peer[k] for k in ("chosen", "scores", "failures")}
+    result["ort_calibration"] = {k: peer[k] for k in ("chosen", "scores", "failures",
+                                                      "pre_process")}
     result["parity"] = parity
     result["graph_ops"] = {name: _graph_ops(m) for name, m in onnx_models.items()}
     result["onnx_accuracy"] = {name: onnx_accuracy(m, eval_data)

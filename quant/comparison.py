@@ -97,18 +97,28 @@ def choose_best(scores: Dict[str, float]) -> str:
     return max(scores, key=lambda name: (scores[name], -list(scores).index(name)))
 
 
-def ort_prepare(float_path: str, out_dir: str) -> str:
+def ort_prepare(float_path: str, out_dir: str) -> Tuple[str, str]:
     """The float model as quantize_static wants it: vector Gemm biases, then onnxruntime's
     ``quant_pre_process`` (shape inference and graph optimisation, the step its quantization
-    guide asks for first). Returns the prepared file's path."""
+    guide asks for first). Returns the prepared file's path and how it was prepared: its
+    symbolic shape inference fails on the ViT's broadcast shapes (a TypeError inside
+    onnxruntime 1.32), and then the tool's own ``skip_symbolic_shape=True`` (ONNX shape
+    inference only) is used."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
     os.makedirs(out_dir, exist_ok=True)
     fixed = os.path.join(out_dir, "ort_input.onnx")
     onnx.save(expand_scalar_gemm_bias(onnx.load(float_path)), fixed)
     prepared = os.path.join(out_dir, "ort_preprocessed.onnx")
-    quant_pre_process(fixed, prepared)
-    return prepared
+    try:
+        quant_pre_process(fixed, prepared)
+        return prepared, "quant_pre_process"
+    except Exception as error:    # onnxruntime's symbolic shape inference, not the model
+        print(f"quant_pre_process: symbolic shape inference failed ({type(error).__name__}: "
+              f"{error}); again with skip_symbolic_shape=True")
+        quant_pre_process(fixed, prepared, skip_symbolic_shape=True)
+        return prepared, (f"quant_pre_process(skip_symbolic_shape=True): symbolic shape "
+                          f"inference failed ({type(error).__name__}: {error})")[:300]
 
 
 def ort_quantize(prepared_path: str, out_path: str, batches: Sequence[np.ndarray],
@@ -148,7 +158,7 @@ def best_ort_quantize(float_path: str, out_dir: str, batches, score_fn: Callable
     ``{"chosen", "path", "scores", "failures", "reduce_range"}``; a method onnxruntime
     cannot run is recorded, not fatal, unless all fail."""
     methods = ORT_METHODS if methods is None else methods
-    prepared = ort_prepare(float_path, out_dir)
+    prepared, pre_process = ort_prepare(float_path, out_dir)
     reduce_range = target_cpu.u8s8_saturates(target_cpu.target_kind(), 8)
     scores, failures = {}, {}
     for name, (method, options) in methods.items():
@@ -165,7 +175,8 @@ def best_ort_quantize(float_path: str, out_dir: str, batches, score_fn: Callable
         raise RuntimeError(f"every quantize_static method failed: {failures}")
     chosen = choose_best(scores)
     return {"chosen": chosen, "path": os.path.join(out_dir, f"ort_{chosen}.onnx"),
-            "scores": scores, "failures": failures, "reduce_range": reduce_range}
+            "scores": scores, "failures": failures, "reduce_range": reduce_range,
+            "pre_process": pre_process}
 
 
 def latencies(models: Dict[str, object], batches=(1, 32), threads: int = 1,
