@@ -11,6 +11,8 @@ onnxruntime latency of float vs int8 at batch 1 and 32 (medians, one thread, sid
   python benchmarks/quant.py                       # ~30-60 min per model on 2 shared cores
   python benchmarks/quant.py --qat-steps 100       # shorter QAT
   python benchmarks/quant.py --smoke               # tiny untrained teacher, ~5 min
+  python benchmarks/quant.py --models vit --retime 9   # re-time a finished row's ONNX
+                                                       # models in 9 interleaved rounds
 
 Goals from the issue: PTQ int8 within 0.5 points of float and QAT within 0.2; at least as
 accurate as quantize_static; int8 at least 1.5x faster than float. Writes
@@ -122,7 +124,9 @@ def markdown(results) -> str:
         a, o = r["accuracy"], r["onnx_accuracy"]
         title = r.get("experiment", r["model"])
         lines += [f"## {title}" + (" (smoke: tiny, untrained)" if results["smoke"] else ""),
-                  "", machine_line(r.get("machine", results["machine"])), "",
+                  "", machine_line(r.get("machine", results["machine"]))
+                  + (f" Latencies: {r['latency_rounds']} interleaved rounds."
+                     if r.get("latency_rounds") else ""), "",
                   "| configuration | test accuracy (JAX fake-quant) | delta vs float |",
                   "|---|---|---|"]
         for name, value in a.items():
@@ -155,6 +159,39 @@ def markdown(results) -> str:
     return "\n".join(lines)
 
 
+def retime(models, rounds: int, out: str) -> dict:
+    """Re-measures the latencies of finished rows from the ONNX files their run left in
+    runs/benchmarks/quant/<model>/onnx, in ``rounds`` interleaved rounds of the configured
+    runs each (batch-1 times of one graph varied by 40% across three rounds on a shared
+    machine); accuracy is not touched. The row's machine line becomes this run's."""
+    import onnx
+    from quant.comparison import latencies
+    with open(os.path.join(out, "quant.json")) as f:
+        results = json.load(f)
+    rows = {r["experiment"]: r for r in results["models"]}
+    for model in models:
+        if model not in rows:
+            raise SystemExit(f"{model}: no row in {out}/quant.json to re-time; run it first")
+        row, config = rows[model], config_for(model, False)
+        onnx_dir = os.path.join("runs", "benchmarks", "quant", model, "onnx")
+        chosen = row["ort_calibration"]["chosen"]
+        files = {name: os.path.join(onnx_dir, "float.onnx" if name == "float" else
+                                    f"ort_candidates/ort_{chosen}.onnx"
+                                    if name == "ort_quantize_static" else
+                                    name[len("ours_"):] + ".onnx")
+                 for name in row["latency_ms"]}
+        missing = [path for path in files.values() if not os.path.exists(path)]
+        if missing:
+            raise SystemExit(f"{model}: the run's ONNX files are gone ({missing}); rerun "
+                             f"python benchmarks/quant.py --models {model}")
+        row["machine"] = machine()
+        row["latency_ms"] = latencies({name: onnx.load(path) for name, path in files.items()},
+                                      tuple(config.latency_batches), config.latency_threads,
+                                      config.latency_runs * rounds // 3, rounds)
+        row["latency_rounds"] = rounds
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="resnet20,mobilenetv2,vit,pruned_resnet20",
@@ -164,8 +201,14 @@ def main():
                         help="train teachers that are not cached (hours on 2 cores)")
     parser.add_argument("--qat-steps", type=int, default=None,
                         help="QAT steps (default: the config's; ~1-6 s each on 2 shared cores)")
+    parser.add_argument("--retime", type=int, default=0, metavar="ROUNDS",
+                        help="only re-time the finished rows of --models from their ONNX "
+                             "files, in this many interleaved rounds")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
+    if args.retime:
+        results = retime(args.models.split(","), args.retime, args.out)
+        return _write(results, args.out, "quant")
     results = {"machine": machine(), "smoke": args.smoke, "models": [], "skipped": []}
     for model in args.models.split(","):
         config = config_for(model, args.smoke, args.qat_steps)
@@ -190,9 +233,13 @@ def main():
     if os.path.exists(previous_path):
         with open(previous_path) as f:
             results = merged(json.load(f), results, args.smoke)
-    with open(os.path.join(args.out, name + ".json"), "w") as f:
+    _write(results, args.out, name)
+
+
+def _write(results, out: str, name: str) -> None:
+    with open(os.path.join(out, name + ".json"), "w") as f:
         json.dump(results, f, indent=2, default=float)
-    with open(os.path.join(args.out, name + ".md"), "w") as f:
+    with open(os.path.join(out, name + ".md"), "w") as f:
         f.write(markdown(results))
     print(markdown(results))
 
