@@ -239,6 +239,26 @@ def to_qdq_onnx(model: QuantizedModel, variables, qparams, example_input,
             dq = editor.qdq_tensor(tensor, scale, zp, dtype)
             tensor_scale[dq] = scale
 
+    weight_inits, float_weights, weight_scale = _quantize_weights(
+        editor, model, site_values, qparams)
+    _quantize_biases(editor, weight_scale, tensor_scale)
+    result = editor.finish()
+    unpaid = []
+    if drop_unpaid and model.profile.integer_kernels:
+        result, removed = qdq_placement.drop_unpaid(result, model.profile.integer_kernels)
+        unpaid = [site for site, tensors in act_matches.items()
+                  if all(t in removed for t in tensors)]
+        result.metadata_props.add(key=UNPAID_SITES_KEY, value=json.dumps(unpaid))
+    if path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+        onnx.save(result, path)
+    return QdqExport(result, path, act_matches, weight_inits, float_weights, unpaid)
+
+
+def _quantize_weights(editor: _Editor, model: QuantizedModel, site_values, qparams):
+    """Every weight site as an int8 initializer behind DequantizeLinear (per channel where
+    the ONNX layout allows, dequantized float where it cannot be represented); returns
+    site -> initializer, the sites left float, and initializer -> (scale, axis)."""
     inits = {n: numpy_helper.to_array(i) for n, i in editor.inits.items()
              if i.data_type == TensorProto.FLOAT}
     weight_inits, float_weights, weight_scale = {}, [], {}
@@ -271,18 +291,7 @@ def to_qdq_onnx(model: QuantizedModel, variables, qparams, example_input,
         editor.int_initializer(init_name, moved, per_channel, axis, np.int8)
         weight_inits[name] = init_name
         weight_scale[init_name] = (per_channel, axis)
-    _quantize_biases(editor, weight_scale, tensor_scale)
-    result = editor.finish()
-    unpaid = []
-    if drop_unpaid and model.profile.integer_kernels:
-        result, removed = qdq_placement.drop_unpaid(result, model.profile.integer_kernels)
-        unpaid = [site for site, tensors in act_matches.items()
-                  if all(t in removed for t in tensors)]
-        result.metadata_props.add(key=UNPAID_SITES_KEY, value=json.dumps(unpaid))
-    if path is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-        onnx.save(result, path)
-    return QdqExport(result, path, act_matches, weight_inits, float_weights, unpaid)
+    return weight_inits, float_weights, weight_scale
 
 
 def _storage_dtype(spec):
@@ -321,6 +330,13 @@ def unpaid_sites(qdq_model: onnx.ModelProto) -> List[str]:
     return []
 
 
+def enabled_sites(qdq_model: onnx.ModelProto, model: QuantizedModel) -> List[str]:
+    """The sites of ``model`` that ``qdq_model`` quantizes: pass them as
+    ``model.apply(..., enabled=...)`` to get the fake-quant twin of the ONNX model."""
+    left_float = set(unpaid_sites(qdq_model))
+    return [name for name in model.sites if name not in left_float]
+
+
 def check(qdq_model: onnx.ModelProto, model: QuantizedModel, variables, qparams, x,
           threads: int = 1) -> QdqCheck:
     """Runs the QDQ model in onnxruntime; integer kernels used and parity with JAX (the
@@ -341,8 +357,7 @@ def check(qdq_model: onnx.ModelProto, model: QuantizedModel, variables, qparams,
     integer = {k: v for k, v in counts.items() if k in INTEGER_OPS}
     float_ops = {k: v for k, v in counts.items() if k in ("Conv", "MatMul", "Gemm",
                                                            "FusedConv", "FusedMatMul", "Einsum")}
-    left_float = set(unpaid_sites(qdq_model))
-    enabled = [name for name in model.sites if name not in left_float]
+    enabled = enabled_sites(qdq_model, model)
     want = np.asarray(jax.jit(lambda v, q, x: model.apply(v, q, x, enabled=enabled))(
         variables, qparams, x))
     agree = np.argmax(got, -1) == np.argmax(want, -1)

@@ -22,9 +22,11 @@ import onnx
 
 
 class _View:
-    """Producers and readers of every tensor of ``graph``, for the rules."""
+    """Producers and readers of every tensor of ``graph``, for the rules; ``absorbed``:
+    the op types the runner folds into the QuantizeLinear after them."""
 
-    def __init__(self, graph):
+    def __init__(self, graph, absorbed=frozenset()):
+        self.absorbed = absorbed
         self.readers = collections.defaultdict(list)
         for node in graph.node:
             for name in node.input:
@@ -37,9 +39,19 @@ class _View:
         return node is not None and node.op_type == "DequantizeLinear"
 
     def requantized(self, tensor: str) -> bool:
+        """Every reader quantizes ``tensor``, directly or through an absorbed op (a Relu
+        between a Conv and its QuantizeLinear still makes a QLinearConv)."""
         readers = self.readers[tensor]
-        return bool(readers) and tensor not in self.outputs and \
-            all(r.op_type == "QuantizeLinear" for r in readers)
+        return bool(readers) and tensor not in self.outputs and all(
+            r.op_type == "QuantizeLinear" or
+            (r.op_type in self.absorbed and self.requantized(r.output[0])) for r in readers)
+
+    def computed_by(self, tensor: str):
+        """The node that computes ``tensor``, looking back through absorbed ops."""
+        node = self.producer.get(tensor)
+        while node is not None and node.op_type in self.absorbed:
+            node = self.producer.get(node.input[0])
+        return node
 
 
 def _inputs_dequantized(node, view: _View) -> bool:
@@ -75,13 +87,21 @@ def _inputs_then_output(node, view: _View) -> bool:
     return _wrapped(node, view)
 
 
+def _absorbed_by_quantize(node, view: _View) -> bool:
+    """Relu, Clip: onnxruntime removes them when a QuantizeLinear follows (its range
+    already clips), so they never need a pair of their own."""
+    return False
+
+
 RULES: Dict[str, Callable] = {
     "inputs_dequantized": _inputs_dequantized,
     "wrapped": _wrapped,
     "inputs_then_output": _inputs_then_output,
     "moved_in_integer": _moved_in_integer,
+    "absorbed_by_quantize": _absorbed_by_quantize,
 }
 KEEPS_OUTPUT_PAIR = {"inputs_then_output"}
+ABSORBED = "absorbed_by_quantize"
 
 
 def _pays(node, kernels: Dict[str, str], view: _View) -> bool:
@@ -102,8 +122,9 @@ def drop_unpaid(model: onnx.ModelProto, kernels: Dict[str, str]
                          f"{sorted(RULES)}")
     graph = model.graph
     removed: List[str] = []
+    absorbed = frozenset(op for op, rule in kernels.items() if rule == ABSORBED)
     while True:
-        view = _View(graph)
+        view = _View(graph, absorbed)
         dropped = _unpaid_pairs(graph, view, kernels)
         if not dropped:
             return model, removed
@@ -134,7 +155,7 @@ def _unpaid_pairs(graph, view: _View, kernels) -> List[Tuple]:
         if any(_pays(reader, kernels, view)
                for d in dequantizes for reader in view.readers[d.output[0]]):
             continue
-        producer = view.producer.get(node.input[0])
+        producer = view.computed_by(node.input[0])
         if producer is not None and kernels.get(producer.op_type) in KEEPS_OUTPUT_PAIR and \
                 all(view.dequantized(n) for n in producer.input if n in view.producer):
             continue

@@ -278,9 +278,16 @@ def test_a_teacher_in_training_elsewhere_is_waited_for(tmp_path, capsys):
     directory = tmp_path / "entry"
     child = _hold_lock(directory)
     import threading
-    threading.Timer(1.0, child.kill).start()
+    killing = threading.Event()
+
+    def kill():
+        killing.set()      # before the kill: the lock cannot be free while this is unset
+        child.kill()
+    threading.Timer(1.0, kill).start()
     with workdir_lib.locked(str(directory), wait=True, what="training of this teacher"):
-        assert child.poll() is not None, "the lock was taken while the holder lived"
+        # The holder's lock is released inside its exit, a moment before the process can
+        # be reaped, so poll() may still say None here: ask whether it was killed.
+        assert killing.is_set(), "the lock was taken while the holder lived"
     child.wait()
     assert "waiting for another training of this teacher" in capsys.readouterr().err
 

@@ -54,6 +54,61 @@ def test_pairs_before_float_ops_go_and_an_add_left_float_takes_its_inputs_along(
     assert readers["m"] == "Softmax" and readers["a"] == "ReduceSum"
 
 
+def _conv_relu_chain():
+    """x -> pair -> Conv -> Relu -> pair -> Conv -> Relu -> GlobalAveragePool, int8
+    weights: the pair on each Conv's output sits after its Relu."""
+    rng = np.random.default_rng(0)
+    nodes, consts = [], {}
+    for k in (1, 2):
+        consts[f"w{k}_int"] = rng.integers(-60, 60, (4, 4, 3, 3)).astype(np.int8)
+        consts[f"w{k}_s"] = np.full(4, 0.01, np.float32)
+        consts[f"w{k}_z"] = np.zeros(4, np.int8)
+        nodes.append(helper.make_node("DequantizeLinear", [f"w{k}_int", f"w{k}_s", f"w{k}_z"],
+                                      [f"w{k}"], axis=0))
+    consts["s"], consts["z"] = np.asarray(0.05, np.float32), np.asarray(0, np.uint8)
+    nodes.append(helper.make_node("Conv", [_pair("x", nodes, consts), "w1"], ["c1"],
+                                  pads=[1, 1, 1, 1]))
+    nodes.append(helper.make_node("Relu", ["c1"], ["r1"]))
+    nodes.append(helper.make_node("Conv", [_pair("r1", nodes, consts), "w2"], ["c2"],
+                                  pads=[1, 1, 1, 1]))
+    nodes.append(helper.make_node("Relu", ["c2"], ["r2"]))
+    nodes.append(helper.make_node("GlobalAveragePool", ["r2"], ["out"]))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 1, 1])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _integer_convs(model):
+    """QLinearConv nodes in onnxruntime's optimized graph of ``model``."""
+    import os
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        ort.InferenceSession(model.SerializeToString(), options,
+                             providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    return sum(n.op_type == "QLinearConv" for n in optimized.graph.node)
+
+
+def test_a_relu_between_a_conv_and_its_quantizer_keeps_both_convs_integer():
+    """onnxruntime folds the Relu into the QuantizeLinear after it, so the first Conv is a
+    QLinearConv and the pair after its Relu must stay; the last Conv, read by a float
+    pool, keeps the pair on its input (the first Conv's output). Without Relu in the
+    profile the pairs unravel from the end and both Convs run in float."""
+    model, removed = qdq_placement.drop_unpaid(_conv_relu_chain(), KERNELS)
+    assert removed == [] and _integer_convs(model) == 1
+    assert _integer_convs(_conv_relu_chain()) == 1    # what onnxruntime makes of it anyway
+    without_relu = {k: v for k, v in KERNELS.items() if k not in ("Relu", "Clip")}
+    unravelled, removed = qdq_placement.drop_unpaid(_conv_relu_chain(), without_relu)
+    assert sorted(removed) == ["r1", "x"] and _integer_convs(unravelled) == 0
+
+
 def test_an_unknown_rule_is_refused():
     with pytest.raises(ValueError, match="unknown rules"):
         qdq_placement.drop_unpaid(helper.make_model(helper.make_graph([], "g", [], [])),

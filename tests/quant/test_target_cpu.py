@@ -80,14 +80,16 @@ def _real_images(n, size):
 
 
 def _vit_quantized_for(kind, x, tmp_path):
-    """The tiny ViT's QDQ model for a CPU kind (a file) and its fake-quant outputs on x."""
+    """The tiny ViT's QDQ model for a CPU kind (a file) and the outputs on x of its
+    fake-quant twin (without the quantizers the export left out)."""
     fn, variables, _ = zoo.instantiate("vit", batch=4)
     folded, v2, _ = fold_batchnorm(fn, variables, x[:4])
     q = fakequant.quantize(folded, v2, x[:4], profile=load_profile("ort_cpu_int8", kind))
     qp = calibration.calibrate(q, v2, [x], method="minmax")
     path = str(tmp_path / f"vit_{kind}.onnx")
-    qdq_export.to_qdq_onnx(q, v2, qp, x[:4], path)
-    return path, np.asarray(q.fn(qp)(v2, x))
+    exported = qdq_export.to_qdq_onnx(q, v2, qp, x[:4], path)
+    enabled = qdq_export.enabled_sites(exported.model, q)
+    return path, np.asarray(q.apply(v2, qp, x, enabled=enabled))
 
 
 def _run_on_emulated_avx2(paths, x, tmp_path):
