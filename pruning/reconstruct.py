@@ -269,13 +269,45 @@ def _stages(traced, layers: List[_Layer]) -> List[List[_Layer]]:
     return stages
 
 
+def _touched(traced, variables, pruned: Pruned, layers: List[_Layer]) -> List[_Layer]:
+    """The layers whose solution is not simply their pruned weights: those whose input
+    pruning changed (a parameter of another shape or value upstream of it), and those
+    whose kernel changed value without changing shape. A layer that only lost output
+    columns sees the original input, and its kept columns' least-squares solution is its
+    own weights: solving it would only cost a pass over the data."""
+    full, now = leaves_by_path(variables), leaves_by_path(pruned.variables)
+    resized, revalued = set(), set()
+    for path, var in traced.param_invars():
+        if path not in now or np.shape(now[path]) != np.shape(full[path]):
+            resized.add(var)
+        elif not np.array_equal(np.asarray(now[path]), np.asarray(full[path])):
+            revalued.add(var)
+    changed = resized | revalued
+    reached = set()
+    for eqn in traced.jaxpr.eqns:
+        hit = {v for v in eqn.invars if isinstance(v, jcore.Var) and v in changed}
+        if hit:
+            reached.add((id(eqn), frozenset(id(v) for v in hit)))
+            changed.update(eqn.outvars)
+    hits = dict(reached)
+
+    def touched(layer: _Layer) -> bool:
+        eqn = layer.original.eqn
+        data, kernel = eqn.invars[1 - layer.original.operand], \
+            eqn.invars[layer.original.operand]
+        hit = hits.get(id(eqn), frozenset())
+        return id(data) in hit or kernel in revalued
+    return [layer for layer in layers if touched(layer)]
+
+
 def reconstruct(fn: Callable, variables, pruned: Pruned, batches: Iterable, *example_inputs,
                 ridge: float = 1e-2, include: Callable[[str], bool] = None
                 ) -> Tuple[Pruned, List[LayerFit]]:
     """``pruned`` with its linear layers (and their biases) re-solved so that, on
     ``batches`` (arrays or tuples of the model's inputs), each reproduces the original
     model's layer output from the pruned model's layer input (module docstring).
-    ``variables`` are the unpruned model's; ``include(path)`` limits the layers; ``ridge``
+    ``variables`` are the unpruned model's; ``include(path)`` limits the layers (only
+    those pruning changed are solved, ``_touched``); ``ridge``
     weighs the pull towards the current weights (``_solve``). Layers are solved in
     program order, each on the inputs its re-solved predecessors give it (solving all at
     once on the un-corrected model's statistics compounds: measured on the selfie
@@ -286,7 +318,8 @@ def reconstruct(fn: Callable, variables, pruned: Pruned, batches: Iterable, *exa
         raise ValueError("reconstruct needs at least one calibration batch")
     example_inputs = example_inputs or batches[0]
     traced = flatten(fn, variables, *example_inputs)
-    layers = [l for l in _layers(traced, variables, pruned, example_inputs)
+    layers = [l for l in _touched(traced, variables, pruned,
+                                  _layers(traced, variables, pruned, example_inputs))
               if include is None or include(l.original.path)]
     pruned_fn = FactoredFunction(pruned.fn, pruned.variables, [l.pruned.path for l in layers])
     current, fits = pruned.variables, []

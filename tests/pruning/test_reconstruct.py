@@ -62,6 +62,34 @@ def test_dense_layer_is_the_least_squares_solution_on_the_kept_hidden_units():
     assert after < before
 
 
+class _DeepMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        for width in (16, 16):
+            x = nn.relu(nn.Dense(width)(x))
+        return nn.Dense(8)(x)
+
+
+def test_layers_before_the_cut_are_left_as_they_are():
+    """Only the second hidden layer loses units: the first layer sees the original input
+    with the original weights (its solution is its own weights), so only the layers from
+    the cut on are solved, and the first layer's weights come back untouched."""
+    model = _DeepMLP()
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(3), (128, 10)), np.float32)
+    variables = model.init(jax.random.PRNGKey(1), x)
+    fn = lambda v, inputs: model.apply(v, inputs)      # noqa: E731
+    groups = [g for g in find_groups(fn, variables, x) if g.prunable]
+    second = next(g for g in groups if any(m.path == "params/Dense_1/kernel" and m.axis == 1
+                                           for m in g.members))
+    pruned = prune(fn, variables, x, keep={second.id: np.arange(0, second.size, 2)})
+    rebuilt, fits = reconstruct(fn, variables, pruned, [x])
+    assert [f.path for f in fits] == ["params/Dense_2/kernel"]
+    for name in ("Dense_0", "Dense_1"):
+        for leaf in ("kernel", "bias"):
+            np.testing.assert_array_equal(rebuilt.variables["params"][name][leaf],
+                                          pruned.variables["params"][name][leaf])
+
+
 def _im2col_3x3_same(x):
     """(N*H*W, 3*3*C) patches of an NHWC array, ordered like an HWIO kernel's rows."""
     n, h, w, c = x.shape
