@@ -282,21 +282,15 @@ def _touched(traced, variables, pruned: Pruned, layers: List[_Layer]) -> List[_L
             resized.add(var)
         elif not np.array_equal(np.asarray(now[path]), np.asarray(full[path])):
             revalued.add(var)
-    changed = resized | revalued
-    reached = set()
+    changed = resized | revalued            # then every value computed from them
     for eqn in traced.jaxpr.eqns:
-        hit = {v for v in eqn.invars if isinstance(v, jcore.Var) and v in changed}
-        if hit:
-            reached.add((id(eqn), frozenset(id(v) for v in hit)))
+        if any(isinstance(v, jcore.Var) and v in changed for v in eqn.invars):
             changed.update(eqn.outvars)
-    hits = dict(reached)
 
     def touched(layer: _Layer) -> bool:
-        eqn = layer.original.eqn
-        data, kernel = eqn.invars[1 - layer.original.operand], \
-            eqn.invars[layer.original.operand]
-        hit = hits.get(id(eqn), frozenset())
-        return id(data) in hit or kernel in revalued
+        operands = layer.original.eqn.invars
+        data, kernel = operands[1 - layer.original.operand], operands[layer.original.operand]
+        return (isinstance(data, jcore.Var) and data in changed) or kernel in revalued
     return [layer for layer in layers if touched(layer)]
 
 
