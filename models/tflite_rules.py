@@ -53,7 +53,10 @@ def _binary(f):
 
 
 def _hard_swish(x):
-    return x * jnp.clip(x + 3.0, 0.0, 6.0) / 6.0
+    """x times its gate: one product of two activations, so an int8 runtime with an integer
+    Mul (onnxruntime's QLinearMul) runs it on int8 tensors (x * clip(...) / 6 would
+    leave a float product scaled by a constant, which no integer kernel reads)."""
+    return x * (jnp.clip(x + 3.0, 0.0, 6.0) / 6.0)
 
 
 def _prelu(op, x, alpha):

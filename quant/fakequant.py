@@ -17,7 +17,7 @@ JAX function (jit, grad for QAT, export): ``qparams = {'scale': {site: array},
 'zero_point': {site: array}}`` comes from calibration (``quant.calibration``) or training.
 """
 import dataclasses
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -99,11 +99,13 @@ DOMAIN_RULES = P.rule_table({
 })
 
 
-def layer_domain(flat) -> Dict[Any, bool]:
+def layer_domain(flat, requantized: FrozenSet[str] = frozenset()) -> Dict[Any, bool]:
     """Activations an integer runtime holds as int8 between layers: model inputs, outputs
     of convs/dots (with their bias), and what adds, concatenations, pooling and
     elementwise ops with constants make of them. Normalization statistics, softmax and
-    products of two activations are not in it."""
+    products of two activations are not in it, unless the profile requantizes that
+    primitive (``requantized``, its ``quantize_inputs_of``: onnxruntime's QLinearMul and
+    QLinearSigmoid write int8, so a hard-swish or squeeze-excitation product stays int8)."""
     domain = {v: True for v, is_param in zip(flat.jaxpr.invars, flat.traced.is_param)
               if not is_param}
     for eqn in flat.eqns:
@@ -113,7 +115,11 @@ def layer_domain(flat) -> Dict[Any, bool]:
             continue
         inside = all(domain.get(a, False) for a in acts)
         rule = DOMAIN_RULES.get(eqn.primitive)
-        value = rule is not None and rule(eqn, inside, len(acts))
+        if eqn.primitive.name in requantized and (rule is None or
+                                                  eqn.primitive in DOMAIN_PRESERVING):
+            value = inside
+        else:
+            value = rule is not None and rule(eqn, inside, len(acts))
         for v in eqn.outvars:
             domain[v] = value
     return domain
@@ -140,7 +146,7 @@ def find_sites(flat: dataflow.FlatModel, profile: Profile) -> Dict[str, Site]:
     sites: Dict[str, Site] = {}
     act_by_var: Dict[Any, Site] = {}
     n_weights = 0
-    domain = layer_domain(flat)
+    domain = layer_domain(flat, profile.quantize_inputs_of)
     for i, eqn in enumerate(flat.eqns):
         name = eqn.primitive.name
         is_weight_op = eqn.primitive in WEIGHT_PRIMITIVES
