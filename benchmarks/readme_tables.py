@@ -332,7 +332,7 @@ def block_pruning_resnet20(results) -> str:
     rows = [(m["blocks_removed"], f"{pct(m['accuracy_before_finetune'])} / "
              f"{pct(m['accuracy'])}", f"{m['flops'] / 1e6:.2f}", f"{m['batch1_ms']:.3f}",
              f"{m['batch32_ms']:.2f}") for m in r["family"]]
-    rows += [(f"channel-pruned {c['name'].split('_')[-1]} (`{c['name']}`)", pct(c["accuracy"]),
+    rows += [(f"channel-pruned (`{c['name']}`)", pct(c["accuracy"]),
               f"{c['flops'] / 1e6:.2f}", f"{c['batch1_ms']:.3f}", f"{c['batch32_ms']:.2f}")
              for c in r["channel_pruned"]]
     return table(("blocks removed", "acc before / after KD", "FLOPs (M)", "b1 (ms)",
@@ -340,27 +340,40 @@ def block_pruning_resnet20(results) -> str:
 
 
 def _block_summary(r) -> str:
-    """Equal-latency accuracy of the family against the 2x and 4x channel-pruned models
+    """The family against every channel-pruned model of the same teacher at equal latency
     (``batch1_ms``: the interleaved rounds that timed family and channel-pruned models
-    together, not each member's own earlier measurement)."""
+    together, not each member's own earlier measurement), and the speed-up per FLOP of the
+    member nearest in FLOPs to the first channel-pruned model."""
     at = {(e["model"], e["batch"]): e for e in r["equal_latency"]}
-    two, four = at[("prune_resnet20_2x", 1)], at[("prune_resnet20_4x", 1)]
-    teacher, member4 = r["family"][0], r["family"][4]
-    channel2 = next(c for c in r["channel_pruned"] if c["name"] == "prune_resnet20_2x")
-    speed = lambda m: teacher["batch1_ms"] / m  # noqa: E731
-    return (f"At the 2x channel-pruned model's latency the family reaches "
-            f"{pct(two['family_accuracy_interpolated'])}% (batch 1) / "
-            f"{pct(at[('prune_resnet20_2x', 32)]['family_accuracy_interpolated'])}% (batch\n"
-            f"32) against its {pct(two['accuracy'])}%; removing blocks gives the larger "
-            f"speed-ups per FLOP (4 blocks: {speed(member4['batch1_ms']):.2f}x\nat batch 1 "
-            f"for {teacher['flops'] / member4['flops']:.2f}x fewer FLOPs; channel pruning "
-            f"{speed(channel2['batch1_ms']):.2f}x for "
-            f"{teacher['flops'] / channel2['flops']:.2f}x). Further down, the 4x\nchannel-pruned "
-            f"model is {'more' if four['accuracy'] > four['nearest_member_accuracy'] else 'less'}"
-            f" accurate than the smallest member at about the same latency "
-            f"({pct(four['accuracy'])}%\nat {four['latency_ms']:.3f} ms against "
-            f"{pct(four['nearest_member_accuracy'])}% at {four['nearest_member_ms']:.3f} ms). "
-            "Re-measured in one quiet process with `--reuse`.")
+    teacher = r["family"][0]
+    speed = lambda m: teacher["batch1_ms"] / m["batch1_ms"]  # noqa: E731
+    fewer = lambda m: teacher["flops"] / m["flops"]  # noqa: E731
+    sentences = []
+    for c in r["channel_pruned"]:
+        one, thirty_two = at[(c["name"], 1)], at[(c["name"], 32)]
+        if one["family_accuracy_interpolated"] is not None:
+            sentences.append(
+                f"At the latency of `{c['name']}` the family reaches "
+                f"{pct(one['family_accuracy_interpolated'])}% (batch 1) / "
+                f"{pct(thirty_two['family_accuracy_interpolated'])}% (batch 32) against its "
+                f"{pct(c['accuracy'])}%.")
+        else:
+            more = "more" if one["accuracy"] > one["nearest_member_accuracy"] else "less"
+            sentences.append(
+                f"`{c['name']}` is {more} accurate than the nearest member at about the same "
+                f"latency ({pct(one['accuracy'])}% at {one['latency_ms']:.3f} ms against "
+                f"{pct(one['nearest_member_accuracy'])}% at {one['nearest_member_ms']:.3f} ms).")
+    channel = r["channel_pruned"][0]
+    member = min(r["family"][1:], key=lambda m: abs(m["flops"] - channel["flops"]))
+    sentences.append(
+        f"Removing blocks gives the larger speed-up per FLOP ({member['blocks_removed']} "
+        f"blocks: {speed(member):.2f}x at batch 1 for {fewer(member):.2f}x fewer FLOPs; "
+        f"`{channel['name']}` {speed(channel):.2f}x for {fewer(channel):.2f}x)."
+        if speed(member) / fewer(member) > speed(channel) / fewer(channel) else
+        f"Channel pruning gives the larger speed-up per FLOP (`{channel['name']}`: "
+        f"{speed(channel):.2f}x at batch 1 for {fewer(channel):.2f}x fewer FLOPs; "
+        f"{member['blocks_removed']} blocks {speed(member):.2f}x for {fewer(member):.2f}x).")
+    return " ".join(sentences) + " Family and channel-pruned models timed in the same rounds."
 
 
 def _members_vs_channel_pruned(label, r) -> Tuple[str, bool]:
