@@ -120,8 +120,7 @@ def plot(family, others, path: str, title: str):
 def markdown(result) -> str:
     m = result["machine"]
     lines = [f"# Block pruning: {result['model']} on {result['device']}", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, load {m['load_average_at_start']}; "
-             f"jax {m['jax']}, onnxruntime {m['onnxruntime']}. Trade-off weight "
+             f"Machine: {machine.line(m, 'jax', 'onnxruntime')}. Trade-off weight "
              f"{result['settings']['weight']}, re-scoring {result['settings']['rescore']}, "
              f"{result['finetune_steps']} KD fine-tune steps per member, block latency "
              f"{result['latency_source']}. Latencies: medians of {result['rounds']} interleaved "

@@ -169,11 +169,8 @@ def first_call(ours, theirs):
 def markdown(info, runs, rows):
     lines = [
         "# Channel-group analysis: jaxpr rule table vs Torch-Pruning DependencyGraph", "",
-        f"Machine: {info['cpu']}, {info['cores']} cores (shared; load average "
-        f"{info['load_average_at_start'][0]:.1f} at start, "
-        f"{info['load_average_at_end'][0]:.1f} at end); Python {info['python']}, "
-        f"JAX {info['jax']}, torch {info['torch']} (1 thread), "
-        f"Torch-Pruning {info['torch-pruning']}. Median of {runs} interleaved rounds, "
+        f"Machine: {machine.line(info, 'python', 'jax', 'torch', 'torch-pruning')}; torch "
+        f"on 1 thread. Median of {runs} interleaved rounds, "
         "224x224, random weights.", "",
         "| model | ours: trace (s) | ours: analysis (s) | Torch-Pruning build + groups (s) "
         "| speed-up end to end (trace + analysis) | speed-up (analysis alone) "

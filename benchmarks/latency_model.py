@@ -244,8 +244,7 @@ def main():
 def markdown(results, args):
     m = results["machine"]
     lines = [f"# Latency model validation ({results['device']})", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores (shared; load average "
-             f"{np.atleast_1d(m['load_average_at_start'])[0]:.1f} at start). "
+             f"Machine: {machine.line(m)}. "
              f"{args.calibrate} calibration + {args.validate} validation variants per family, "
              "random per-layer widths, 28x28, batch 1. Run: `python benchmarks/latency_model.py`"
              f" ({results['seconds'] / 60:.1f} min).", "",

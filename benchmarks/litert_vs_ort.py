@@ -98,8 +98,7 @@ def markdown(rows, info, seconds, rounds, runs):
         "ratio = LiteRT / onnxruntime (below 1: LiteRT faster). The same JAX function "
         "exported by `export.to_onnx` and `export.to_tflite`, both parity-checked on a real "
         "image (max error relative to the output's scale). Run: `nice -n 10 python "
-        f"benchmarks/litert_vs_ort.py` ({seconds / 60:.1f} min; {info['cpu']}, "
-        f"{info['cores']} cores, load {info['load_average_at_start'][0]:.1f} at start).",
+        f"benchmarks/litert_vs_ort.py` ({seconds / 60:.1f} min; {machine.line(info)}).",
         "",
         "| model | MFLOPs | params | ort ms | LiteRT ms (our .tflite) | ratio | LiteRT ms "
         "(original .tflite) | parity onnx / tflite | Transposes onnx / tflite | convert s |",

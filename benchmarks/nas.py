@@ -151,9 +151,8 @@ def headline(equal_accuracy, claim) -> dict:
 
 def markdown(results) -> str:
     lines = ["# DONNA-style NAS on Fashion-MNIST (ResNet-20 teacher)", "",
-             f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} "
-             f"logical cores (shared; load average {results['machine']['load_average_at_start']}), "
-             f"device `{results['device']}`.", "",
+             f"Machine: {machine.line(results['machine'])}, device `{results['device']}`.",
+             "",
              "## Predictors on held-out sampled architectures", "",
              "| target | predictor | Kendall tau | Spearman | within 10% |", "|---|---|---|---|---|"]
     for target, models in results["predictors"].items():

@@ -3,15 +3,14 @@ every setting a reader needs to judge the comparison (teacher, budgets, the peer
 the choices made on validation and the ones excluded) above one row per method and target,
 accuracies as mean +- sd over seeds."""
 from benchmarks import seeds, torch_side
+from export import machine
 
 
 def markdown(info, args, setup_summary, rows, chosen, grid):
     lines = [
         "# Pruning ResNet-20 (Fashion-MNIST): ours vs Torch-Pruning at the same FLOPs", "",
-        f"Machine: {info['cpu']}, {info['cores']} cores (shared; load average "
-        f"{info['load_average_at_start'][0]:.1f} at start). JAX {info['jax']}, torch "
-        f"{info['torch']}, Torch-Pruning {info['torch-pruning']}, onnxruntime "
-        f"{info['onnxruntime']} ({info['device']}, medians of interleaved rounds).", "",
+        f"Machine: {machine.line(info, 'jax', 'torch', 'torch-pruning', 'onnxruntime')} "
+        f"({info['device']}, medians of interleaved rounds).", "",
         f"Teacher: {setup_summary['key']} (test accuracy {setup_summary['test_accuracy']:.4f})."
         f" Fine-tune: {args.steps} steps + {args.gate_steps} steps (the learned gates' "
         "training, whose weights take the fine-tune's optimizer, schedule and first batches; "

@@ -26,7 +26,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from export.machine import describe  # noqa: E402
+from export.machine import describe, line as machine_phrase  # noqa: E402
 from experiments import preamble as teacher_lib  # noqa: E402
 from experiments import quantization as experiment  # noqa: E402
 
@@ -75,9 +75,8 @@ def teacher_cached(config) -> bool:
 
 
 def machine_line(m) -> str:
-    return (f"Machine: {m['cpu']}, {m['cores']} cores, int8 ISA {', '.join(m['int8_flags'])}, "
-            f"onnxruntime {m['onnxruntime']}, load average {m['load_average_at_start']:.1f} "
-            "at start.")
+    return (f"Machine: {machine_phrase(m, 'onnxruntime')}, int8 ISA "
+            f"{', '.join(m['int8_flags'])}.")
 
 
 def merged(previous, current, smoke: bool):

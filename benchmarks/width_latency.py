@@ -130,9 +130,8 @@ def op_flops(sig) -> int:
 def markdown(result) -> str:
     info = result["machine"]
     lines = [f"# Conv latency against channel count: {result['model']} on ort-cpu-1t", "",
-             f"Machine: {info['cpu']}, {info['cores']} cores (load average "
-             f"{info['load_average_at_start'][0]:.1f} at start); onnxruntime "
-             f"{info['onnxruntime']}, 1 thread, batch 1; medians of {result['rounds']} "
+             f"Machine: {machine.line(info, 'onnxruntime')}, 1 thread, batch 1; medians of "
+             f"{result['rounds']} "
              f"interleaved rounds. Run: `python benchmarks/width_latency.py`.", "",
              "Each cell: microseconds (time fraction / FLOPs fraction of the full width). "
              "Prunable axes (16 channels or more) at the fraction, rounded up to multiples of "

@@ -111,9 +111,8 @@ def main():
 def markdown(result) -> str:
     info = result["machine"]
     lines = ["# Pruned widths and onnxruntime's layout (selfie segmenter, one-shot L1)", "",
-             f"Machine: {info['cpu']}, {info['cores']} cores (load {info['load_average_at_start'][0]:.1f} "
-             f"at start); SIMD block {result['simd_block']} floats; onnxruntime "
-             f"{info['onnxruntime']}, 1 thread, batch 1, medians of 6 interleaved rounds. "
+             f"Machine: {machine.line(info, 'onnxruntime')}; SIMD block "
+             f"{result['simd_block']} floats; 1 thread, batch 1, medians of 6 interleaved rounds. "
              "Run: `python benchmarks/width_rounding.py`.", "",
              "| model | MFLOPs | FLOPs reduction | b1 ms | speed-up | speed-up / FLOPs "
              "reduction | slowest operators (ms) |", "|---|---|---|---|---|---|---|"]

@@ -194,9 +194,7 @@ def markdown(report: dict) -> str:
     model = report["model"]
     lines = [f"# Low-rank decomposition: {model} on Fashion-MNIST", "",
              f"Teacher test accuracy {report['original']['test_accuracy']:.4f}; machine: "
-             f"{report['machine']['cpu']}, {report['machine']['cores']} logical "
-             f"cores (shared), onnxruntime {report['machine']['onnxruntime']}, load average "
-             f"{report['machine']['load_average_at_start']}.", "",
+             f"{machine.line(report['machine'], 'onnxruntime')}.", "",
              f"## Per-layer output error at equal rank ({report['equal_rank']['rank_fraction']:g}"
              " x full rank), held-out validation images", "",
              "Relative error ||y - y*||^2 / ||y*||^2 of each layer's linear output: *isolated* "

@@ -407,8 +407,7 @@ def _report(config, result, before, after, int8) -> str:
             + (f", LiteRT speed-up {result['litert_speedup_batch1']:.2f}x "
                f"({config.litert_device})" if "litert_speedup_batch1" in result else "")
             + f", in {result['wall_seconds'] / 60:.1f} min\n"
-            f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
-            f"load {result['machine']['load_average_at_start']}")
+            f"machine: {machine.line(result['machine'])}")
     if "extra_fidelity" in result:
         text += "\n\n" + extra_measures_table(result["extra_fidelity"])
     if int8 is not None:
