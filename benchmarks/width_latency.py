@@ -131,8 +131,8 @@ def markdown(result) -> str:
     info = result["machine"]
     lines = [f"# Conv latency against channel count: {result['model']} on ort-cpu-1t", "",
              f"Machine: {machine.line(info, 'onnxruntime')}, 1 thread, batch 1; medians of "
-             f"{result['rounds']} "
-             f"interleaved rounds. Run: `python benchmarks/width_latency.py`.", "",
+             f"{result['rounds']} interleaved rounds. Run: `python benchmarks/width_latency.py`.",
+             "",
              "Each cell: microseconds (time fraction / FLOPs fraction of the full width). "
              "Prunable axes (16 channels or more) at the fraction, rounded up to multiples of "
              f"{MULTIPLE}; the last column puts them at 1 channel.", "",

@@ -31,13 +31,16 @@ def describe(*packages: str) -> dict:
 
 def line(info: dict, *packages: str) -> str:
     """The machine in one phrase for a result's markdown ("AMD EPYC, 2 cores (shared; load
-    average 1.4 at start), jax 0.10.2"): what ``describe`` recorded, ``packages`` in order.
-    The load is the 1-minute figure; older result files stored it as a number or a triple."""
-    load = info.get("load_average_at_start")
-    load = load[0] if isinstance(load, (list, tuple)) else load
+    average 1.4 at start), jax 0.10.2"): what ``describe`` recorded, ``packages`` in order."""
+    start, end = (_one_minute(info.get(k)) for k in ("load_average_at_start",
+                                                      "load_average_at_end"))
     text = f"{info['cpu']}, {info['cores']} cores (shared; load average "
-    text += "unknown" if load is None else f"{load:.1f}"
-    text += " at start"
-    if info.get("load_average_at_end") is not None:
-        text += f", {info['load_average_at_end'][0]:.1f} at end"
+    text += "unknown" if start is None else f"{start:.1f}"
+    text += " at start" + ("" if end is None else f", {end:.1f} at end")
     return text + ")" + "".join(f", {name} {info.get(name)}" for name in packages)
+
+
+def _one_minute(load):
+    """The 1-minute load average; result files of different ages stored a triple, one
+    number, or nothing."""
+    return load[0] if isinstance(load, (list, tuple)) else load
