@@ -20,7 +20,10 @@ architectures against width-scaled ResNet-20s and channel-pruned models at measu
    against; null when some baseline has no front model as accurate), ``no_finetune_gap_pt``
    the chosen architecture's fine-tuned minus assembled accuracy in points.
 
-Writes benchmarks/results/nas.json, nas.md and nas_pareto.png.
+6. The device-specific search (``search.devices``, experiments/nas_devices.py): each
+   device's choice at equal accuracy timed on every device, and the int8 objective's effect.
+
+Writes benchmarks/results/nas.json, nas.md, nas_pareto.png and nas_devices.png.
 
 Run:  python benchmarks/nas.py [--exp=nas_fmnist] [--workdir=runs/nas_fmnist]
       [--multipliers=0.5,0.75]
@@ -48,7 +51,7 @@ from experiments import nas_search as pipeline, registry, shared_json  # noqa: E
 from export.onnx_export import to_onnx  # noqa: E402
 from export.runners import get_runner  # noqa: E402
 from models import resnet  # noqa: E402
-from nas import architecture, finetune, pareto_plot  # noqa: E402
+from nas import architecture, device_search, finetune, pareto_plot  # noqa: E402
 from export import machine  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -197,7 +200,38 @@ def markdown(results) -> str:
               f"(no_finetune_gap_pt {results['no_finetune_gap_pt']:+.2f}).", "",
               f"Timings (s): {json.dumps({k: round(v) for k, v in results['timings'].items()})}",
               ""]
-    return "\n".join(lines)
+    return "\n".join(lines + device_lines(results.get("device_search") or {}))
+
+
+def device_lines(study) -> list:
+    """The device-specific search's section: each device's choice at equal predicted
+    accuracy timed on every device, the verdict, and the int8 objective's effect."""
+    if not study:
+        return []
+    lines = ["## Device-specific search", "",
+             f"Each device's own latency table and front, one accuracy predictor; choices at "
+             f"equal predicted accuracy ({study['accuracy_target']:.4f}), assembled (no "
+             "fine-tune), timed on every device in interleaved rounds (p10, batch 1).", "",
+             device_search.markdown(study)]
+    for device, v in study["verdict"].items():
+        if v["own_is_fastest"] is None:
+            lines.append(f"- {device}: the same architecture as the other devices.")
+            continue
+        lines.append(f"- {device}: its own choice is "
+                     f"{'the fastest' if v['own_is_fastest'] else 'not the fastest'} there ("
+                     + ", ".join(f"{sp:.2f}x vs {d}'s, accuracy {v['accuracy_gap_pt'][d]:+.2f} pt"
+                                 for d, sp in v["speedup_vs_other"].items()) + ").")
+    int8 = study.get("int8_objective")
+    if int8:
+        lines += ["", f"int8 ({int8['profile']}, post-training, fake-quant) of the "
+                  f"{study['devices'][0]} choice:", "",
+                  "| search | float test accuracy | int8 test accuracy | blocks |",
+                  "|---|---|---|---|"]
+        for label in ("with_objective", "without_objective"):
+            r = int8[label]
+            lines.append(f"| {label.replace('_', ' ')} | {r['test_accuracy']:.4f} | "
+                         f"{r['int8_test_accuracy']:.4f} | {' / '.join(r['choices'])} |")
+    return lines + [""]
 
 
 def main(argv=None):
@@ -247,7 +281,8 @@ def main(argv=None):
                "equal_accuracy": equal_accuracy, **headline(equal_accuracy, nas["claim_check"]),
                "claim_check": nas["claim_check"], "timings": nas["timings"],
                "latency_budget_ms": nas["latency_budget_ms"], "space_size": nas["space_size"],
-               "students": nas["students"], "date": time.strftime("%Y-%m-%d %H:%M")}
+               "students": nas["students"], "device_search": nas.get("device_search") or {},
+               "date": time.strftime("%Y-%m-%d %H:%M")}
     os.makedirs(args.out, exist_ok=True)
     extra = {label: [(r["latency_ms"], r["test_accuracy"]) for r in models if r["kind"] == kind]
              for label, kind in (("width-scaled ResNet-20", "scaled"),
@@ -264,6 +299,9 @@ def main(argv=None):
     pareto_plot.plot_fronts(sampled, front_plot, models[0],
                             os.path.join(args.out, f"{args.results_name}_pareto.png"),
                             nas["latency_budget_ms"], {k: v for k, v in extra.items() if v})
+    if results["device_search"]:
+        pareto_plot.plot_devices(results["device_search"],
+                                 os.path.join(args.out, f"{args.results_name}_devices.png"))
     with open(os.path.join(args.out, f"{args.results_name}.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
     text = markdown(results)

@@ -9,8 +9,10 @@ mean +- sd), the GNNs then fitted on every sample -> NSGA-II on the predictors u
 latency budget -> the front assembled, evaluated on the test split, exported and timed
 together with the teacher in one set of interleaved rounds -> the chosen architecture
 fine-tuned end to end by distillation (the claim: blockwise distillation needs no fine-tune)
--> results.json and a Pareto PNG in the workdir. Every stage caches its output in the
-workdir, so a re-run after an interruption continues where it stopped.
+-> with ``search.devices``, the same search for each device and their choices compared on
+every device (``experiments/nas_devices.py``) -> results.json and a Pareto PNG in the
+workdir. Every stage caches its output in the workdir, so a re-run after an interruption
+continues where it stopped.
 """
 import json
 import os
@@ -23,7 +25,8 @@ import numpy as np
 
 from core import config as config_lib
 from core import distributed
-from experiments import agreed_json, preamble, shared_json
+from experiments import agreed_json, nas_devices, preamble, shared_json
+from export.for_runner import SUFFIX, model_format
 from export.runners import get_runner
 from nas import architecture, block_latency, distill, evolution, finetune, int8_friendliness
 from nas import pareto_plot, search_space, teacher_blocks
@@ -116,7 +119,8 @@ SEARCH_PREDICTOR = "gnn"      # the accuracy predictor NSGA-II searches on
 
 def _predictors(cfg, library, dataset, rows, block_table):
     """Predictors judged over ``predictor.splits`` random train/test splits, then the search's
-    predictors fitted once on every sample: (report, accuracy predictor, latency predictor).
+    predictors fitted once on every sample: (report, accuracy predictor, latency predictor,
+    the device-independent latency predictor factories for other devices).
     The latency predictor is ``search.latency_predictor`` (default the GNN; 'block_table':
     the calibrated sum of the blocks' measured latencies)."""
     graphs, table = build_graphs(library, dataset)
@@ -131,7 +135,8 @@ def _predictors(cfg, library, dataset, rows, block_table):
     lat_model = factories["latency_ms"][cfg.search.get("latency_predictor",
                                                        SEARCH_PREDICTOR)]().fit(
         [tuple(r["arch"]) for r in lat_rows], np.array([r["latency_ms"] for r in lat_rows]))
-    return report, acc_model, lat_model
+    latency_factories = {k: f for k, f in factories["latency_ms"].items() if k != "block_table"}
+    return report, acc_model, lat_model, latency_factories
 
 
 def headline_taus(report, latency_predictor: str = SEARCH_PREDICTOR) -> dict:
@@ -148,15 +153,17 @@ def headline_taus(report, latency_predictor: str = SEARCH_PREDICTOR) -> dict:
             "predictor_splits": of("accuracy", "splits")}
 
 
-def _search(cfg, library, dataset, rows, acc_model, lat_model):
-    """NSGA-II on the predictors under the latency budget: (result, budget, objective
-    columns, int8 penalties or None)."""
+def _search(cfg, library, dataset, rows, acc_model, lat_model, int8_profile=None):
+    """NSGA-II on the predictors under the latency budget (a fraction of the teacher's
+    latency in ``rows``, measured on the device ``lat_model`` predicts): (result, budget,
+    objective columns, int8 penalties or None). ``int8_profile`` overrides the config's
+    ("": the search without the int8 objective)."""
     budget = cfg.search.latency_budget * rows[0]["latency_ms"]   # rows[0]: the teacher
     columns = [lambda a: -acc_model.predict(a), lat_model.predict]
     penalties = None
-    if cfg.search.get("int8_profile", ""):    # optional third objective: lint penalties
-        penalties = int8_friendliness.option_penalties(library, dataset,
-                                                       cfg.search.int8_profile)
+    profile = cfg.search.get("int8_profile", "") if int8_profile is None else int8_profile
+    if profile:                               # optional third objective: lint penalties
+        penalties = int8_friendliness.option_penalties(library, dataset, profile)
         columns.append(lambda a: int8_friendliness.architecture_penalty(penalties, a))
     objectives = lambda a: np.stack([c(a) for c in columns], 1)  # noqa: E731
     result = evolution.nsga2(library.space.sizes, objectives, cfg.search.population,
@@ -193,11 +200,11 @@ def _measure_front_and_teacher(cfg, library, dataset, runner, search, columns, m
     rows = [_front_row(library, dataset, arch, columns, models) for arch in archs[:-1]]
     rows.append({"test_accuracy": architecture.evaluate(library, archs[-1], dataset, "test"),
                  **architecture.cost(library, archs[-1])})
-    save = distributed.is_primary()
-    exported = [architecture.export_onnx(
+    save, suffix = distributed.is_primary(), SUFFIX[model_format(runner)]
+    exported = [architecture.export_model(
         library, arch, dataset.image_shape,
-        os.path.join(workdir, f"front{k}.onnx") if save and k < n_front else None,
-        parity=k < n_front) for k, arch in enumerate(archs)]
+        os.path.join(workdir, f"front{k}{suffix}") if save and k < n_front else None,
+        parity=k < n_front, runner=runner) for k, arch in enumerate(archs)]
     timed = architecture.measure_latencies(runner, [m for m, _ in exported],
                                            cfg.measure.rounds, cfg.measure.runs, cfg.seed)
     for row, (_, fields), latency in zip(rows, exported, timed):
@@ -218,7 +225,8 @@ def main(cfg, workdir):
     block_table = _block_table(cfg, library, runner, workdir)
     timings["measure_s"] = time.time() - t1
     t2 = time.time()
-    report, acc_model, lat_model = _predictors(cfg, library, dataset, rows, block_table)
+    report, acc_model, lat_model, latency_factories = _predictors(cfg, library, dataset, rows,
+                                                                  block_table)
     timings["predictors_s"] = time.time() - t2
     t3 = time.time()
     search, budget, columns, penalties = _search(cfg, library, dataset, rows, acc_model,
@@ -231,6 +239,12 @@ def main(cfg, workdir):
     claim = finetune.claim_check(library, tuple(chosen["arch"]), fn, variables, dataset,
                                  cfg.finetune, finetune_dir(cfg, workdir, chosen["arch"]))
     timings["finetune_s"] = time.time() - t4
+    t5 = time.time()
+    devices = nas_devices.device_study(cfg, library, dataset, nas_devices.Primary(
+        rows, latency_factories, lat_model, search, acc_model,
+        lambda r, lat, profile: _search(cfg, library, dataset, r, acc_model, lat, profile)[0],
+        stage_hash(cfg, *SAMPLED_SECTIONS)), workdir, stage_hash(cfg, *cfg.keys()), _log)
+    timings["devices_s"] = time.time() - t5
     png = os.path.join(workdir, "pareto.png")
     if distributed.is_primary():
         png = pareto_plot.plot_fronts(rows, front, teacher_final, png, budget)
@@ -249,7 +263,7 @@ def main(cfg, workdir):
                "front_retest_tau": architecture.retest_tau(front + [teacher_final]),
                "latency_statistic": f"p{architecture.LATENCY_PERCENTILE}",
                "search_history": search.history, "front": front, "chosen": chosen,
-               "claim_check": claim, "pareto_png": png, "timings": timings,
+               "claim_check": claim, "device_search": devices, "pareto_png": png, "timings": timings,
                "device": cfg.device, "jax_devices": jax.device_count(),
                "int8_profile": cfg.search.get("int8_profile", ""),
                "int8_penalties": (int8_friendliness.describe(library, penalties)

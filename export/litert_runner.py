@@ -91,6 +91,8 @@ class LiteRTCpuRunner(Runner):
     growth of the process's peak resident set while the interpreter is built and run, as
     for ``OrtCpuRunner``."""
 
+    model_format = "tflite"
+
     def __init__(self, threads: int = 1, warmup: int = 10, runs: int = 50,
                  min_time_s: float = 0.0, name: Optional[str] = None):
         self.threads, self.warmup, self.runs, self.min_time_s = threads, warmup, runs, min_time_s

@@ -98,6 +98,7 @@ class Runner:
     warmup: int = 10
     runs: int = 50
     channel_multiple: int = 8
+    model_format: str = "onnx"      # what ``measure`` takes (export.for_runner.EXPORTERS)
 
     def measure(self, model, batch: int = 1, inputs: Optional[Dict[str, np.ndarray]] = None,
                 runs: Optional[int] = None, warmup: Optional[int] = None) -> Measurement:

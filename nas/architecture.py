@@ -1,5 +1,5 @@
 """Architectures of the search space made real: assembled from trained blocks with no further
-training, evaluated on held-out data, exported to ONNX and measured on a device runner:
+training, evaluated on held-out data, exported (ONNX, or .tflite for LiteRT) and measured on a device runner:
 all the architectures that get a latency are exported once and timed together in interleaved
 rounds, twice (the second pass shuffled), so load drift hits them alike and the two passes
 give a test-retest Kendall tau (``measure_latencies``, ``retest_tau``).
@@ -22,7 +22,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import onnx
 from scipy import stats
 
 from core import cost as cost_lib
@@ -145,20 +144,18 @@ def cost(library: BlockLibrary, arch: Architecture) -> Dict[str, float]:
     return {"flops": int(totals[0]), "params": int(totals[1]), "peak_activation_bytes": peak}
 
 
-def export_onnx(library: BlockLibrary, arch: Architecture, input_shape,
-                path: Optional[str] = None, parity: bool = False
-                ) -> Tuple[onnx.ModelProto, Dict[str, Any]]:
-    """The assembled network as ONNX (batch 1) and its op count (and parity error): each
-    architecture is exported once, then timed with all the others in interleaved rounds
-    (``measure_latencies``)."""
-    from export.onnx_export import to_onnx
+def export_model(library: BlockLibrary, arch: Architecture, input_shape,
+                 path: Optional[str] = None, parity: bool = False, runner="onnx"
+                 ) -> Tuple[Any, Dict[str, Any]]:
+    """The assembled network at batch 1 in the format ``runner`` times (ONNX for
+    onnxruntime, .tflite for LiteRT: ``export.for_runner``) and its op count (and parity
+    error): each architecture is exported once, then timed with all the others in
+    interleaved rounds (``measure_latencies``)."""
+    from export.for_runner import export_for
     fn, variables = assemble(library, arch)
     x = np.random.default_rng(0).standard_normal((1,) + tuple(input_shape)).astype(np.float32)
-    result = to_onnx(fn, variables, x, path=path, dynamic_batch=False, parity=parity)
-    fields: Dict[str, Any] = {"onnx_ops": sum(result.op_counts.values())}
-    if result.parity is not None:
-        fields["parity_max_rel_error"] = float(result.parity.max_relative_error)
-    return result.model, fields
+    exported = export_for(runner, fn, variables, x, path=path, parity=parity)
+    return exported.model, exported.fields()
 
 
 LATENCY_PERCENTILE = 10     # the latency target is the p10 of the pooled samples
@@ -218,5 +215,5 @@ def retest_tau(rows: Sequence[Dict[str, Any]]) -> Optional[float]:
     return tau if np.isfinite(tau) else None
 
 
-__all__ = ["BlockLibrary", "BlockOption", "assemble", "evaluate", "cost", "export_onnx",
+__all__ = ["BlockLibrary", "BlockOption", "assemble", "evaluate", "cost", "export_model",
            "latency_fields", "measure_latencies", "retest_tau"]

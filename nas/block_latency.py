@@ -51,28 +51,28 @@ class BlockTable:
                    d.get("retest_tau", float("nan")))
 
 
-def block_models(library: BlockLibrary):
-    """``[(key, onnx model)]``: ('fixed', index) for the blocks outside the searched
-    positions, (position, option) for every option, each exported alone at batch 1."""
-    from export.onnx_export import to_onnx
+def block_models(library: BlockLibrary, runner="onnx"):
+    """``[(key, model)]``: ('fixed', index) for the blocks outside the searched positions,
+    (position, option) for every option, each exported alone at batch 1 in the format
+    ``runner`` times (``export.for_runner``)."""
+    from export.for_runner import export_for
     positions = {index: p for p, index in enumerate(library.space.positions)}
     out = []
     for i, block in enumerate(library.blocks):
         x = jnp.zeros((1,) + tuple(block.in_shape[1:]), jnp.float32)
         if i not in positions:
-            out.append((("fixed", i), to_onnx(block.fn, block.variables, x,
-                                              dynamic_batch=False).model))
+            out.append((("fixed", i), export_for(runner, block.fn, block.variables, x).model))
             continue
         for k, option in enumerate(library.options[positions[i]]):
-            out.append(((positions[i], k), to_onnx(option.fn, option.variables, x,
-                                                   dynamic_batch=False).model))
+            out.append(((positions[i], k),
+                        export_for(runner, option.fn, option.variables, x).model))
     return out
 
 
 def measure_block_table(library: BlockLibrary, runner, rounds: int, runs: int,
                         seed: int = 0) -> BlockTable:
     """Every block of ``block_models`` timed in the same interleaved rounds, twice."""
-    keyed = block_models(library)
+    keyed = block_models(library, runner)
     timed = architecture.measure_latencies(runner, [m for _, m in keyed], rounds, runs, seed)
     fixed, options = {}, {}
     for (key, _), row in zip(keyed, timed):

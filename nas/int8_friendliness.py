@@ -52,10 +52,34 @@ def architecture_penalty(penalties: List[np.ndarray], archs: List[Architecture])
     return np.array([sum(penalties[p][a[p]] for p in range(len(a))) for a in archs])
 
 
+def int8_model(library, arch: Architecture, dataset, profile: str,
+               calibration_images: int = 512, batch_size: int = 128):
+    """``(fn, variables)``: the assembled architecture quantized on ``profile`` in
+    fake-quant: BatchNorm folded, post-training quantization calibrated (MSE ranges) on the
+    first ``calibration_images`` training images (``quant.comparison.ptq``)."""
+    from nas.architecture import assemble
+    from quant import batchnorm_folding, comparison
+    fn, variables = assemble(library, arch)
+    batches = comparison.calibration_batches(dataset, calibration_images, batch_size)
+    fn_f, v_f, _ = batchnorm_folding.fold_batchnorm(fn, variables, batches[0])
+    run = comparison.ptq(fn_f, v_f, profile, batches, dict(
+        calibration="mse", percentile=99.99, weight_calibration="minmax", equalize=False,
+        bias_correction=False))
+    return run["model"].fn(run["qparams"]), run["variables"]
+
+
+def int8_accuracy(library, arch: Architecture, dataset, profile: str, **kw) -> float:
+    """Test accuracy of ``int8_model``: what an architecture chosen with or without the
+    int8 objective keeps once quantized."""
+    from quant import comparison
+    return comparison.accuracy(*int8_model(library, arch, dataset, profile, **kw), dataset)
+
+
 def describe(library, penalties: List[np.ndarray]) -> Dict[str, float]:
     """Penalty of every (position, option) by name, for results.json."""
     return {f"{p}:{option.choice.key}": float(penalties[p][o])
             for p in range(len(penalties)) for o, option in enumerate(library.options[p])}
 
 
-__all__ = ["position_inputs", "option_penalties", "architecture_penalty", "describe"]
+__all__ = ["position_inputs", "option_penalties", "architecture_penalty", "int8_model",
+           "int8_accuracy", "describe"]

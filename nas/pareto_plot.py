@@ -36,3 +36,32 @@ def plot_fronts(sampled, front, teacher, path, budget_ms=None, extra=None):
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_devices(study: dict, path: str) -> str:
+    """The device-specific search at a glance: per device (a group of bars), the latency
+    there of every device's choice at equal predicted accuracy, and of the teacher; the
+    legend gives each choice's test accuracy. A device-specific search shows its own
+    choice as the lowest bar of its group."""
+    devices = study["devices"]
+    bars = [(f"chosen for {d} ({study['choices'][d]['test_accuracy']:.2%})",
+             study["choices"][d]["latency_ms"]) for d in devices]
+    bars.append((f"teacher ({study['teacher']['test_accuracy']:.2%})",
+                 study["teacher"]["latency_ms"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    width = 0.8 / len(bars)
+    for k, (label, latency) in enumerate(bars):
+        xs = [i + (k - (len(bars) - 1) / 2) * width for i in range(len(devices))]
+        ax.bar(xs, [latency[d] for d in devices], width, label=label,
+               color="0.6" if k == len(bars) - 1 else None)
+    ax.set_xticks(range(len(devices)))
+    ax.set_xticklabels(devices)
+    ax.set_ylabel("latency (ms, batch 1, p10 of interleaved runs)")
+    ax.set_title("each device's choice, timed on every device")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -26,7 +26,8 @@ def measure_architectures(library, archs, dataset, cfg, runner, with_latency,
                      **architecture.cost(library, arch)})
         if (k + 1) % 10 == 0 or k + 1 == len(archs):
             log(f"evaluated {k + 1}/{len(archs)} architectures")
-    exported = {k: architecture.export_onnx(library, arch, dataset.image_shape)
+    exported = {k: architecture.export_model(library, arch, dataset.image_shape,
+                                              runner=runner)
                 for k, arch in enumerate(archs) if with_latency[k]}
     attach_latencies(rows, exported, runner, cfg.measure, cfg.seed, log)
     return rows
@@ -34,7 +35,7 @@ def measure_architectures(library, archs, dataset, cfg, runner, with_latency,
 
 def attach_latencies(rows: List[dict], exported: Dict[int, Tuple], runner, measure_cfg,
                      seed: int, log=print) -> List[dict]:
-    """``exported``: ``{row index: (ONNX model, export fields)}``. All those models are timed
+    """``exported``: ``{row index: (model in the runner's format, export fields)}``. All those models are timed
     side by side (``architecture.measure_latencies``: ``measure_cfg.rounds`` interleaved
     rounds of ``measure_cfg.runs`` runs, twice, the second pass shuffled) and each row gets
     its export fields and latencies (``latency_ms`` is the p10); the other rows get none."""

@@ -61,7 +61,11 @@ def get_config():
         int8_profile="npu_int8_per_tensor",   # third objective: quant.lint penalties ("" off)
         # The latency constraint: every block option timed alone on the device, summed and
         # calibrated on the measured architectures (nas.block_latency); "gnn": learned.
-        latency_predictor="block_table"))
+        latency_predictor="block_table",
+        # A device-specific search (experiments/nas_devices.py): the same students and
+        # accuracy predictor, each device's own latency table and front; each device's
+        # choice at equal predicted accuracy timed on every device. The first is c.device.
+        devices=["ort-cpu-1t", "litert-cpu-1t"]))
     # One recipe for the chosen architecture and every baseline of benchmarks/nas.py
     # (nas.finetune): the teacher's optimizer (SGD, Nesterov, weight decay), KD from the
     # teacher, BatchNorm trained (students'; after recalibration), augmentation; each

@@ -23,7 +23,7 @@ def test_block_table_times_every_block_and_ranks_whole_architectures():
         measured = table.fixed_ms[key[1]] if key[0] == "fixed" else table.option_ms[key]
         assert measured == pytest.approx(len(model.graph.node) * MS_PER_NODE)
     archs = list(itertools.product(range(2), repeat=3))
-    whole = [len(architecture.export_onnx(library, a, (12, 12, 1))[0].graph.node) * MS_PER_NODE
+    whole = [len(architecture.export_model(library, a, (12, 12, 1))[0].graph.node) * MS_PER_NODE
              for a in archs]
     predictor = block_latency.calibrated(table)().fit(archs, np.asarray(whole))
     predicted = predictor.predict(archs)

@@ -12,7 +12,9 @@ from experiments import registry
 @pytest.mark.slow
 def test_tiny_pipeline_runs_end_to_end(tmp_path):
     from experiments import nas_search as pipeline
-    cfg = registry.load("nas_fmnist_tiny", [])
+    import importlib.util
+    has_tensorflow = importlib.util.find_spec("tensorflow") is not None   # .tflite export
+    cfg = registry.load("nas_fmnist_tiny", [] if has_tensorflow else [("search.devices", "[]")])
     results = pipeline.main(cfg, str(tmp_path))
     assert os.path.exists(tmp_path / "pareto.png") and os.path.exists(tmp_path / "results.json")
     assert len(results["students"]) == 6
@@ -36,11 +38,38 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path):
     for row in results["front"]:
         assert row["int8_penalty"] == sum(
             results["int8_penalties"][f"{p}:{c}"] for p, c in enumerate(row["choices"]))
+    if has_tensorflow:
+        check_device_search(results, teacher_accuracy, n_test, tmp_path)
     saved = json.load(open(tmp_path / "results.json"))
     assert saved["chosen"]["arch"] == results["chosen"]["arch"]
     # A second run reuses the distilled students and the measured samples.
     again = pipeline.main(cfg, str(tmp_path))
     assert again["students"] == results["students"]
+    assert again["device_search"]["choices"] == results["device_search"]["choices"]
+
+
+def check_device_search(results, teacher_accuracy, n_test, workdir):
+    """Each device's choice timed on both devices, the verdict read from those latencies,
+    the int8 comparison's primary choice the same architecture."""
+    study = results["device_search"]
+    assert study["devices"] == ["ort-cpu-1t", "litert-cpu-1t"]
+    assert os.path.exists(workdir / "devices.png") and os.path.exists(workdir / "devices.md")
+    assert abs(study["teacher"]["test_accuracy"] - teacher_accuracy) <= 1.5 / n_test
+    for device, choice in study["choices"].items():
+        assert set(choice["latency_ms"]) == set(study["devices"])
+        assert all(v > 0 for v in choice["latency_ms"].values())
+        assert choice["predicted_accuracy"] >= study["accuracy_target"] - 1e-9 or \
+            study["same_choice"]
+        verdict = study["verdict"][device]
+        assert verdict["own_latency_ms"] == choice["latency_ms"][device]
+        for other, latency in verdict["other_latency_ms"].items():
+            assert latency == study["choices"][other]["latency_ms"][device]
+    extra = study["extra_devices"]["litert-cpu-1t"]
+    assert "block_table" in extra["latency_predictors"]
+    int8 = study["int8_objective"]
+    assert int8["with_objective"]["arch"] == study["choices"]["ort-cpu-1t"]["arch"]
+    for label in ("with_objective", "without_objective"):
+        assert 0.0 <= int8[label]["int8_test_accuracy"] <= 1.0
 
 
 def test_cached_stages_are_keyed_by_the_settings_they_depend_on():
