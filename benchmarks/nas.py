@@ -163,6 +163,15 @@ def markdown(results) -> str:
             if isinstance(m, dict):
                 lines.append(f"| {target} | {name} | {m['kendall_tau']:.3f} | "
                              f"{m['spearman']:.3f} | {m['within_10pct']:.2f} |")
+    agreement = results.get("finetune_agreement") or {}
+    if agreement:
+        taus = ", ".join(f"{label} {agreement[key]:.3f}" for key, label in (
+            ("tau_assembled_accuracy", "assembled"), ("tau_recalibrated_accuracy",
+                                                      "recalibrated"),
+            ("tau_predictor", "the GNN fitted on the other samples")) if key in agreement)
+        lines += ["", f"Target: {results.get('accuracy_target', 'assembled')} validation "
+                  f"accuracy. Against {agreement['architectures']} sampled architectures "
+                  f"fine-tuned {agreement['steps']} steps, Kendall tau: {taus}."]
     if results.get("retest_tau") is not None:
         lines += ["", f"Latency labels ({results.get('latency_statistic', 'median')} of "
                   f"interleaved rounds): test-retest Kendall tau {results['retest_tau']:.3f} "
@@ -282,6 +291,8 @@ def main(argv=None):
                "claim_check": nas["claim_check"], "timings": nas["timings"],
                "latency_budget_ms": nas["latency_budget_ms"], "space_size": nas["space_size"],
                "students": nas["students"], "device_search": nas.get("device_search") or {},
+               "accuracy_target": nas.get("accuracy_target", "assembled"),
+               "finetune_agreement": nas.get("finetune_agreement") or {},
                "date": time.strftime("%Y-%m-%d %H:%M")}
     os.makedirs(args.out, exist_ok=True)
     extra = {label: [(r["latency_ms"], r["test_accuracy"]) for r in models if r["kind"] == kind]

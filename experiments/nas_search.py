@@ -28,7 +28,8 @@ from core import distributed
 from experiments import agreed_json, nas_devices, preamble, shared_json
 from export.for_runner import SUFFIX, model_format
 from export.runners import get_runner
-from nas import architecture, block_latency, distill, evolution, finetune, int8_friendliness
+from nas import architecture, block_latency, distill, evolution, finetune, finetuned_targets
+from nas import int8_friendliness
 from nas import pareto_plot, search_space, teacher_blocks
 from nas import predictor_evaluation
 from nas.predictor_fitting import build_graphs, measure_architectures, predictor_factories
@@ -96,10 +97,17 @@ def distilled_library(cfg, fn, variables, dataset, workdir):
     return architecture.BlockLibrary(blocks, space, students), students
 
 
-def _measured_samples(cfg, library, dataset, runner, workdir):
-    """The sampled architectures (the all-teacher one first), measured, cached."""
+def _measured_samples(cfg, library, dataset, runner, workdir, block_table):
+    """The sampled architectures (the all-teacher one first), measured, cached. With
+    ``measure.latency_range`` ([low, high], fractions of the teacher's summed block
+    latency), only architectures in that range are sampled: the predictors learn the part
+    of the space the latency budget lets the search choose from."""
+    accept, bounds = None, cfg.measure.get("latency_range")
+    if bounds:
+        teacher_ms = block_table.summed(library.space.teacher())
+        accept = lambda a: bounds[0] <= block_table.summed(a) / teacher_ms <= bounds[1]  # noqa
     archs = library.space.sample(np.random.default_rng(cfg.seed), cfg.measure.architectures,
-                                 include_teacher=True)
+                                 include_teacher=True, accept=accept)
     with_latency = [k < cfg.measure.latency_architectures for k in range(len(archs))]
     return shared_json(sampled_path(cfg, workdir), lambda: measure_architectures(
         library, archs, dataset, cfg, runner, with_latency, _log))
@@ -120,7 +128,7 @@ SEARCH_PREDICTOR = "gnn"      # the accuracy predictor NSGA-II searches on
 def _predictors(cfg, library, dataset, rows, block_table):
     """Predictors judged over ``predictor.splits`` random train/test splits, then the search's
     predictors fitted once on every sample: (report, accuracy predictor, latency predictor,
-    the device-independent latency predictor factories for other devices).
+    the predictor factories per target).
     The latency predictor is ``search.latency_predictor`` (default the GNN; 'block_table':
     the calibrated sum of the blocks' measured latencies)."""
     graphs, table = build_graphs(library, dataset)
@@ -135,8 +143,24 @@ def _predictors(cfg, library, dataset, rows, block_table):
     lat_model = factories["latency_ms"][cfg.search.get("latency_predictor",
                                                        SEARCH_PREDICTOR)]().fit(
         [tuple(r["arch"]) for r in lat_rows], np.array([r["latency_ms"] for r in lat_rows]))
-    latency_factories = {k: f for k, f in factories["latency_ms"].items() if k != "block_table"}
-    return report, acc_model, lat_model, latency_factories
+    return report, acc_model, lat_model, factories
+
+
+def _finetune_agreement(cfg, library, teacher, dataset, rows, factories, workdir) -> dict:
+    """``measure.finetune_architectures`` sampled architectures (after the teacher)
+    fine-tuned briefly (``nas.finetuned_targets``, cached and resumable): how well the
+    untrained target and the search's accuracy predictor rank them. {} when 0."""
+    n = cfg.measure.get("finetune_architectures", 0)
+    if not n:
+        return {}
+    archs = [tuple(r["arch"]) for r in rows[1:n + 1]]
+    key = stage_hash(cfg, *SAMPLED_SECTIONS, "finetune")
+    tuned = shared_json(os.path.join(workdir, f"short_finetunes-{key}.json"), lambda: (
+        finetuned_targets.short_finetunes(
+            library, archs, *teacher, dataset, cfg.finetune, cfg.measure.finetune_steps,
+            cfg.measure.finetune_learning_rate, os.path.join(workdir, "short_finetunes", key),
+            _log)))
+    return finetuned_targets.agreement(rows, tuned, factories["accuracy"][SEARCH_PREDICTOR])
 
 
 def headline_taus(report, latency_predictor: str = SEARCH_PREDICTOR) -> dict:
@@ -221,12 +245,14 @@ def main(cfg, workdir):
     timings["distill_s"] = time.time() - t0
     runner = get_runner(cfg.device, runs=cfg.measure.runs, warmup=cfg.measure.warmup)
     t1 = time.time()
-    rows = _measured_samples(cfg, library, dataset, runner, workdir)
     block_table = _block_table(cfg, library, runner, workdir)
+    rows = _measured_samples(cfg, library, dataset, runner, workdir, block_table)
     timings["measure_s"] = time.time() - t1
     t2 = time.time()
-    report, acc_model, lat_model, latency_factories = _predictors(cfg, library, dataset, rows,
-                                                                  block_table)
+    report, acc_model, lat_model, factories = _predictors(cfg, library, dataset, rows,
+                                                          block_table)
+    agreement = _finetune_agreement(cfg, library, (fn, variables), dataset, rows, factories,
+                                    workdir)
     timings["predictors_s"] = time.time() - t2
     t3 = time.time()
     search, budget, columns, penalties = _search(cfg, library, dataset, rows, acc_model,
@@ -241,7 +267,8 @@ def main(cfg, workdir):
     timings["finetune_s"] = time.time() - t4
     t5 = time.time()
     devices = nas_devices.device_study(cfg, library, dataset, nas_devices.Primary(
-        rows, latency_factories, lat_model, search, acc_model,
+        rows, {k: f for k, f in factories["latency_ms"].items() if k != "block_table"},
+        lat_model, search, acc_model,
         lambda r, lat, profile: _search(cfg, library, dataset, r, acc_model, lat, profile)[0],
         stage_hash(cfg, *SAMPLED_SECTIONS)), workdir, stage_hash(cfg, *cfg.keys()), _log)
     timings["devices_s"] = time.time() - t5
@@ -255,7 +282,8 @@ def main(cfg, workdir):
                "space": library.space.as_dict(), "space_size": library.space.size,
                "students": {f"{p}:{c.key}": s.val_nsr
                             for (p, c), s in students.items()},
-               "predictors": report,
+               "predictors": report, "accuracy_target": cfg.measure.get("target", "assembled"),
+               "finetune_agreement": agreement,
                **headline_taus(report, cfg.search.get("latency_predictor", SEARCH_PREDICTOR)),
                "latency_predictor": cfg.search.get("latency_predictor", SEARCH_PREDICTOR),
                "block_table": block_table.as_dict(), "latency_budget_ms": budget,

@@ -77,6 +77,16 @@ class BlockLibrary:
     def _jitted_fixed(self, index: int):
         return jax.jit(self.blocks[index].fn)
 
+    @functools.lru_cache(maxsize=None)
+    def _jitted_train(self, position: int, option: int):
+        """A student's training-mode forward: (output, updated batch statistics)."""
+        module = self.options[position][option].module
+
+        def run(variables, x):
+            y, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+            return y, updates["batch_stats"]
+        return jax.jit(run)
+
 
 def assemble(library: BlockLibrary, arch: Architecture) -> Tuple[Callable, List[Any]]:
     """``fn(variables, x)`` of the whole network for ``arch`` and its list of variables."""
@@ -90,20 +100,26 @@ def assemble(library: BlockLibrary, arch: Architecture) -> Tuple[Callable, List[
     return fn, [o.variables for o in sequence]
 
 
-def _forward(library: BlockLibrary, arch: Architecture, x):
+def block_fns(library: BlockLibrary, arch: Architecture) -> List[Callable]:
+    """Per block of the network (``block_sequence`` order), its jitted inference function,
+    compiled once per (position, option) across architectures."""
     position_of = {index: p for p, index in enumerate(library.space.positions)}
-    for i, block in enumerate(library.blocks):
-        p = position_of.get(i)
-        if p is None:
-            x = library._jitted_fixed(i)(block.variables, x)
-        else:
-            x = library._jitted(p, arch[p])(library.options[p][arch[p]].variables, x)
+    return [library._jitted_fixed(i) if position_of.get(i) is None
+            else library._jitted(position_of[i], arch[position_of[i]])
+            for i in range(len(library.blocks))]
+
+
+def _forward(library: BlockLibrary, arch: Architecture, x, variables=None):
+    variables = variables or [o.variables for o in library.block_sequence(arch)]
+    for fn, v in zip(block_fns(library, arch), variables):
+        x = fn(v, x)
     return x
 
 
 def evaluate(library: BlockLibrary, arch: Architecture, dataset, split: str = "validation",
-             limit: int = 0, batch_size: int = 500) -> float:
-    """Top-1 accuracy of the assembled architecture on a held-out split (first ``limit``)."""
+             limit: int = 0, batch_size: int = 500, variables=None) -> float:
+    """Top-1 accuracy of the assembled architecture on a held-out split (first ``limit``);
+    ``variables``: per block, in place of the library's (e.g. recalibrated statistics)."""
     x_all, y_all = getattr(dataset, split)
     if limit:
         x_all, y_all = x_all[:limit], y_all[:limit]
@@ -114,7 +130,8 @@ def evaluate(library: BlockLibrary, arch: Architecture, dataset, split: str = "v
         if n < batch_size:          # pad so every call hits the compiled batch shape
             xb = np.concatenate([xb, np.zeros((batch_size - n,) + xb.shape[1:], xb.dtype)])
         logits = _forward(library, arch, jnp.asarray(pipeline.normalize(xb, dataset.mean,
-                                                                        dataset.std)))
+                                                                        dataset.std)),
+                          variables)
         correct += int(np.sum(np.argmax(np.asarray(logits)[:n], -1) == y_all[start:start + n]))
     return correct / len(x_all)
 

@@ -40,8 +40,9 @@ class SearchSpace:
         return [self.options[p][i] for p, i in enumerate(arch)]
 
     def sample(self, rng: np.random.Generator, n: int, include_teacher: bool = False,
-               exclude=()) -> List[Architecture]:
-        """``n`` distinct architectures drawn uniformly (plus the all-teacher one if asked)."""
+               exclude=(), accept=None) -> List[Architecture]:
+        """``n`` distinct architectures drawn uniformly (plus the all-teacher one if asked);
+        with ``accept`` (arch -> bool) only those it accepts, e.g. in a latency range."""
         seen = set(map(tuple, exclude))
         out = []
         if include_teacher and self.teacher() not in seen:
@@ -53,7 +54,8 @@ class SearchSpace:
             arch = tuple(int(rng.integers(s)) for s in self.sizes)
             if arch not in seen:
                 seen.add(arch)
-                out.append(arch)
+                if accept is None or accept(arch):
+                    out.append(arch)
         return out
 
     def students(self) -> List[Tuple[int, BlockChoice]]:

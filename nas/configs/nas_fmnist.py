@@ -2,13 +2,15 @@
 
 Run:  python run.py --exp=nas_fmnist            (benchmarks/nas.py runs it and adds baselines)
 Needs the trained teacher (python run.py --exp=train_teacher; cached, reused here).
-Expected: about 110 minutes on 2 CPU cores: 63 students in 35 groups, 800 steps of batch 64
-each (~55 min; 200 steps of batch 32 left them at noise-to-signal 0.05-0.68 and the assembled
-architectures at 9-93% accuracy), 100 sampled architectures evaluated on 2000 validation
-images, 60 of them exported once and timed side by side (2 passes of 10 interleaved rounds
-of 20 runs, 400 samples each; latency target: their p10) (~15 min), predictors, NSGA-II,
-the front on the 10k test images, the chosen one recalibrated and fine-tuned
-(1500 steps at each of 2 learning rates, ~20 min).
+Expected (estimated from the stages' earlier timings, not yet run whole at these settings):
+about 2.5 hours on 2 CPU cores: 63 students in 35 groups, 800 steps of batch 64 each
+(~55 min; 200 steps of batch 32 left them at noise-to-signal 0.05-0.68); 160 architectures
+sampled within the latency range, each recalibrated (30 forward passes) and evaluated on
+2000 validation images (~15 min), 60 of them exported once and timed side by side (2 passes
+of 10 interleaved rounds of 20 runs, 400 samples each; latency target: their p10) (~15 min);
+25 short fine-tunes of 200 steps (~15 min); predictors, NSGA-II, the front on the 10k test
+images, the chosen one recalibrated and fine-tuned (1500 steps at each of 2 learning rates,
+~20 min); the search again for LiteRT and without the int8 objective (~15 min).
 Outputs in runs/nas_fmnist: results.json, pareto.png, distill/ (students, resumable).
 """
 import ml_collections
@@ -50,9 +52,16 @@ def get_config():
         seed=0, augment=False, log_every=25, checkpoint_every=100, eval_batches=4,
         eval_batch_size=250, max_members=0, batching="auto",
         init_from_teacher=True))     # where shapes allow (every plain d2 k3 student)
+    # The predictors' target: validation accuracy with the students' BatchNorm recalibrated
+    # on the assembled network's own activations (30 forward passes, per block compiled
+    # once), of architectures sampled within [0.35, 1.0] of the teacher's summed block
+    # latency; 25 of them also fine-tuned 200 steps to check that this target ranks them as
+    # training does (nas.finetuned_targets).
     c.measure = ml_collections.ConfigDict(dict(
-        architectures=100, latency_architectures=60, eval_limit=2000,
-        rounds=10, runs=20, warmup=5))   # runs per model per interleaved round, two passes
+        architectures=160, latency_architectures=60, eval_limit=2000,
+        rounds=10, runs=20, warmup=5,    # runs per model per interleaved round, two passes
+        target="recalibrated", recalibration_batches=30, latency_range=[0.35, 1.0],
+        finetune_architectures=25, finetune_steps=200, finetune_learning_rate=0.02))
     c.predictor = ml_collections.ConfigDict(dict(
         train_fraction=0.7, splits=20, hidden=32, embed_dim=16, layers=3, steps=1500,
         learning_rate=3e-3))        # judged over `splits` random train/test splits

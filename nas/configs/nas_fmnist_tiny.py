@@ -17,7 +17,9 @@ def get_config():
     c.distill.update(dict(steps=3, batch_size=16, log_every=1, checkpoint_every=2,
                           eval_batches=1, eval_batch_size=50, warmup_steps=1))
     c.measure.update(dict(architectures=10, latency_architectures=10, eval_limit=100, rounds=2,
-                          runs=3, warmup=1))
+                          runs=3, warmup=1, recalibration_batches=2, recalibration_batch_size=16,
+                          latency_range=[0.0, 10.0], finetune_architectures=3,
+                          finetune_steps=2))
     c.predictor.update(dict(steps=30, hidden=8, embed_dim=4, layers=1, splits=3))
     c.search.update(dict(population=8, generations=3, measure_front=1, latency_budget=2.0))
     c.finetune.update(dict(steps=2, batch_size=16, log_every=1, checkpoint_every=2,

@@ -19,6 +19,14 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path):
     assert os.path.exists(tmp_path / "pareto.png") and os.path.exists(tmp_path / "results.json")
     assert len(results["students"]) == 6
     assert set(results["predictors"]) == {"accuracy", "latency_ms", "peak_activation_bytes"}
+    # The target is the recalibrated accuracy; three sampled architectures fine-tuned briefly.
+    sampled = json.load(open(results["sampled_path"]))
+    assert results["accuracy_target"] == "recalibrated"
+    assert all(r["accuracy"] == r["recalibrated_accuracy"] for r in sampled)
+    agreement = results["finetune_agreement"]
+    assert agreement["architectures"] == 3 and len(agreement["finetuned_accuracy"]) == 3
+    assert {"tau_assembled_accuracy", "tau_recalibrated_accuracy", "tau_predictor"} \
+        <= set(agreement)
     assert results["front"] and all(r["parity_max_rel_error"] < 1e-4 for r in results["front"])
     # The accuracies are meaningless (untrained teacher) but must agree with recomputations.
     claim, chosen = results["claim_check"], results["chosen"]
